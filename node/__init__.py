@@ -1,0 +1,1 @@
+"""The peer: transports, daemon, simulator and the command line (imports gossipmed, topology)."""

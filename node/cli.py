@@ -1,0 +1,73 @@
+"""`gossipmed` console entry point.
+
+Each subcommand lives in its own `node/cmd_*.py` module exposing
+`register(subparsers) -> None`; modules are discovered, so adding a command never edits this
+file. Command modules must import heavy libraries (torch, transformers, libp2p) inside their
+handlers, not at module level, so `gossipmed --help` and light commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import node
+from gossipmed import __version__
+from gossipmed.errors import GossipmedError
+from topology.errors import TopologyError
+
+EXIT_USAGE = 2
+
+
+def _command_modules() -> list[str]:
+    names = [m.name for m in pkgutil.iter_modules(node.__path__) if m.name.startswith("cmd_")]
+    return [f"node.{n}" for n in sorted(names)]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; keep the message to one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gossipmed",
+        description=(
+            "Serverless, differentially private gossip learning of clinical language-model "
+            "adapters. Each hospital runs one peer; peers average signed, encrypted adapter "
+            "updates with their graph neighbours until they agree."
+        ),
+        epilog="Run `gossipmed COMMAND --help` for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"gossipmed {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for mod_name in _command_modules():
+        importlib.import_module(mod_name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except (GossipmedError, TopologyError) as exc:
+        msg = " ".join(str(exc).split())
+        sys.stderr.write(f"gossipmed {args.command}: error: {msg}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

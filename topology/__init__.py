@@ -1,0 +1,1 @@
+"""Graphs and mixing matrices for gossip (networkx + numpy; imports neither torch nor node)."""
