@@ -1,0 +1,158 @@
+"""Consensus distance and the one-record-per-site-per-round JSONL metrics format.
+
+Consensus distance (global, what the simulator can see):
+    D = sqrt( (1/n) * sum_i ||x_i - x_bar||^2 ),  x_bar = (1/n) sum_i x_i,
+with x_i the flattened trainable state of site i after mixing. Each site's record carries its
+own term ||x_i - x_bar||, so D = sqrt(mean of squares) of a round's records.
+
+A daemon only sees its neighbourhood, so it reports the local version
+    d_i = || x_i - mean_{j in heard(i) ∪ {i}} x_j ||
+computed on the states it mixed this round (before mixing). It is zero exactly when every
+neighbour heard agrees with the site, so it goes to zero with D on a connected graph.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from gossipmed.errors import GossipmedError
+
+METRICS_FILE = "metrics.jsonl"
+METRICS_VERSION = 1
+
+
+class MetricsError(GossipmedError):
+    """A metrics file is missing or not in the JSONL record format."""
+
+
+def flatten_state(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """All tensors of a state, in name order, as one float64 vector."""
+    if not state:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([state[k].detach().reshape(-1).to(torch.float64) for k in sorted(state)])
+
+
+def consensus_distances(states: Sequence[Mapping[str, torch.Tensor]]) -> tuple[float, list[float]]:
+    """(global D, per-site ||x_i - x_bar||) over the sites' states."""
+    if not states:
+        raise ValueError("consensus distance of zero sites")
+    stacked = torch.stack([flatten_state(s) for s in states])
+    centred = stacked - stacked.mean(dim=0, keepdim=True)
+    per_site = torch.linalg.vector_norm(centred, dim=1)
+    overall = math.sqrt(float((per_site**2).mean()))
+    return overall, [float(d) for d in per_site]
+
+
+def local_consensus_distance(
+    own: Mapping[str, torch.Tensor], neighbours: Iterable[Mapping[str, torch.Tensor]]
+) -> float:
+    """||x_i - mean(x_i and the neighbours heard)||; 0 when nothing was heard."""
+    own_flat = flatten_state(own)
+    others = [flatten_state(s) for s in neighbours]
+    if not others:
+        return 0.0
+    mean = torch.stack([own_flat, *others]).mean(dim=0)
+    return float(torch.linalg.vector_norm(own_flat - mean))
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One site's round; `None` means "not measured this round" (e.g. eval skipped)."""
+
+    round: int
+    site: str
+    train_loss: float | None
+    eval_loss: float | None
+    accuracy: float | None
+    consensus_distance: float | None
+    epsilon: float
+    bytes_sent: int
+    bytes_received: int
+    neighbours_heard: int
+    seconds: float
+    neighbours_expected: int = 0
+    local_consensus_distance: float | None = None
+    consensus_scope: str = "local"  # "global" when a simulator saw every site
+    trained: bool = True
+    online: bool = True
+    rejected: int = 0
+    run: str = "gossip"  # gossip | local | central
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": METRICS_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundRecord:
+        known = {f.name for f in fields(cls)}
+        missing = {"round", "site"} - set(data)
+        if missing:
+            raise MetricsError(f"metrics record lacks {sorted(missing)}")
+        values = {k: v for k, v in data.items() if k in known}
+        defaults = {
+            "train_loss": None,
+            "eval_loss": None,
+            "accuracy": None,
+            "consensus_distance": None,
+            "epsilon": 0.0,
+            "bytes_sent": 0,
+            "bytes_received": 0,
+            "neighbours_heard": 0,
+            "seconds": 0.0,
+        }
+        return cls(**{**defaults, **values})
+
+
+class MetricsWriter:
+    """Appends records to a JSONL file, one line each, flushed so a crash loses at most one."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh: IO[str] = path.open("a", encoding="utf-8")
+
+    def write(self, record: RoundRecord) -> None:
+        self._fh.write(json.dumps(record.to_json(), allow_nan=False, sort_keys=True) + "\n")
+        self._fh.flush()
+
+    def sync(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(path: Path) -> list[RoundRecord]:
+    """All records of a JSONL file; a truncated last line (crash mid-write) is skipped."""
+    if not path.is_file():
+        raise MetricsError(f"no metrics file at {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise MetricsError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise MetricsError(f"{path}:{number}: a record must be a JSON object")
+        records.append(RoundRecord.from_json(data))
+    return records

@@ -1,0 +1,384 @@
+"""`gossipmed simulate`: many sites in one process, the daemon's exact round logic.
+
+Each site is a `node.peer.Peer`; the simulator drives them in lockstep over an in-memory
+network with simulated time: a dropped message never arrives, an offline site skips the
+round, and a straggler whose delay exceeds the round timeout is heard one round late (and
+rejected as stale). Every decision comes from the seed, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from gossipmed.checkpoint import atomic_write_bytes, atomic_write_json, save_state
+from gossipmed.errors import ConfigError
+from gossipmed.learner import AdapterState, EvalStats, Learner, TrainStats
+from gossipmed.metrics import METRICS_FILE, MetricsWriter, RoundRecord, consensus_distances
+from node.faults import FaultInjector
+from node.peer import ListAudit, MixingSchedule, Peer, PlaintextSealer, Sealer
+from node.sim_config import SimConfig, to_toml
+from topology.graphs import graph_schedule
+from topology.summary import TopologySummary, summarize
+
+ProgressCallback = Callable[[str, int, int], None]
+"""(run name, rounds done, rounds total)"""
+
+BASELINE_DIRS = {"local": "baselines/local-only", "central": "baselines/centralized"}
+
+
+class LearnerFactory(Protocol):
+    """Builds learners that share whatever can be shared (the frozen base model)."""
+
+    def site_learner(self, index: int) -> Learner: ...
+
+    def pooled_learner(self) -> Learner:
+        """One learner on all sites' data pooled (the centralized baseline)."""
+        ...
+
+
+# --- the synthetic quadratic problem ---------------------------------------------------------
+
+
+class QuadraticLearner:
+    """Site i minimises 0.5||x - c_i||^2; the consortium's optimum is mean(c_i).
+
+    Accuracy is the fraction of coordinates whose sign matches the consortium optimum's, so
+    a site that only learns its own skewed c_i scores visibly below one that gossips.
+    """
+
+    def __init__(
+        self,
+        *,
+        start: torch.Tensor,
+        target: torch.Tensor,
+        consensus_target: torch.Tensor,
+        lr: float,
+    ) -> None:
+        self.x = start.clone()
+        self.target = target
+        self.consensus_target = consensus_target
+        self.lr = lr
+
+    def get_state(self) -> AdapterState:
+        return {"x": self.x}
+
+    def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.x = state["x"].detach().clone().to(torch.float64)
+
+    def train_round(self, *, steps: int) -> TrainStats:
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.x = self.x - self.lr * (self.x - self.target)
+        loss = 0.5 * float(((self.x - self.target) ** 2).mean())
+        return TrainStats(
+            train_loss=loss,
+            epsilon=0.0,
+            n_examples=1,
+            steps=steps,
+            seconds=time.perf_counter() - started,
+        )
+
+    def evaluate(self) -> EvalStats:
+        loss = 0.5 * float(((self.x - self.consensus_target) ** 2).mean())
+        agree = (torch.sign(self.x) == torch.sign(self.consensus_target)).double().mean()
+        return EvalStats(loss=loss, accuracy=float(agree))
+
+
+class QuadraticFactory:
+    def __init__(
+        self, *, n_sites: int, seed: int, lr: float, dim: int = 256, heterogeneity: float = 2.0
+    ) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.consensus = torch.randn(dim, generator=gen, dtype=torch.float64)
+        skew = torch.randn(n_sites, dim, generator=gen, dtype=torch.float64) * heterogeneity
+        skew -= skew.mean(dim=0, keepdim=True)  # so mean(c_i) is exactly the consensus optimum
+        self.targets = self.consensus + skew
+        self.starts = torch.randn(n_sites, dim, generator=gen, dtype=torch.float64)
+        self.lr = lr
+
+    def site_learner(self, index: int) -> Learner:
+        return QuadraticLearner(
+            start=self.starts[index],
+            target=self.targets[index],
+            consensus_target=self.consensus,
+            lr=self.lr,
+        )
+
+    def pooled_learner(self) -> Learner:
+        return QuadraticLearner(
+            start=self.starts.mean(dim=0),
+            target=self.consensus,
+            consensus_target=self.consensus,
+            lr=self.lr,
+        )
+
+
+def default_factory(config: SimConfig) -> LearnerFactory:
+    if config.sim.problem == "quadratic":
+        return QuadraticFactory(
+            n_sites=config.nodes, seed=config.sim.seed, lr=min(config.learning.train.lr, 1.0)
+        )
+    raise ConfigError("the language-model learner (gossipmed.train) is not available yet")
+
+
+# --- sealing --------------------------------------------------------------------------------
+
+
+def build_sealers(names: list[str], *, mode: str, seed: int) -> dict[str, Sealer]:
+    """One sealer per site; 'envelope' uses in-memory identities and a roster of all sites."""
+    if mode == "plaintext":
+        return {n: PlaintextSealer(identity=n) for n in names}
+    raise ConfigError("envelope sealing is not available yet; use sealing = 'plaintext'")
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    name: str  # gossip | local | central
+    records: list[RoundRecord]
+    wall_seconds: float
+    states: dict[str, AdapterState]
+
+
+class Simulation:
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        factory: LearnerFactory | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.config = config
+        self.factory = factory if factory is not None else default_factory(config)
+        self.on_progress = on_progress
+        sim = config.sim
+        self.graphs = graph_schedule(
+            sim.topology,
+            nodes=config.nodes,
+            degree=sim.degree,
+            p=sim.p,
+            seed=sim.seed,
+            path=sim.topology_file,
+        )
+        if self.graphs[0].number_of_nodes() != config.nodes:
+            raise ConfigError(
+                f"topology has {self.graphs[0].number_of_nodes()} nodes but "
+                f"data.n_sites is {config.nodes}"
+            )
+        self.schedule = MixingSchedule.from_graphs(self.graphs, rule=sim.mixing)
+        self.names = self.schedule.sites
+        self.topology: TopologySummary = summarize(sim.topology, self.graphs, rule=sim.mixing)
+        self.faults = FaultInjector(dataclasses.replace(config.faults, seed=sim.seed))
+        self.audit = ListAudit()
+
+    # -- gossip ---------------------------------------------------------------------------------
+
+    def run_gossip(self, *, communicate: bool = True) -> RunResult:
+        cfg = self.config
+        rounds = cfg.sim.rounds
+        run_name = "gossip" if communicate else "local"
+        sealers = (
+            build_sealers(self.names, mode=cfg.sim.sealing, seed=cfg.sim.seed)
+            if communicate
+            else {n: PlaintextSealer(identity=n) for n in self.names}
+        )
+        peers = {
+            name: Peer(
+                name=name,
+                learner=self.factory.site_learner(i),
+                sealer=sealers[name],
+                schedule=self.schedule,
+                local_steps=cfg.learning.train.steps_per_round,
+                train=cfg.sim.train,
+                aggregation=cfg.sim.aggregation,
+                eval_every=cfg.sim.eval_every,
+                total_rounds=rounds,
+                audit=self.audit,
+            )
+            for i, name in enumerate(self.names)
+        }
+        faults = self.faults if communicate else None
+        records: list[RoundRecord] = []
+        late: list[tuple[str, bytes]] = []
+        started = time.perf_counter()
+        for r in range(rounds):
+            online = {n: not (faults and faults.offline(r, n)) for n in self.names}
+            for name, peer in peers.items():
+                if not online[name]:
+                    continue
+                peer.train(r)
+                if not communicate:
+                    continue
+                for recipient, data in peer.seal_outgoing(r).items():
+                    if not online[recipient] or (faults and faults.dropped(r, name, recipient)):
+                        continue
+                    if faults and faults.late(r, name):
+                        late.append((recipient, data))
+                    else:
+                        peers[recipient].receive(data)
+            round_records = [
+                peer.complete_round(r) if online[name] else peer.skip_round(r)
+                for name, peer in peers.items()
+            ]
+            # stragglers' envelopes land after their recipients mixed: stale on arrival
+            for recipient, data in late:
+                peers[recipient].receive(data)
+            late.clear()
+            _overall, per_site = consensus_distances(
+                [peers[n].learner.get_state() for n in self.names]
+            )
+            for rec, dist in zip(round_records, per_site, strict=True):
+                records.append(
+                    dataclasses.replace(
+                        rec, consensus_distance=dist, consensus_scope="global", run=run_name
+                    )
+                )
+            if self.on_progress:
+                self.on_progress(run_name, r + 1, rounds)
+        wall = time.perf_counter() - started
+        states = {n: _snapshot(p.learner.get_state()) for n, p in peers.items()}
+        self._last_learners = {n: p.learner for n, p in peers.items()}
+        return RunResult(name=run_name, records=records, wall_seconds=wall, states=states)
+
+    # -- centralized baseline -------------------------------------------------------------------
+
+    def run_central(self) -> RunResult:
+        """Pooled data, the same total steps per round as all sites together, same DP."""
+        cfg = self.config
+        learner = self.factory.pooled_learner()
+        steps = cfg.learning.train.steps_per_round * cfg.nodes
+        records = []
+        started = time.perf_counter()
+        epsilon = 0.0
+        for r in range(cfg.sim.rounds):
+            t0 = time.perf_counter()
+            stats = learner.train_round(steps=steps) if cfg.sim.train else None
+            epsilon = stats.epsilon if stats else epsilon
+            last = r == cfg.sim.rounds - 1
+            ev = learner.evaluate() if last or (r + 1) % cfg.sim.eval_every == 0 else None
+            records.append(
+                RoundRecord(
+                    round=r,
+                    site="central",
+                    train_loss=stats.train_loss if stats else None,
+                    eval_loss=ev.loss if ev else None,
+                    accuracy=ev.accuracy if ev else None,
+                    consensus_distance=0.0,
+                    epsilon=epsilon,
+                    bytes_sent=0,
+                    bytes_received=0,
+                    neighbours_heard=0,
+                    seconds=time.perf_counter() - t0,
+                    consensus_scope="global",
+                    trained=stats is not None,
+                    run="central",
+                )
+            )
+            if self.on_progress:
+                self.on_progress("central", r + 1, cfg.sim.rounds)
+        self._last_learners = {"central": learner}
+        return RunResult(
+            name="central",
+            records=records,
+            wall_seconds=time.perf_counter() - started,
+            states={"central": _snapshot(learner.get_state())},
+        )
+
+
+def _snapshot(state: Mapping[str, torch.Tensor]) -> AdapterState:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def save_adapters(learners: Mapping[str, Learner], directory: Path) -> None:
+    """Final per-site adapters: PEFT format when the learner can write it, else safetensors."""
+    for name, learner in learners.items():
+        target = directory / name
+        saver = getattr(learner, "save_adapter", None)
+        if callable(saver):
+            saver(target)
+        else:
+            save_state(target, learner.get_state(), {"site": name})
+
+
+def write_records(path: Path, records: list[RoundRecord]) -> None:
+    path.unlink(missing_ok=True)
+    with MetricsWriter(path) as writer:
+        for rec in records:
+            writer.write(rec)
+        writer.sync()
+
+
+def run_simulation(
+    config: SimConfig,
+    *,
+    out_dir: Path,
+    factory: LearnerFactory | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Run gossip (and the baselines if asked), write the run directory, return the summary."""
+    from node.inspect_run import summarize_run
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "config.toml", to_toml(config.to_mapping()).encode())
+    sim = Simulation(config, factory=factory, on_progress=on_progress)
+    results = [sim.run_gossip()]
+    write_records(out_dir / METRICS_FILE, results[0].records)
+    save_adapters(sim._last_learners, out_dir / "adapters")
+    if config.sim.baselines:
+        for result in (sim.run_gossip(communicate=False), sim.run_central()):
+            write_records(out_dir / BASELINE_DIRS[result.name] / METRICS_FILE, result.records)
+            results.append(result)
+    sim._last_learners = {}
+    audit_counts: dict[str, int] = {}
+    for event in sim.audit.events:
+        key = f"{event['event']}:{event.get('reason', '')}"
+        audit_counts[key] = audit_counts.get(key, 0) + 1
+    summary = summarize_run(
+        {r.name: r.records for r in results},
+        topology=sim.topology.to_dict(),
+    )
+    summary.update(
+        {
+            "config": config.to_mapping(),
+            "wall_seconds": {r.name: r.wall_seconds for r in results},
+            "seconds_per_round": {r.name: r.wall_seconds / config.sim.rounds for r in results},
+            "peak_rss_mib": peak_rss_mib(),
+            "audit": audit_counts,
+            "sites": sim.names,
+        }
+    )
+    atomic_write_json(out_dir / "summary.json", _json_safe(summary))
+    return summary
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(summary: Mapping[str, Any]) -> str:
+    return json.dumps(_json_safe(dict(summary)), indent=2, sort_keys=True)
