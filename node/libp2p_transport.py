@@ -118,7 +118,8 @@ def peer_id_from_seed(seed: bytes) -> str:
     return ID.from_pubkey(key_pair_from_seed(seed).public_key).to_base58()
 
 
-def _build_host(key_pair: KeyPair, timeouts: Libp2pTimeouts) -> IHost:
+def build_host(key_pair: KeyPair, timeouts: Libp2pTimeouts) -> IHost:
+    """A libp2p host that speaks only Noise and yamux (never plaintext, secio, TLS or mplex)."""
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
     host = new_host(
         key_pair=key_pair,
@@ -209,7 +210,7 @@ class Libp2pTransport:
         self._roster = _Roster()
         for site, info in peers.items():
             self._roster.set(site, info)
-        self._host = _build_host(key_pair, timeouts)
+        self._host = build_host(key_pair, timeouts)
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[str, bytes]](queue_size)
         self._inbound_slots = trio.Semaphore(max_inbound_streams)
         self._nursery: trio.Nursery | None = None
@@ -269,7 +270,12 @@ class Libp2pTransport:
                 self._host.set_stream_handler(PROTOCOL_ID, self._handle_stream)
                 self._sync_peerstore()
                 task_status.started()
-                await self._stop.wait()
+                try:
+                    await self._stop.wait()
+                finally:
+                    # Leaving host.run() alone leaves the TCP listener accepting (0.8.1).
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await self._host.close()
         finally:
             self._host_done.set()
 

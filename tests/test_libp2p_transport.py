@@ -1,0 +1,287 @@
+"""Libp2pTransport on loopback: delivery, connection reuse, roster gate, hostile bytes, redial.
+
+Every test is one `trio.run` bounded by `trio.fail_after`; hosts bind 127.0.0.1 port 0 and
+synchronise on received messages / on_reject events, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import multiaddr
+import pytest
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.peer.id import ID
+
+from gossipmed.errors import TransportError
+from node.framing import encode_frame, encode_uvarint
+from node.libp2p_transport import (
+    ACK_ACCEPTED,
+    PROTOCOL_ID,
+    Libp2pTimeouts,
+    Libp2pTransport,
+    PeerInfo,
+    build_host,
+    key_pair_from_seed,
+    peer_id_from_seed,
+)
+
+pytestmark = pytest.mark.network
+
+LISTEN = ["/ip4/127.0.0.1/tcp/0"]
+MAX_BYTES = 16 << 20
+TEST_BOUND_S = 30
+FAST = Libp2pTimeouts(
+    dial_s=3,
+    stream_open_s=3,
+    io_s=3,
+    message_s=20,
+    send_attempts=3,
+    backoff_initial_s=0.05,
+    backoff_max_s=0.5,
+    negotiate_s=3,
+)
+
+
+def seed(name: str) -> bytes:
+    return hashlib.sha256(f"gossipmed-test-site-{name}".encode()).digest()
+
+
+def roster(*names: str) -> dict[str, PeerInfo]:
+    return {n: PeerInfo(peer_id_from_seed(seed(n))) for n in names}
+
+
+class Rejections:
+    """on_reject callback that tests can wait on."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+        self._changed = trio.Event()
+
+    def __call__(self, peer_id: str, reason: str) -> None:
+        self.items.append((peer_id, reason))
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, peer_id: str, reason_part: str) -> None:
+        while not any(p == peer_id and reason_part in r for p, r in self.items):
+            await self._changed.wait()
+
+
+@asynccontextmanager
+async def open_site(
+    name: str,
+    peers: Mapping[str, PeerInfo],
+    *,
+    on_reject: Rejections | None = None,
+    timeouts: Libp2pTimeouts = FAST,
+    listen: list[str] = LISTEN,
+) -> AsyncIterator[Libp2pTransport]:
+    async with Libp2pTransport.open(
+        local_name=name,
+        seed=seed(name),
+        peers=peers,
+        listen=listen,
+        max_bytes=MAX_BYTES,
+        on_reject=on_reject,
+        timeouts=timeouts,
+    ) as transport:
+        yield transport
+
+
+def introduce(*sites: Libp2pTransport) -> None:
+    """Tell every site the real (port-0 resolved) addresses of every other one."""
+    for site in sites:
+        for other in sites:
+            if other is not site:
+                site.update_peer(other.local_name, PeerInfo(other.peer_id, other.listen_addrs))
+
+
+@asynccontextmanager
+async def open_sites(names: list[str]) -> AsyncIterator[dict[str, Libp2pTransport]]:
+    peers = roster(*names)
+    async with AsyncExitStack() as stack:
+        sites = {n: await stack.enter_async_context(open_site(n, peers)) for n in names}
+        introduce(*sites.values())
+        yield sites
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        with trio.fail_after(TEST_BOUND_S):
+            await test()
+
+    trio.run(bounded)
+
+
+def payload(n: int, salt: int) -> bytes:
+    return hashlib.shake_256(f"{salt}".encode()).digest(n)
+
+
+def test_three_sites_exchange_messages_both_ways_including_8_mib() -> None:
+    async def main() -> None:
+        async with open_sites(["a", "b", "c"]) as sites:
+            sent: dict[str, set[tuple[str, bytes]]] = {n: set() for n in sites}
+            for i, (src, dst) in enumerate(
+                [("a", "b"), ("b", "a"), ("a", "c"), ("c", "b"), ("b", "c"), ("c", "a")]
+            ):
+                data = payload(8 << 20 if src == "a" and dst == "b" else 1000 + i, i)
+                await sites[src].send(dst, data)
+                sent[dst].add((sites[src].peer_id, data))
+            for name, site in sites.items():
+                got = {await site.receive_from() for _ in sent[name]}
+                assert got == sent[name]
+
+    run(main)
+
+
+def test_second_send_reuses_the_connection() -> None:
+    async def main() -> None:
+        async with open_sites(["a", "b"]) as sites:
+            a, b = sites["a"], sites["b"]
+            network = a.host.get_network()
+            b_id = ID.from_base58(b.peer_id)
+            await a.send("b", b"round 1")
+            assert await b.receive() == b"round 1"
+            before = list(network.get_connections(b_id))
+            assert len(before) == 1
+            await a.send("b", b"round 2")
+            assert await b.receive() == b"round 2"
+            assert network.get_connections(b_id) == before
+
+    run(main)
+
+
+def test_peer_outside_the_roster_is_refused_and_reported() -> None:
+    async def main() -> None:
+        rejections = Rejections()
+        async with (
+            open_site("a", roster("a"), on_reject=rejections) as a,
+            # The outsider has a valid key and knows a, but a does not know it.
+            open_site("mallory", roster("a", "mallory")) as mallory,
+        ):
+            mallory.update_peer("a", PeerInfo(a.peer_id, a.listen_addrs))
+            with pytest.raises(TransportError):
+                await mallory.send("a", b"let me in")
+            await rejections.wait_for(mallory.peer_id, "not in the roster")
+            assert {p for p, _ in rejections.items} == {mallory.peer_id}
+            with trio.move_on_after(0.2):  # nothing may have been queued
+                await a.receive()
+                pytest.fail("an envelope from a non-member was delivered")
+
+    run(main)
+
+
+@asynccontextmanager
+async def raw_member_host(name: str, target: Libp2pTransport) -> AsyncIterator[IHost]:
+    """A bare libp2p host with a roster member's key, to write arbitrary bytes on the protocol."""
+    host = build_host(key_pair_from_seed(seed(name)), FAST)
+    async with host.run([multiaddr.Multiaddr(a) for a in LISTEN]):
+        target_id = ID.from_base58(target.peer_id)
+        addrs = [multiaddr.Multiaddr(a) for a in target.listen_addrs]
+        host.get_peerstore().add_addrs(target_id, addrs, 0)
+        await host.get_network().dial_peer(target_id)
+        yield host
+
+
+async def open_protocol_stream(host: IHost, target: Libp2pTransport) -> INetStream:
+    return await host.new_stream(ID.from_base58(target.peer_id), [PROTOCOL_ID])
+
+
+async def send_raw_and_close(host: IHost, target: Libp2pTransport, data: bytes) -> None:
+    stream = await open_protocol_stream(host, target)
+    await stream.write(data)
+    await stream.close()
+
+
+def test_garbage_from_a_member_is_dropped_and_later_messages_still_arrive() -> None:
+    async def main() -> None:
+        rejections = Rejections()
+        touchy = dataclasses.replace(FAST, io_s=1.0)
+        async with (
+            open_site("a", roster("a", "b", "eve"), on_reject=rejections, timeouts=touchy) as a,
+            open_site("b", roster("a", "b")) as b,
+            raw_member_host("eve", a) as eve,
+        ):
+            introduce(a, b)
+            eve_id = eve.get_id().to_base58()
+            hostile = [
+                (b"\xff" * 12, "varint longer"),
+                (encode_uvarint(2**40) + b"x" * 100, "limit is"),
+                (encode_uvarint(MAX_BYTES + 1), "limit is"),
+                (encode_uvarint(1000) + b"y" * 10, "ended after 10 of 1000"),
+                (b"", "inside the length prefix"),
+            ]
+            for data, reason in hostile:
+                await send_raw_and_close(eve, a, data)
+                await rejections.wait_for(eve_id, reason)
+
+            stalled = await open_protocol_stream(eve, a)
+            await stalled.write(encode_uvarint(50) + b"z")  # then nothing, stream left open
+            await rejections.wait_for(eve_id, "stalled")
+
+            legit = await open_protocol_stream(eve, a)
+            await legit.write(encode_frame(b"eve, well-formed"))
+            assert await legit.read(1) == ACK_ACCEPTED
+            await legit.close()
+            assert await a.receive_from() == (eve_id, b"eve, well-formed")
+
+            await b.send("a", b"b is unaffected")
+            assert await a.receive_from() == (b.peer_id, b"b is unaffected")
+            assert len(rejections.items) == len(hostile) + 1
+
+    run(main)
+
+
+def test_oversized_send_is_refused_locally() -> None:
+    async def main() -> None:
+        async with open_sites(["a", "b"]) as sites:
+            with pytest.raises(TransportError, match="limit"):
+                await sites["a"].send("b", bytes(MAX_BYTES + 1))
+            with pytest.raises(TransportError, match="not in the roster"):
+                await sites["a"].send("zed", b"x")
+
+    run(main)
+
+
+def test_peer_that_restarts_on_a_new_port_is_reached_again() -> None:
+    async def main() -> None:
+        peers = roster("a", "b")
+        async with open_site("a", peers) as a:
+            async with open_site("b", peers) as b1:
+                introduce(a, b1)
+                await a.send("b", b"before")
+                assert await b1.receive() == b"before"
+            # b is down: the send fails (and libp2p now has b in its negative dial cache).
+            with pytest.raises(TransportError):
+                await a.send("b", b"while down")
+            async with open_site("b", peers) as b2:
+                assert b2.peer_id == b1.peer_id
+                introduce(a, b2)
+                await a.send("b", b"after")
+                assert await b2.receive() == b"after"
+
+    run(main)
+
+
+def test_peer_that_restarts_on_the_same_address_is_redialled_without_help() -> None:
+    async def main() -> None:
+        peers = roster("a", "b")
+        async with open_site("a", peers) as a:
+            async with open_site("b", peers) as b1:
+                introduce(a, b1)
+                b_addrs = b1.listen_addrs  # a port the OS gave us via port 0
+                await a.send("b", b"before")
+                assert await b1.receive() == b"before"
+            with pytest.raises(TransportError):
+                await a.send("b", b"while down")
+            # No update_peer: a must unblock the negative cache and drop the dead connection.
+            async with open_site("b", peers, listen=b_addrs) as b2:
+                await a.send("b", b"after")
+                assert await b2.receive() == b"after"
+
+    run(main)
