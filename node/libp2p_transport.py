@@ -51,6 +51,7 @@ PROTOCOL_ID = TProtocol("/gossipmed/update/1.0.0")
 ACK_ACCEPTED = b"\x00"
 SEED_BYTES = 32
 CHUNK_BYTES = 1 << 20
+INBOUND_SLOT_WAIT_S = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -441,9 +442,11 @@ class Libp2pTransport:
             self._reject(pid, "stream from a peer not in the roster")
             await _finish_stream(stream, graceful=False)
             return
-        try:
-            self._inbound_slots.acquire_nowait()
-        except trio.WouldBlock:
+        # Wait briefly for a slot: neighbours legitimately send at the same moment, but a
+        # stream left unread for ~5 s is reset by yamux anyway.
+        with trio.move_on_after(INBOUND_SLOT_WAIT_S) as waited:
+            await self._inbound_slots.acquire()
+        if waited.cancelled_caught:
             self._reject(pid, "too many concurrent inbound streams")
             await _finish_stream(stream, graceful=False)
             return

@@ -285,3 +285,32 @@ def test_peer_that_restarts_on_the_same_address_is_redialled_without_help() -> N
                 assert await b2.receive() == b"after"
 
     run(main)
+
+
+def test_transport_peer_id_is_the_one_gossipmed_identity_derives() -> None:
+    from gossipmed.crypto import Identity
+
+    identity = Identity(ed25519_seed=seed("a"), x25519_secret=seed("a-box"))
+    assert peer_id_from_seed(identity.ed25519_seed) == identity.peer_id
+
+    async def main() -> None:
+        async with open_site("a", roster("a")) as a:
+            assert a.peer_id == identity.peer_id
+
+    run(main)
+
+
+def test_concurrent_envelopes_from_several_neighbours_all_arrive() -> None:
+    async def main() -> None:
+        async with open_sites(["a", "b", "c"]) as sites:
+            expected = set()
+            async with trio.open_nursery() as nursery:
+                for src in ("b", "c"):
+                    for i in range(10):  # more than max_inbound_streams at once
+                        data = payload(300_000, 100 * ord(src) + i)
+                        expected.add((sites[src].peer_id, data))
+                        nursery.start_soon(sites[src].send, "a", data)
+            got = {await sites["a"].receive_from() for _ in expected}
+            assert got == expected
+
+    run(main)
