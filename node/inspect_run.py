@@ -18,7 +18,7 @@ from typing import Any
 
 from gossipmed.metrics import METRICS_FILE, MetricsError, RoundRecord, read_metrics
 
-CONTRACTION_FLOOR = 1e-9
+CONTRACTION_FLOOR = 1e-5  # float32 states: round-off is ~1e-7 of their scale
 RUN_LABELS = {"gossip": "gossip", "local": "local-only", "central": "centralized"}
 BASELINE_PATHS = {
     "local": Path("baselines/local-only") / METRICS_FILE,
@@ -160,3 +160,107 @@ def inspect_path(path: Path) -> dict[str, Any]:
         if key in stored:
             summary[key] = stored[key]
     return summary
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf become null so the output is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.2f}"
+
+
+MAX_TABLE_ROWS = 40
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(110, Console().width))
+    rows = summary["per_round"].get("gossip", [])
+    topo = summary.get("topology") or {}
+    title = "gossip rounds"
+    if topo:
+        title += f" — {topo.get('kind')} topology, {topo.get('nodes')} sites"
+    table = Table(title=title)
+    for col in (
+        "round",
+        "online",
+        "acc mean",
+        "acc min",
+        "acc max",
+        "consensus D",
+        "D(r)/D(r-1)",
+        "epsilon",
+        "MiB sent",
+        "heard",
+    ):
+        table.add_column(col, justify="right")
+    step = max(1, math.ceil(len(rows) / MAX_TABLE_ROWS))
+    shown = [row for i, row in enumerate(rows) if i % step == 0 or i == len(rows) - 1]
+    for row in shown:
+        table.add_row(
+            str(row["round"] + 1),
+            f"{row['online']}/{row['sites']}",
+            _fmt(row["accuracy_mean"]),
+            _fmt(row["accuracy_min"]),
+            _fmt(row["accuracy_max"]),
+            _fmt(row["consensus_distance"], ".3e"),
+            _fmt(row["contraction"]),
+            _fmt(row["epsilon_max"], ".2f"),
+            _mib(row["bytes_sent"]),
+            f"{row['heard_fraction']:.0%}",
+        )
+    console.print(table)
+    if step > 1:
+        console.print(f"(every {step}th round shown; --json has all)")
+
+    final = Table(title="final (last evaluated round)")
+    for col in (
+        "run",
+        "acc mean",
+        "acc min",
+        "acc max",
+        "eval loss",
+        "consensus D",
+        "epsilon",
+        "MiB sent",
+    ):
+        final.add_column(col, justify="right")
+    for name, stats in summary["final"].items():
+        final.add_row(
+            RUN_LABELS.get(name, name),
+            _fmt(stats["accuracy_mean"]),
+            _fmt(stats["accuracy_min"]),
+            _fmt(stats["accuracy_max"]),
+            _fmt(stats["eval_loss_mean"]),
+            _fmt(stats["consensus_distance"], ".3e"),
+            _fmt(stats["epsilon_max"], ".2f"),
+            _mib(stats["bytes_sent_total"]),
+        )
+    console.print(final)
+    contraction = summary.get("contraction") or {}
+    line = f"consensus contraction per round: measured {_fmt(contraction.get('measured'))}"
+    if contraction.get("lambda2") is not None:
+        line += f", topology lambda2 {_fmt(contraction['lambda2'])}"
+        line += " (equal when training is off; training pulls sites apart each round)"
+    console.print(line)
+    if "seconds_per_round" in summary:
+        per_round = ", ".join(
+            f"{RUN_LABELS.get(k, k)} {v:.2f} s" for k, v in summary["seconds_per_round"].items()
+        )
+        console.print(
+            f"wall time per round: {per_round}; peak RSS {summary.get('peak_rss_mib', 0):.0f} MiB"
+        )

@@ -38,14 +38,26 @@ Schema = dict[str, tuple[str, tuple[int, ...]]]
 
 @dataclass(frozen=True)
 class OpenedUpdate:
-    """A verified, decrypted, decoded neighbour update."""
+    """A verified, decrypted, decoded neighbour update (what PlaintextSealer returns)."""
 
     sender: str
-    recipient: str
     round: int
-    tensors: AdapterState
+    tensors: dict[str, torch.Tensor]
     n_examples: int
     epsilon: float
+
+
+class ReceivedUpdate(Protocol):
+    """What the peer needs from an opened update (gossipmed.envelope.Update has it)."""
+
+    @property
+    def sender(self) -> str: ...
+
+    @property
+    def round(self) -> int: ...
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]: ...
 
 
 class Sealer(Protocol):
@@ -61,13 +73,33 @@ class Sealer(Protocol):
         epsilon: float,
     ) -> bytes: ...
 
-    def open(self, data: bytes, *, expected_schema: Schema) -> OpenedUpdate:
+    def open(self, data: bytes, *, expected_schema: Schema) -> ReceivedUpdate:
         """Verify then decode; raises a GossipmedError subclass on anything wrong."""
         ...
 
 
 class AuditSink(Protocol):
     def record(self, event: str, **fields: Any) -> None: ...
+
+
+class AuditLogSink:
+    """Routes peer events to a site's gossipmed.audit.AuditLog file (the daemon's sink)."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    def record(self, event: str, **fields: Any) -> None:
+        if event not in ("accepted", "rejected"):
+            return
+        self.log.record(
+            outcome=event,
+            reason=str(fields.get("reason", "ok"))
+            + (f": {fields['detail']}" if "detail" in fields else ""),
+            sender=fields.get("sender"),
+            round=fields.get("msg_round", fields.get("round")),
+            payload_hash=str(fields.get("payload_hash", "")),
+            size=fields.get("size"),
+        )
 
 
 class NullAudit:
@@ -184,7 +216,6 @@ class PlaintextSealer:
             tensors[name] = torch.frombuffer(bytearray(payload), dtype=dtype).reshape(shape)
         return OpenedUpdate(
             sender=sender,
-            recipient=recipient,
             round=round_,
             tensors=tensors,
             n_examples=n_examples,
@@ -246,7 +277,7 @@ class _RoundWork:
 
 @dataclass
 class _Inbox:
-    updates: dict[str, OpenedUpdate] = field(default_factory=dict)
+    updates: dict[str, ReceivedUpdate] = field(default_factory=dict)
     bytes_received: int = 0
 
 
@@ -326,15 +357,28 @@ class Peer:
         work = self._require_work(round)
         started = self.clock()
         out: dict[str, bytes] = {}
-        for neighbour in sorted(self.schedule.neighbours(round, self.name)):
-            with self._lock:
-                out[neighbour] = self.sealer.seal(
-                    update_tensors=work.state,
-                    round=round,
-                    recipient=neighbour,
-                    n_examples=self._n_examples,
-                    epsilon=self.epsilon,
+        neighbours = sorted(self.schedule.neighbours(round, self.name))
+        seal_many = getattr(self.sealer, "seal_many", None)  # encodes once for all recipients
+        with self._lock:
+            if callable(seal_many) and neighbours:
+                out = dict(
+                    seal_many(
+                        update_tensors=work.state,
+                        round=round,
+                        recipients=neighbours,
+                        n_examples=self._n_examples,
+                        epsilon=self.epsilon,
+                    )
                 )
+            for neighbour in neighbours:
+                if neighbour not in out:
+                    out[neighbour] = self.sealer.seal(
+                        update_tensors=work.state,
+                        round=round,
+                        recipient=neighbour,
+                        n_examples=self._n_examples,
+                        epsilon=self.epsilon,
+                    )
         work.bytes_sent += sum(len(b) for b in out.values())
         work.seconds += self.clock() - started
         return out
@@ -364,6 +408,9 @@ class Peer:
                 return self._reject("duplicate", sender=update.sender, msg_round=r)
             inbox.updates[update.sender] = update
             inbox.bytes_received += len(data)
+            self.audit.record(
+                "accepted", site=self.name, sender=update.sender, msg_round=r, size=len(data)
+            )
             return True
 
     def heard(self, round: int) -> set[str]:

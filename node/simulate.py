@@ -9,8 +9,6 @@ rejected as stale). Every decision comes from the seed, so a run is reproducible
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import resource
 import sys
 import time
@@ -74,7 +72,7 @@ class QuadraticLearner:
         return {"x": self.x}
 
     def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.x = state["x"].detach().clone().to(torch.float64)
+        self.x = state["x"].detach().clone().to(torch.float32)
 
     def train_round(self, *, steps: int) -> TrainStats:
         started = time.perf_counter()
@@ -91,7 +89,7 @@ class QuadraticLearner:
 
     def evaluate(self) -> EvalStats:
         loss = 0.5 * float(((self.x - self.consensus_target) ** 2).mean())
-        agree = (torch.sign(self.x) == torch.sign(self.consensus_target)).double().mean()
+        agree = (torch.sign(self.x) == torch.sign(self.consensus_target)).float().mean()
         return EvalStats(loss=loss, accuracy=float(agree))
 
 
@@ -99,12 +97,13 @@ class QuadraticFactory:
     def __init__(
         self, *, n_sites: int, seed: int, lr: float, dim: int = 256, heterogeneity: float = 2.0
     ) -> None:
+        # float32 like real adapters (the envelope refuses float64 on the wire)
         gen = torch.Generator().manual_seed(seed)
-        self.consensus = torch.randn(dim, generator=gen, dtype=torch.float64)
-        skew = torch.randn(n_sites, dim, generator=gen, dtype=torch.float64) * heterogeneity
+        self.consensus = torch.randn(dim, generator=gen)
+        skew = torch.randn(n_sites, dim, generator=gen) * heterogeneity
         skew -= skew.mean(dim=0, keepdim=True)  # so mean(c_i) is exactly the consensus optimum
         self.targets = self.consensus + skew
-        self.starts = torch.randn(n_sites, dim, generator=gen, dtype=torch.float64)
+        self.starts = torch.randn(n_sites, dim, generator=gen)
         self.lr = lr
 
     def site_learner(self, index: int) -> Learner:
@@ -135,11 +134,28 @@ def default_factory(config: SimConfig) -> LearnerFactory:
 # --- sealing --------------------------------------------------------------------------------
 
 
-def build_sealers(names: list[str], *, mode: str, seed: int) -> dict[str, Sealer]:
-    """One sealer per site; 'envelope' uses in-memory identities and a roster of all sites."""
+def build_sealers(
+    names: list[str], *, mode: str, edges: list[tuple[str, str]], topology: str
+) -> dict[str, Sealer]:
+    """One sealer per site. 'envelope' (the default) gives every simulated site a fresh
+    in-memory identity and one roster of all of them, so simulated updates are signed,
+    encrypted and replay-checked exactly as the daemon's are."""
     if mode == "plaintext":
         return {n: PlaintextSealer(identity=n) for n in names}
-    raise ConfigError("envelope sealing is not available yet; use sealing = 'plaintext'")
+    from gossipmed.crypto import generate_identity
+    from gossipmed.envelope import EnvelopeSealer
+    from gossipmed.roster import Member, Roster
+
+    identities = {n: generate_identity() for n in names}
+    roster = Roster(
+        members=tuple(
+            Member(name=n, peer_id=i.peer_id, sign_key=i.sign_key, box_key=i.box_key)
+            for n, i in identities.items()
+        ),
+        edges=tuple(edges),
+        topology=topology,
+    )
+    return {n: EnvelopeSealer(identity=identities[n], roster=roster) for n in names}
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -191,7 +207,12 @@ class Simulation:
         rounds = cfg.sim.rounds
         run_name = "gossip" if communicate else "local"
         sealers = (
-            build_sealers(self.names, mode=cfg.sim.sealing, seed=cfg.sim.seed)
+            build_sealers(
+                self.names,
+                mode=cfg.sim.sealing,
+                edges=self._union_edges(),
+                topology=cfg.sim.topology,
+            )
             if communicate
             else {n: PlaintextSealer(identity=n) for n in self.names}
         )
@@ -252,6 +273,16 @@ class Simulation:
         states = {n: _snapshot(p.learner.get_state()) for n, p in peers.items()}
         self._last_learners = {n: p.learner for n, p in peers.items()}
         return RunResult(name=run_name, records=records, wall_seconds=wall, states=states)
+
+    def _union_edges(self) -> list[tuple[str, str]]:
+        edges = {
+            tuple(sorted((u, v)))
+            for rows in self.schedule.rows
+            for u, row in rows.items()
+            for v in row
+            if u != v
+        }
+        return sorted((a, b) for a, b in edges)
 
     # -- centralized baseline -------------------------------------------------------------------
 
@@ -335,7 +366,7 @@ def run_simulation(
     on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Run gossip (and the baselines if asked), write the run directory, return the summary."""
-    from node.inspect_run import summarize_run
+    from node.inspect_run import json_safe, summarize_run
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "config.toml", to_toml(config.to_mapping()).encode())
@@ -366,19 +397,5 @@ def run_simulation(
             "sites": sim.names,
         }
     )
-    atomic_write_json(out_dir / "summary.json", _json_safe(summary))
+    atomic_write_json(out_dir / "summary.json", json_safe(summary))
     return summary
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def dumps(summary: Mapping[str, Any]) -> str:
-    return json.dumps(_json_safe(dict(summary)), indent=2, sort_keys=True)

@@ -1,0 +1,186 @@
+"""The peer's phases: seal per neighbour, verify and buffer, mix with silent weight to self."""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+
+from gossipmed.checkpoint import load_state
+from gossipmed.errors import GossipmedError, PrivacyBudgetExceeded
+from gossipmed.learner import AdapterState, EvalStats, TrainStats
+from node.peer import ListAudit, MixingSchedule, Peer, PlaintextSealer
+from node.simulate import build_sealers
+
+
+class StepLearner:
+    """State w; a training round adds `step` to every entry; budget after `budget` rounds."""
+
+    def __init__(self, value: float, *, step: float = 0.0, budget: int = 1000) -> None:
+        self.w = torch.full((2, 3), value)
+        self.step = step
+        self.budget = budget
+        self.rounds = 0
+
+    def get_state(self) -> AdapterState:
+        return {"w": self.w}
+
+    def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.w = state["w"].clone()
+
+    def train_round(self, *, steps: int) -> TrainStats:
+        if self.rounds >= self.budget:
+            raise PrivacyBudgetExceeded("spent")
+        self.rounds += 1
+        self.w = self.w + self.step
+        return TrainStats(
+            train_loss=1.0, epsilon=float(self.rounds), n_examples=5, steps=steps, seconds=0.0
+        )
+
+    def evaluate(self) -> EvalStats:
+        return EvalStats(loss=float(self.w.mean()), accuracy=0.5)
+
+
+def _peers(graph: nx.Graph, *, sealing: str = "plaintext", **kwargs: object) -> dict[str, Peer]:
+    schedule = MixingSchedule.from_graphs([graph])
+    sealers = build_sealers(
+        schedule.sites,
+        mode=sealing,
+        edges=[(f"site-{u:02d}", f"site-{v:02d}") for u, v in graph.edges],
+        topology="test",
+    )
+    return {
+        name: Peer(
+            name=name,
+            learner=StepLearner(float(i)),
+            sealer=sealers[name],
+            schedule=schedule,
+            local_steps=1,
+            **kwargs,
+        )  # type: ignore[arg-type]
+        for i, name in enumerate(schedule.sites)
+    }
+
+
+@pytest.mark.parametrize("sealing", ["plaintext", "envelope"])
+def test_a_full_round_mixes_with_metropolis_hastings_weights(sealing: str) -> None:
+    peers = _peers(nx.path_graph(3), sealing=sealing, train=False)  # 0 - 1 - 2
+    for p in peers.values():
+        for recipient, data in p.outgoing(0).items():
+            assert peers[recipient].receive(data)
+    records = {n: p.complete_round(0) for n, p in peers.items()}
+    # MH on a path: w01 = w12 = 1/3, so site-00 -> (2*0 + 1)/3, site-01 -> (0+1+2)/3
+    assert torch.allclose(peers["site-00"].learner.get_state()["w"], torch.full((2, 3), 1 / 3))
+    assert torch.allclose(peers["site-01"].learner.get_state()["w"], torch.full((2, 3), 1.0))
+    assert records["site-01"].neighbours_heard == 2
+    assert records["site-01"].bytes_sent > 0 and records["site-01"].bytes_received > 0
+
+
+def test_a_silent_neighbour_counts_as_our_own_state() -> None:
+    peers = _peers(nx.path_graph(3), train=False)
+    out = peers["site-00"].outgoing(0)
+    peers["site-01"].outgoing(0)
+    peers["site-01"].receive(out["site-01"])  # site-02 says nothing
+    rec = peers["site-01"].complete_round(0)
+    # w = 1/3*0 + (1/3 + 1/3)*1
+    assert torch.allclose(peers["site-01"].learner.get_state()["w"], torch.full((2, 3), 2 / 3))
+    assert rec.neighbours_heard == 1 and rec.neighbours_expected == 2
+
+
+def test_bad_stale_duplicate_and_foreign_envelopes_are_audited_not_raised() -> None:
+    audit = ListAudit()
+    peers = _peers(nx.path_graph(3), train=False, audit=audit)
+    a, b = peers["site-00"], peers["site-01"]
+    env0 = a.outgoing(0)["site-01"]
+    b.outgoing(0)
+    assert not b.receive(b"\x00garbage")
+    assert b.receive(env0)
+    assert not b.receive(env0)  # duplicate
+    b.complete_round(0)
+    assert not b.receive(env0)  # round 0 is over: stale
+    stranger = PlaintextSealer(identity="site-02").seal(
+        update_tensors={"w": torch.zeros(2, 3)},
+        round=1,
+        recipient="site-00",
+        n_examples=1,
+        epsilon=0.0,
+    )
+    assert not a.receive(stranger)  # site-02 is not a neighbour of site-00
+    reasons = [e["reason"] for e in audit.events if e["event"] == "rejected"]
+    assert reasons == ["invalid", "duplicate", "stale", "not_a_neighbour"]
+
+
+def test_early_envelopes_are_buffered_far_future_ones_refused() -> None:
+    peers = _peers(nx.path_graph(2), train=False, max_future_rounds=1)
+    a, b = peers["site-00"], peers["site-01"]
+    a.outgoing(0)
+    a.complete_round(0)
+    assert b.receive(a.outgoing(1)["site-01"])  # b is still in round 0
+    assert b.heard(1) == {"site-00"}
+    far = PlaintextSealer(identity="site-00").seal(
+        update_tensors={"w": torch.zeros(2, 3)},
+        round=5,
+        recipient="site-01",
+        n_examples=1,
+        epsilon=0.0,
+    )
+    assert not b.receive(far)
+
+
+def test_wrong_schema_is_rejected() -> None:
+    peers = _peers(nx.path_graph(2), train=False)
+    bad = PlaintextSealer(identity="site-00").seal(
+        update_tensors={"w": torch.zeros(3, 2)},
+        round=0,
+        recipient="site-01",
+        n_examples=1,
+        epsilon=0.0,
+    )
+    assert not peers["site-01"].receive(bad)
+
+
+def test_spent_budget_stops_training_but_not_gossip() -> None:
+    schedule = MixingSchedule.from_graphs([nx.path_graph(2)])
+    audit = ListAudit()
+    a = Peer(
+        name="site-00",
+        learner=StepLearner(0.0, step=1.0, budget=1),
+        sealer=PlaintextSealer(identity="site-00"),
+        schedule=schedule,
+        local_steps=1,
+        audit=audit,
+    )
+    first = (a.outgoing(0), a.complete_round(0))[1]
+    second = (a.outgoing(1), a.complete_round(1))[1]
+    assert first.trained and not second.trained
+    assert second.epsilon == 1.0
+    assert any(e["event"] == "budget_spent" for e in audit.events)
+
+
+def test_checkpoint_is_written_atomically_each_round(tmp_path: Path) -> None:
+    schedule = MixingSchedule.from_graphs([nx.path_graph(2)])
+    a = Peer(
+        name="site-00",
+        learner=StepLearner(3.0),
+        sealer=PlaintextSealer(identity="site-00"),
+        schedule=schedule,
+        local_steps=1,
+        train=False,
+        checkpoint_dir=tmp_path,
+    )
+    a.outgoing(0)
+    a.complete_round(0)
+    state, meta = load_state(tmp_path)
+    assert meta["round"] == 0 and meta["site"] == "site-00"
+    assert torch.equal(state["w"], torch.full((2, 3), 3.0))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_completed_round_cannot_be_replayed() -> None:
+    peers = _peers(nx.path_graph(2), train=False)
+    a = peers["site-00"]
+    a.outgoing(0)
+    a.complete_round(0)
+    with pytest.raises(GossipmedError):
+        a.outgoing(0)

@@ -1,0 +1,103 @@
+"""The async round driver over MemoryTransport: full rounds, and a silent site that never
+stalls its neighbours beyond the timeout."""
+
+import networkx as nx
+import pytest
+import torch
+import trio
+
+from gossipmed.errors import TransportError
+from gossipmed.metrics import RoundRecord
+from node.memory_transport import MemoryNetwork
+from node.peer import MixingSchedule, Peer
+from node.round_driver import RoundDriver, run_round
+from node.simulate import QuadraticFactory, build_sealers
+
+TIMEOUT = 10.0  # generous; rounds finish as soon as every neighbour is heard
+
+
+def _peers(n: int) -> dict[str, Peer]:
+    graph = nx.cycle_graph(n)
+    schedule = MixingSchedule.from_graphs([graph])
+    names = schedule.sites
+    sealers = build_sealers(
+        names,
+        mode="envelope",
+        edges=[(names[u], names[v]) for u, v in graph.edges],
+        topology="ring",
+    )
+    factory = QuadraticFactory(n_sites=n, seed=0, lr=0.1)
+    return {
+        name: Peer(
+            name=name,
+            learner=factory.site_learner(i),
+            sealer=sealers[name],
+            schedule=schedule,
+            local_steps=1,
+            train=False,
+        )
+        for i, name in enumerate(names)
+    }
+
+
+def test_sites_complete_rounds_together_and_mix() -> None:
+    peers = _peers(4)
+    network = MemoryNetwork()
+    transports = {n: network.endpoint(n) for n in peers}
+    records: dict[str, list[RoundRecord]] = {n: [] for n in peers}
+
+    async def site(name: str) -> None:
+        driver = RoundDriver(peers[name], transports[name])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(driver.pump)
+            for r in range(3):
+                records[name].append(await driver.run_round(r, timeout=TIMEOUT))
+            nursery.cancel_scope.cancel()
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for name in peers:
+                    nursery.start_soon(site, name)
+
+    trio.run(main)
+    assert all(rec.neighbours_heard == 2 for recs in records.values() for rec in recs)
+    # mixing with a doubly stochastic W keeps the average exactly
+    mean = torch.stack([p.learner.get_state()["x"] for p in peers.values()]).mean(0)
+    start = torch.stack(
+        [QuadraticFactory(n_sites=4, seed=0, lr=0.1).starts[i] for i in range(4)]
+    ).mean(0)
+    assert torch.allclose(mean, start, atol=1e-5)
+
+
+def test_a_silent_neighbour_costs_one_timeout_not_a_hang() -> None:
+    peers = _peers(3)
+    network = MemoryNetwork()
+    a = network.endpoint("site-00")
+    network.endpoint("site-01")  # joined, never speaks
+    network.endpoint("site-02")
+
+    async def main() -> RoundRecord:
+        with trio.fail_after(30):
+            return await run_round(peers["site-00"], a, 0, timeout=0.2)
+
+    record = trio.run(main)
+    assert record.neighbours_heard == 0 and record.neighbours_expected == 2
+
+
+def test_memory_transport_errors_are_transport_errors() -> None:
+    async def main() -> None:
+        network = MemoryNetwork(inbox_size=1)
+        a = network.endpoint("a")
+        network.endpoint("b")
+        with pytest.raises(TransportError):
+            await a.send("nobody", b"x")
+        await a.send("b", b"1")
+        with pytest.raises(TransportError):
+            await a.send("b", b"2")  # inbox full: dropped, not buffered without bound
+        await a.aclose()
+        await a.aclose()  # idempotent
+        with pytest.raises(TransportError):
+            await a.receive()
+
+    trio.run(main)
