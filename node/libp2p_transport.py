@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -133,6 +134,34 @@ def build_host(key_pair: KeyPair, timeouts: Libp2pTimeouts) -> IHost:
     network: Any = host.get_network()
     network.retry_config = RetryConfig(max_retries=0)
     return host
+
+
+def _refuse_ports_in_use(listen_addrs: Sequence[multiaddr.Multiaddr]) -> None:
+    """Fail if a fixed TCP port is taken, which libp2p alone would not notice.
+
+    libp2p listens with SO_REUSEPORT (for hole punching), so a second daemon on the same port
+    would silently share incoming connections with the first. A plain bind detects that.
+    """
+    for addr in listen_addrs:
+        protocols = {p.name for p in addr.protocols()}
+        if "tcp" not in protocols:
+            continue
+        port = int(addr.value_for_protocol("tcp"))
+        if port == 0:
+            continue
+        family, host = (
+            (socket.AF_INET6, addr.value_for_protocol("ip6"))
+            if "ip6" in protocols
+            else (socket.AF_INET, addr.value_for_protocol("ip4"))
+        )
+        if host is None:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((str(host), port))
+            except OSError as exc:
+                raise TransportError(f"cannot listen on {addr}: {exc.strerror}") from exc
 
 
 class _RosterGate(INotifee):
@@ -251,13 +280,30 @@ class Libp2pTransport:
             queue_size=queue_size,
             max_inbound_streams=max_inbound_streams,
         )
-        async with trio.open_nursery() as nursery:
-            transport._nursery = nursery
-            await nursery.start(transport._run_host, listen_addrs)
-            try:
-                yield transport
-            finally:
-                await transport.aclose()
+        _refuse_ports_in_use(listen_addrs)
+        try:
+            async with trio.open_nursery() as nursery:
+                transport._nursery = nursery
+                await nursery.start(transport._run_host, listen_addrs)
+                try:
+                    listening = transport.listen_addrs
+                    if len(listening) < len(listen_addrs):  # libp2p only logs a failed listen
+                        raise TransportError(
+                            f"could not listen on all of {[str(a) for a in listen_addrs]}; "
+                            f"listening on {listening}"
+                        )
+                    yield transport
+                finally:
+                    await transport.aclose()
+        except BaseExceptionGroup as group:
+            # Hand the caller's own exception back unwrapped (e.g. a GossipmedError raised in
+            # the `async with` body) instead of a group created by our private nursery.
+            inner: BaseException = group
+            while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+                inner = inner.exceptions[0]
+            if inner is group:
+                raise
+            raise inner from inner.__cause__  # keep its cause, hide the group as context
 
     async def _run_host(
         self,

@@ -314,3 +314,26 @@ def test_concurrent_envelopes_from_several_neighbours_all_arrive() -> None:
             assert got == expected
 
     run(main)
+
+
+def test_a_port_already_in_use_is_an_error_not_a_silently_shared_listener() -> None:
+    async def main() -> None:
+        peers = roster("a", "b")
+        async with open_site("a", peers) as a:
+            with pytest.raises(TransportError, match="in use"):
+                async with open_site("b", peers, listen=a.listen_addrs):
+                    pytest.fail("a second host listened on the same port")
+
+    run(main)
+
+
+def test_errors_raised_inside_the_context_come_out_unwrapped() -> None:
+    class RoundFailed(Exception):
+        pass
+
+    async def main() -> None:
+        with pytest.raises(RoundFailed):
+            async with open_site("a", roster("a")):
+                raise RoundFailed
+
+    run(main)
