@@ -226,7 +226,8 @@ def unpack_bounded(
         raise
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         # ExtraData, FormatError, StackError, OutOfData, UnicodeDecodeError are ValueErrors.
-        raise MalformedEnvelope(f"{what} is not valid msgpack: {type(exc).__name__}") from exc
+        detail = f"{type(exc).__name__}: {str(exc)[:80]}"
+        raise MalformedEnvelope(f"{what} is not valid msgpack ({detail})") from exc
 
 
 def require_map(obj: object, *, keys: frozenset[str], what: str) -> dict[str, Any]:

@@ -1,0 +1,166 @@
+"""The consortium roster: validation, a content hash that pins keys and edges, revocation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gossipmed.crypto import derive_identity
+from gossipmed.errors import RosterError
+from gossipmed.roster import (
+    Member,
+    NotAMember,
+    RevokedMember,
+    Roster,
+    load_card,
+    load_roster,
+    save_roster,
+)
+
+SECRET = b"roster-test-secret-0123456789"
+
+
+def member(name: str, *, addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/4001",)) -> Member:
+    ident = derive_identity(SECRET, name)
+    return Member(
+        name=name,
+        peer_id=ident.peer_id,
+        sign_key=ident.sign_key,
+        box_key=ident.box_key,
+        addrs=addrs,
+    )
+
+
+def ring(names: str = "abcd") -> Roster:
+    ms = tuple(member(n) for n in names)
+    edges = tuple((names[i], names[(i + 1) % len(names)]) for i in range(len(names)))
+    return Roster(members=ms, edges=edges, topology="ring", created="2025-01-01T00:00:00Z")
+
+
+def test_hash_ignores_member_order_and_edge_direction() -> None:
+    r = ring()
+    shuffled = Roster(
+        members=tuple(reversed(r.members)),
+        edges=tuple((b, a) for a, b in reversed(r.edges)),
+        topology="other-label",
+        created="another day",
+    )
+    assert shuffled.hash == r.hash
+    assert len(r.hash) == 32
+
+
+def test_hash_changes_with_keys_edges_and_revocation_but_not_addresses() -> None:
+    r = ring()
+    assert r.revoke("b").hash != r.hash
+    assert Roster(members=r.members, edges=(*r.edges, ("a", "c"))).hash != r.hash
+    other_key = replace(member("a"), box_key=member("b").box_key)
+    swapped = Roster(members=(other_key, *r.members[1:]), edges=r.edges)
+    assert swapped.hash != r.hash
+    moved = Roster(
+        members=(member("a", addrs=("/ip4/10.0.0.1/tcp/9",)), *r.members[1:]), edges=r.edges
+    )
+    assert moved.hash == r.hash
+
+
+def test_toml_round_trip_keeps_everything(tmp_path: Path) -> None:
+    r = ring().revoke("c")
+    path = tmp_path / "consortium.toml"
+    save_roster(r, path)
+    back = load_roster(path)
+    assert back == r
+    assert back.hash == r.hash
+    assert back.member("c").revoked
+
+
+def test_card_round_trips_and_may_not_claim_revocation(tmp_path: Path) -> None:
+    m = member("st-marys")
+    path = tmp_path / "card.toml"
+    path.write_text(m.card_toml())
+    assert load_card(path) == m
+    path.write_text(m.card_toml() + "revoked = false\n")
+    with pytest.raises(RosterError, match="unknown member key"):
+        load_card(path)
+
+
+def test_keys_may_be_given_in_base64(tmp_path: Path) -> None:
+    import base64
+
+    m = member("a")
+    text = (
+        f'name = "a"\npeer_id = "{m.peer_id}"\n'
+        f'sign_key = "{base64.b64encode(m.sign_key).decode()}"\n'
+        f'box_key = "{base64.b64encode(m.box_key).decode()}"\n'
+    )
+    path = tmp_path / "card.toml"
+    path.write_text(text)
+    assert load_card(path).sign_key == m.sign_key
+
+
+@pytest.mark.parametrize(
+    ("members", "edges", "match"),
+    [
+        (("a", "a"), (), "duplicate member name"),
+        (("a", "b"), (("a", "z"),), "not a member"),
+        (("a", "b"), (("a", "a"),), "self loop"),
+        ((), (), "at least one member"),
+    ],
+)
+def test_structural_problems_are_errors(
+    members: tuple[str, ...], edges: tuple[tuple[str, str], ...], match: str
+) -> None:
+    with pytest.raises(RosterError, match=match):
+        Roster(members=tuple(member(n) for n in members), edges=edges)
+
+
+def test_duplicate_peer_ids_are_an_error() -> None:
+    a = member("a")
+    twin = Member(name="b", peer_id=a.peer_id, sign_key=a.sign_key, box_key=a.box_key)
+    with pytest.raises(RosterError, match="duplicate peer_id"):
+        Roster(members=(a, twin), edges=())
+
+
+def test_peer_id_must_match_the_signing_key() -> None:
+    with pytest.raises(RosterError, match="does not match"):
+        replace(member("a"), peer_id=member("b").peer_id)
+
+
+def test_unknown_roster_keys_and_versions_are_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    save_roster(ring(), path)
+    text = path.read_text()
+    path.write_text("colour = 'blue'\n" + text)
+    with pytest.raises(RosterError, match="unknown roster key"):
+        load_roster(path)
+    path.write_text(text.replace("version = 1", "version = 2"))
+    with pytest.raises(RosterError, match="unsupported roster version"):
+        load_roster(path)
+    path.write_text("not [valid toml")
+    with pytest.raises(RosterError, match="not valid TOML"):
+        load_roster(path)
+
+
+def test_membership_gate_distinguishes_unknown_and_revoked() -> None:
+    r = ring().revoke("b")
+    assert r.active_member("a").name == "a"
+    with pytest.raises(NotAMember):
+        r.active_member("mallory")
+    with pytest.raises(RevokedMember):
+        r.active_member("b")
+    with pytest.raises(RevokedMember, match="already revoked"):
+        r.revoke("b")
+
+
+def test_revoked_members_drop_out_of_neighbourhoods() -> None:
+    r = ring()
+    assert r.neighbours("a") == ("b", "d")
+    assert r.revoke("b").neighbours("a") == ("d",)
+
+
+def test_disconnecting_revocation_is_allowed_but_warned() -> None:
+    r = ring("abcd")  # a-b-c-d-a: removing b and d splits a from c
+    assert r.warnings() == []
+    split = r.revoke("b").revoke("d")
+    assert split.components() == [["a"], ["c"]]
+    assert any("disconnected" in w for w in split.warnings())
