@@ -208,6 +208,14 @@ class _Roster:
         self.site_by_peer[pid] = site
         return old_pid if old_pid is not None and old_pid != pid else None
 
+    def remove(self, site: str) -> ID | None:
+        info = self.by_site.pop(site, None)
+        if info is None:
+            return None
+        pid = ID.from_base58(info.peer_id)
+        self.site_by_peer.pop(pid, None)
+        return pid
+
 
 class Libp2pTransport:
     """Transport for one site daemon; create it with `async with Libp2pTransport.open(...)`.
@@ -371,6 +379,13 @@ class Libp2pTransport:
         if replaced is not None:
             self._spawn_drop(replaced)
         self._set_addrs(ID.from_base58(info.peer_id), info.addrs)
+
+    def remove_peer(self, site: str) -> None:
+        """Revoke a member: its inbound streams are refused and its connections closed."""
+        pid = self._roster.remove(site)
+        if pid is not None:
+            self._host.get_peerstore().clear_addrs(pid)
+            self._spawn_drop(pid)
 
     def _sync_peerstore(self) -> None:
         for info in self._roster.by_site.values():

@@ -337,3 +337,21 @@ def test_errors_raised_inside_the_context_come_out_unwrapped() -> None:
                 raise RoundFailed
 
     run(main)
+
+
+def test_a_revoked_member_is_disconnected_and_refused() -> None:
+    async def main() -> None:
+        rejections = Rejections()
+        peers = roster("a", "b")
+        async with open_site("a", peers, on_reject=rejections) as a, open_site("b", peers) as b:
+            introduce(a, b)
+            await b.send("a", b"while a member")
+            assert await a.receive() == b"while a member"
+            a.remove_peer("b")
+            with pytest.raises(TransportError):
+                await b.send("a", b"after revocation")
+            await rejections.wait_for(b.peer_id, "not in the roster")
+            with pytest.raises(TransportError, match="not in the roster"):
+                await a.send("b", b"to a revoked member")
+
+    run(main)
