@@ -3,7 +3,8 @@
 Pure helpers, no sockets and no trio: the reader takes a `read_some` callable so the caller
 decides how each read is bounded in time, and the frame length is checked against the limit
 *before* a single body byte is read, so a peer can never make us allocate more than
-`max_bytes` (the body buffer only grows by what actually arrived).
+`max_bytes` (the body buffer only grows by what actually arrived; the final copy into
+immutable bytes briefly doubles that, still bounded by 2 x max_bytes).
 """
 
 from __future__ import annotations
