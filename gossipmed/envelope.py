@@ -39,7 +39,6 @@ from gossipmed.roster import (
     RosterMismatch,
 )
 from gossipmed.wire import (
-    CODECS,
     BadSignature,
     DecryptionFailed,
     EnvelopeTooLarge,
@@ -410,8 +409,7 @@ class EnvelopeSealer:
             raise UnsupportedVersion(
                 f"protocol version {header.version}, this site speaks {PROTOCOL_VERSION}"
             )
-        if header.codec not in CODECS:
-            get_codec(header.codec)
+        get_codec(header.codec)  # UnknownCodec
         # 4. same roster
         if header.roster != self._roster.hash:
             raise RosterMismatch(
