@@ -65,7 +65,7 @@ class DataConfig:
 class AdapterConfig:
     kind: AdapterKind = "lora"
     rank: int = 8
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     num_virtual_tokens: int = 8  # prompt tuning
     shared_seed: int = 1234  # FFA-LoRA: consortium-wide seed for the frozen A matrices
