@@ -19,6 +19,9 @@ from gossipmed.roster import Roster, check_site_name, load_roster, toml_value
 SITE_FILE = "site.toml"
 CARD_FILE = "card.toml"
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
+EXTENSION_SECTIONS = frozenset({"daemon", "data", "adapter", "dp", "train"})
+"""Tables that other readers of site.toml own (node.daemon_config validates their keys);
+SiteConfig skips them, but a misspelt table name is still an unknown key."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class SiteConfig:
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> SiteConfig:
         known = {f.name for f in fields(cls)}
+        data = {
+            k: v for k, v in data.items() if not (k in EXTENSION_SECTIONS and isinstance(v, dict))
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(

@@ -1,0 +1,539 @@
+"""`gossipmed run`: one site's peer daemon (libp2p transport, one process per site).
+
+The daemon assembles exactly what the simulator assembles for one site (learner, envelope
+sealer, node.peer.Peer) and drives it with real time:
+
+    round r:  train + seal (worker thread)  ->  deliver to every neighbour, retrying until
+              the round deadline  ->  wait until every neighbour is heard, or has moved past
+              r, or the deadline (`round_timeout_s` after sending) passes  ->  mix what
+              arrived, checkpoint, write the metrics record  ->  round r + 1
+
+Round pacing: nobody waits longer than one timeout for anybody, so a slow or dead site costs
+its neighbours one timeout per round and never stalls them. A site that learns (from an
+authenticated envelope) that a neighbour is already past its round jumps ahead to that
+round, without training for the rounds it skipped; that is how a restarted site rejoins.
+Envelopes of past rounds are dropped as stale (and audited); up to `max_future_rounds`
+ahead are buffered.
+
+Crash safety: the privacy ledger is written (atomically) when a round is charged, before
+any update leaves; after mixing, the adapter, round, epsilon and replay-guard state go to
+one atomic checkpoint, and only then the metrics record. After kill -9 the daemon resumes
+at the round after its last checkpoint with the ledger's epsilon (never lower).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import trio
+
+from gossipmed.audit import REJECTED, AuditLog, payload_hash
+from gossipmed.checkpoint import META_FILE, load_state, save_state
+from gossipmed.crypto import Identity
+from gossipmed.errors import ConfigError, GossipmedError, TransportError
+from gossipmed.learner import Learner
+from gossipmed.metrics import METRICS_FILE, MetricsWriter, RoundRecord
+from gossipmed.roster import Roster
+from node.control import serve_control
+from node.daemon_config import DaemonSettings
+from node.peer import AuditLogSink, MixingSchedule, Peer
+
+log = logging.getLogger("gossipmed.daemon")
+
+LEDGER_FILE = "ledger.json"
+RETRY_PAUSE_S = 1.0
+
+
+class DaemonError(GossipmedError):
+    """The daemon cannot start (already running, bad state on disk)."""
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """BLAKE2b over names, dtypes, shapes and bytes: compares adapters across processes."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def schedule_from_roster(roster: Roster, *, rule: str) -> MixingSchedule:
+    """The gossip graph is the roster's: active members and the edges between them."""
+    import networkx as nx
+
+    active = set(roster.active_names)
+    graph = nx.Graph()
+    graph.add_nodes_from(sorted(active))
+    graph.add_edges_from((a, b) for a, b in roster.edges if a in active and b in active)
+    return MixingSchedule.from_graphs([graph], rule=rule)
+
+
+@dataclass
+class PeerSeen:
+    last_heard: float | None = None
+    last_round: int | None = None  # highest authenticated round from this neighbour
+    accepted: int = 0
+
+
+class DaemonAudit:
+    """Peer events -> the site's audit log, plus what status and round pacing need."""
+
+    def __init__(self, log_file: AuditLog) -> None:
+        self.log = log_file
+        self._sink = AuditLogSink(log_file)
+        self.seen: dict[str, PeerSeen] = {}
+        self.current_hash = ""  # hash of the message the pump is handing to the peer
+        self.rejected = 0
+        self.bytes_received = 0
+
+    def record(self, event: str, **fields: Any) -> None:
+        if event in ("accepted", "rejected") and "payload_hash" not in fields:
+            fields["payload_hash"] = self.current_hash
+        self._sink.record(event, **fields)
+        sender, msg_round = fields.get("sender"), fields.get("msg_round")
+        if event == "rejected":
+            self.rejected += 1
+        if isinstance(sender, str) and isinstance(msg_round, int):
+            # every event with a sender and round came from an authenticated envelope
+            seen = self.seen.setdefault(sender, PeerSeen())
+            seen.last_heard = time.time()
+            seen.last_round = max(msg_round, seen.last_round or 0)
+            if event == "accepted":
+                seen.accepted += 1
+                self.bytes_received += int(fields.get("size") or 0)
+
+    def transport_reject(self, peer_id: str, reason: str) -> None:
+        self.rejected += 1
+        self.log.record(
+            outcome=REJECTED,
+            reason=f"transport: {reason}",
+            sender=peer_id,
+            round=None,
+            payload_hash="",
+        )
+
+    def max_round_seen(self) -> int | None:
+        rounds = [s.last_round for s in self.seen.values() if s.last_round is not None]
+        return max(rounds) if rounds else None
+
+
+@dataclass
+class Resumed:
+    round: int
+    epsilon: float
+    adapter_digest: str
+
+
+@dataclass
+class DaemonState:
+    round: int = 0
+    phase: str = "starting"
+    completed: int = 0
+    bytes_sent: int = 0
+    failures: int = 0
+    last_record: RoundRecord | None = None
+    skipped: list[int] = field(default_factory=list)
+
+
+def build_learner(settings: DaemonSettings, *, roster: Roster) -> Learner:
+    """This site's learner (the simulator's factories, one site only)."""
+    d = settings.daemon
+    if d.problem == "quadratic":
+        from node.simulate import QuadraticFactory
+
+        n = len(roster.members)
+        if d.site_index >= n:
+            raise ConfigError(f"daemon.site_index {d.site_index} >= {n} roster members")
+        factory = QuadraticFactory(n_sites=n, seed=d.seed, lr=min(settings.learning.train.lr, 1.0))
+        return factory.site_learner(d.site_index)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gossipmed.ledger import PrivacyLedger
+    from gossipmed.train import build_site_learners
+
+    learner = build_site_learners(settings.learning).learners[d.site_index]
+    dp = settings.learning.dp
+    if dp.enabled:
+        # one ledger in this site's own state folder, persisted on every charge
+        learner.ledger = PrivacyLedger.open(
+            settings.state_dir / LEDGER_FILE,
+            budget=dp.epsilon,
+            delta=dp.delta,
+            accountant=dp.accountant,
+        )
+    return learner
+
+
+def _ledger_budget(learner: Learner) -> tuple[float | None, float | None]:
+    ledger = getattr(learner, "ledger", None)
+    if ledger is None:
+        return None, None
+    return float(ledger.epsilon), float(ledger.budget)
+
+
+class SiteDaemon:
+    def __init__(self, settings: DaemonSettings) -> None:
+        from gossipmed.envelope import EnvelopeSealer, ReplayGuard
+
+        self.settings = settings
+        self.started_at = time.time()
+        site = settings.site
+        self.identity: Identity = site.identity()
+        self.roster = site.roster()
+        self.name = _own_name(self.roster, self.identity)
+        if self.name != site.config.name:
+            raise ConfigError(
+                f"site.toml names this site {site.config.name!r} but the roster knows its "
+                f"key as {self.name!r}"
+            )
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.audit = DaemonAudit(AuditLog(site.audit_path))
+        self.learner = build_learner(settings, roster=self.roster)
+        self.resumed: Resumed | None = None
+        start_round, guard = 0, ReplayGuard()
+        if (settings.state_dir / META_FILE).is_file():
+            state, meta = load_state(settings.state_dir)
+            if meta.get("site") != self.name:
+                raise DaemonError(f"checkpoint in {settings.state_dir} is not {self.name}'s")
+            self.learner.set_state(state)
+            start_round = int(meta["round"]) + 1
+            guard = ReplayGuard.from_dict(meta["replay_guard"])
+            self._reseed(start_round)
+        d = settings.daemon
+        self.sealer = EnvelopeSealer(
+            identity=self.identity, roster=self.roster, max_bytes=d.max_bytes, replay_guard=guard
+        )
+        self.schedule = schedule_from_roster(self.roster, rule=d.mixing)
+        self.peer = Peer(
+            name=self.name,
+            learner=self.learner,
+            sealer=self.sealer,
+            schedule=self.schedule,
+            local_steps=settings.learning.train.steps_per_round,
+            aggregation=d.aggregation,
+            eval_every=d.eval_every,
+            total_rounds=d.rounds or None,
+            start_round=start_round,
+            max_future_rounds=d.max_future_rounds,
+            audit=self.audit,
+        )
+        spent, _budget = _ledger_budget(self.learner)
+        self.peer.epsilon = spent or 0.0
+        if start_round:
+            self.resumed = Resumed(
+                round=start_round - 1,
+                epsilon=self.peer.epsilon,
+                adapter_digest=state_digest(self.learner.get_state()),
+            )
+            log.info(
+                "resuming %s after round %d (epsilon %.4f, adapter %s)",
+                self.name,
+                start_round - 1,
+                self.peer.epsilon,
+                self.resumed.adapter_digest,
+            )
+        self.metrics = MetricsWriter(settings.directory / METRICS_FILE)
+        self.state = DaemonState(round=start_round)
+        self._receive_lock = threading.Lock()  # replay guard: pump vs checkpoint snapshot
+        self._arrival = trio.Event()
+        self.transport: Any = None
+        self.stopping = False
+
+    def _reseed(self, start_round: int) -> None:
+        """A resumed site must not redraw the noise and samples of rounds it already ran."""
+        generator = getattr(self.learner, "generator", None)
+        if isinstance(generator, torch.Generator):
+            tag = f"gossipmed-resume:{self.settings.learning.train.seed}:{self.name}:{start_round}"
+            digest = hashlib.blake2b(tag.encode(), digest_size=8).digest()
+            generator.manual_seed(int.from_bytes(digest, "big") >> 1)
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        spent, budget = _ledger_budget(self.learner)
+        peers = []
+        for name in sorted(self.schedule.neighbours(self.state.round, self.name)):
+            seen = self.audit.seen.get(name, PeerSeen())
+            peers.append(
+                {
+                    "name": name,
+                    "peer_id": self.roster.member(name).peer_id,
+                    "connected": self._connected(name),
+                    "last_heard": seen.last_heard,
+                    "last_round": seen.last_round,
+                    "accepted": seen.accepted,
+                }
+            )
+        last = self.state.last_record
+        return _finite(
+            {
+                "v": 1,
+                "site": self.name,
+                "pid": os.getpid(),
+                "peer_id": self.identity.peer_id,
+                "listen": list(self.transport.listen_addrs) if self.transport else [],
+                "round": self.state.round,
+                "phase": self.state.phase,
+                "completed": self.state.completed,
+                "skipped_rounds": list(self.state.skipped),
+                "rounds_planned": self.settings.daemon.rounds or None,
+                "round_timeout_s": self.settings.daemon.round_timeout_s,
+                "uptime_s": time.time() - self.started_at,
+                "resumed": vars(self.resumed) if self.resumed else None,
+                "epsilon": {
+                    "spent": spent if spent is not None else self.peer.epsilon,
+                    "budget": budget,
+                },
+                "peers": peers,
+                "last_metrics": last.to_json() if last else None,
+                "bytes": {"sent": self.state.bytes_sent, "received": self.audit.bytes_received},
+                "rejected": self.audit.rejected,
+                "failures": self.state.failures,
+            }
+        )
+
+    def _connected(self, name: str) -> bool:
+        if self.transport is None:
+            return False
+        try:
+            from libp2p.peer.id import ID
+
+            pid = ID.from_base58(self.roster.member(name).peer_id)
+            conns = self.transport.host.get_network().get_connections(pid)
+            return any(not c.is_closed for c in conns)
+        except Exception:
+            return False
+
+    # --- the run -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        from node.libp2p_transport import Libp2pTimeouts, Libp2pTransport, PeerInfo
+
+        d = self.settings.daemon
+        peers = {
+            m.name: PeerInfo(peer_id=m.peer_id, addrs=m.addrs)
+            for m in self.roster.members
+            if not m.revoked and m.name != self.name
+        }
+        timeouts = Libp2pTimeouts(dial_s=d.dial_timeout_s)
+        async with (
+            Libp2pTransport.open(
+                local_name=self.name,
+                seed=self.identity.ed25519_seed,
+                peers=peers,
+                listen=list(self.settings.site.config.listen),
+                max_bytes=d.max_bytes,
+                on_reject=self.audit.transport_reject,
+                timeouts=timeouts,
+            ) as transport,
+            trio.open_nursery() as nursery,
+        ):
+            self.transport = transport
+            log.info(
+                "%s listening on %s as %s", self.name, transport.listen_addrs, transport.peer_id
+            )
+            nursery.start_soon(self._pump)
+            nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+            await nursery.start(
+                functools.partial(
+                    serve_control,
+                    self.status,
+                    port=d.control_port,
+                    control_file=self.settings.control_file,
+                )
+            )
+            task_status.started()
+            await self._round_loop()
+            nursery.cancel_scope.cancel()
+        self.metrics.close()
+        last = self.state.last_record
+        log.info("%s stopped (last completed round %s)", self.name, last.round if last else None)
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("signal %d: stopping", signum)
+                self.stopping = True
+                self.state.phase = "stopping"
+                scope.cancel()
+                return
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                _sender, data = await self.transport.receive_from()
+            except TransportError:
+                return
+            await trio.to_thread.run_sync(self._receive, data)
+            arrived, self._arrival = self._arrival, trio.Event()
+            arrived.set()
+
+    def _receive(self, data: bytes) -> None:
+        with self._receive_lock:
+            self.audit.current_hash = payload_hash(data)
+            self.peer.receive(data)
+
+    async def _round_loop(self) -> None:
+        limit = self.settings.daemon.rounds
+        r = self.peer.round
+        while not limit or r < limit:
+            ahead = self.audit.max_round_seen()
+            if ahead is not None and ahead > r:
+                log.info("neighbours are at round %d: skipping rounds %d..%d", ahead, r, ahead - 1)
+                self.state.skipped.extend(range(r, ahead))
+                r = ahead if not limit else min(ahead, limit - 1)
+            record = await self.run_round(r)
+            log.info(
+                "round %d done: heard %d/%d, loss %s, eps %.3f, local D %.3e, %.2f s",
+                r,
+                record.neighbours_heard,
+                record.neighbours_expected,
+                record.train_loss,
+                record.epsilon,
+                record.consensus_distance or 0.0,
+                record.seconds,
+            )
+            r += 1
+
+    async def run_round(self, r: int) -> RoundRecord:
+        timeout = self.settings.daemon.round_timeout_s
+        self.state.round, self.state.phase = r, "training"
+        envelopes = await trio.to_thread.run_sync(  # type: ignore[call-arg]
+            self._train_and_seal, r, abandon_on_cancel=True
+        )
+        deadline = trio.current_time() + timeout
+        self.state.phase = "exchanging"
+        async with trio.open_nursery() as sends:
+            for recipient, data in envelopes.items():
+                sends.start_soon(self._deliver, recipient, data, deadline)
+            with trio.move_on_at(deadline):
+                while self._pending(r):
+                    await self._arrival.wait()
+        self.state.phase = "mixing"
+        record = await trio.to_thread.run_sync(self._complete, r)
+        self.state.completed += 1
+        self.state.last_record = record
+        return record
+
+    def _pending(self, r: int) -> set[str]:
+        heard = self.peer.heard(r)
+        out = set()
+        for name in self.peer.expected(r):
+            seen = self.audit.seen.get(name)
+            moved_on = seen is not None and seen.last_round is not None and seen.last_round > r
+            if name not in heard and not moved_on:
+                out.add(name)
+        return out
+
+    def _train_and_seal(self, r: int) -> dict[str, bytes]:
+        self.peer.train(r)
+        return self.peer.seal_outgoing(r)
+
+    async def _deliver(self, recipient: str, data: bytes, deadline: float) -> None:
+        """Keep trying until the round deadline: a neighbour that is (re)starting still gets
+        this round's update if it comes up in time."""
+        with trio.move_on_at(deadline):
+            while True:
+                try:
+                    await self.transport.send(recipient, data)
+                    self.state.bytes_sent += len(data)
+                    return
+                except TransportError as exc:
+                    log.info("round send to %s failed, retrying: %s", recipient, exc)
+                await trio.sleep(RETRY_PAUSE_S)
+        self.state.failures += 1
+        log.warning("gave up sending to %s at the round deadline", recipient)
+
+    def _complete(self, r: int) -> RoundRecord:
+        record = self.peer.complete_round(r)
+        with self._receive_lock:
+            guard = self.sealer.replay_guard.to_dict()
+        save_state(
+            self.settings.state_dir,
+            self.learner.get_state(),
+            {
+                "round": r,
+                "site": self.name,
+                "epsilon": self.peer.epsilon,
+                "replay_guard": guard,
+                "saved_at": time.time(),
+            },
+        )
+        self.metrics.write(record)  # after the checkpoint: a record always means a saved round
+        return record
+
+
+def _own_name(roster: Roster, identity: Identity) -> str:
+    for m in roster.members:
+        if m.peer_id == identity.peer_id:
+            if m.revoked:
+                raise ConfigError(f"this site ({m.name}) is revoked in the consortium file")
+            return m.name
+    raise ConfigError(f"this site's peer ID {identity.peer_id} is not in the consortium file")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def check_not_running(settings: DaemonSettings) -> None:
+    """Refuse to start a second daemon on the same site folder."""
+    from node.control import DaemonNotRunning, read_control_file
+
+    try:
+        info = read_control_file(settings.control_file)
+    except DaemonNotRunning:
+        return
+    pid = info.get("pid")
+    if isinstance(pid, int) and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        raise DaemonError(
+            f"a daemon (pid {pid}) already runs on {settings.directory}; stop it first"
+        )
+
+
+def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
+    """Log to stderr (or a file); libp2p's logger does not propagate, so attach it too."""
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file is not None else logging.StreamHandler()
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    libp2p_log = logging.getLogger("libp2p")
+    libp2p_log.addHandler(handler)
+    libp2p_log.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("node.libp2p_transport").setLevel(
+        logging.INFO if verbose else logging.WARNING
+    )
+
+
+def run_daemon(settings: DaemonSettings) -> int:
+    check_not_running(settings)
+    daemon = SiteDaemon(settings)
+    trio.run(daemon.run)
+    return 0
