@@ -355,3 +355,28 @@ def ensure_toy_base(path: Path) -> Path:
         if (path / "config.json").is_file():  # built concurrently
             return path
         raise
+
+
+def toy_sections(
+    *,
+    index: int,
+    nodes: int,
+    base_model: Path,
+    rounds: int,
+    round_timeout_s: float,
+    steps: int = 2,
+) -> dict[str, dict[str, Any]]:
+    """Tables for a fast toy cluster: toy base, a few hundred synthetic notes, short rounds."""
+    sections = default_sections(
+        index=index,
+        nodes=nodes,
+        rounds=rounds,
+        round_timeout_s=round_timeout_s,
+        dataset="notes",
+        base_model=str(base_model),
+        steps=steps,
+    )
+    sections["data"].update(max_train_examples=100 * nodes, eval_size=30, max_length=32)
+    sections["train"].update(batch_size=8)
+    sections["dp"] = {"planned_steps": 20 * steps}
+    return sections
