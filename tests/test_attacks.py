@@ -1,0 +1,125 @@
+"""Simulated attackers: who attacks, what they send, and what label-flipping trains on."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gossipmed.data import EncodedSet
+from gossipmed.errors import ConfigError
+from node.attacks import (
+    AttackConfig,
+    AttackingSealer,
+    apply_attack,
+    choose_attackers,
+    flip_labels,
+    poison_state,
+)
+from node.peer import PlaintextSealer
+from node.simulate import QuadraticLearner
+
+NAMES = [f"site-{i:02d}" for i in range(16)]
+
+
+def test_attackers_are_fixed_by_the_seed() -> None:
+    a = choose_attackers(NAMES, count=2, seed=0)
+    assert a == choose_attackers(NAMES, count=2, seed=0) and len(set(a)) == 2
+    assert any(choose_attackers(NAMES, count=2, seed=s) != a for s in range(1, 6))
+    with pytest.raises(ConfigError):
+        choose_attackers(NAMES, count=17, seed=0)
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ConfigError):
+        AttackConfig(kind="bribe", attackers=1)
+    with pytest.raises(ConfigError):
+        AttackConfig(kind="scale", attackers=0)
+    with pytest.raises(ConfigError):
+        AttackConfig(kind="noise", attackers=1, noise_std=-1.0)
+    assert not AttackConfig().active
+
+
+def test_message_attacks_transform_the_state_as_documented() -> None:
+    state = {"x": torch.tensor([1.0, -2.0, 3.0])}
+    gen = torch.Generator().manual_seed(0)
+    flip = poison_state(state, config=AttackConfig(kind="sign-flip", attackers=1), generator=gen)
+    assert flip["x"].tolist() == [-1.0, 2.0, -3.0]
+    scale = poison_state(state, config=AttackConfig(kind="scale", attackers=1), generator=gen)
+    assert scale["x"].tolist() == [10.0, -20.0, 30.0]
+    noisy = poison_state(
+        {"x": torch.ones(10_000)},
+        config=AttackConfig(kind="noise", attackers=1, noise_std=0.5),
+        generator=gen,
+    )["x"]
+    assert abs(float((noisy - 1).std()) - 0.5) < 0.02
+
+
+def test_an_attacking_sealer_poisons_what_it_sends_and_nothing_else() -> None:
+    cfg = AttackConfig(kind="scale", attackers=1, scale=3.0)
+    bad = AttackingSealer(PlaintextSealer(identity="a"), config=cfg, seed=0)
+    honest = PlaintextSealer(identity="b")
+    state = {"x": torch.tensor([1.0, 2.0])}
+    out = bad.seal_many(update_tensors=state, round=0, recipients=["b"], n_examples=1, epsilon=0.0)
+    got = honest.open(out["b"], expected_schema={"x": ("float32", (2,))})
+    assert got.tensors["x"].tolist() == [3.0, 6.0]
+    assert state["x"].tolist() == [1.0, 2.0]  # the attacker's own state is untouched
+    with pytest.raises(ConfigError):
+        AttackingSealer(honest, config=AttackConfig(kind="label-flip", attackers=1), seed=0)
+
+
+def test_apply_attack_wraps_only_the_chosen_sites() -> None:
+    sealers = {n: PlaintextSealer(identity=n) for n in NAMES}
+    chosen = apply_attack(
+        sealers=sealers,
+        learners={},
+        config=AttackConfig(kind="sign-flip", attackers=2),
+        seed=3,
+    )
+    assert chosen == choose_attackers(NAMES, count=2, seed=3)
+    wrapped = {n for n, s in sealers.items() if isinstance(s, AttackingSealer)}
+    assert wrapped == set(chosen)
+    assert apply_attack(sealers=sealers, learners={}, config=AttackConfig(), seed=0) == []
+
+
+def test_label_flip_on_the_quadratic_problem_negates_the_target() -> None:
+    learner = QuadraticLearner(
+        start=torch.zeros(2),
+        target=torch.tensor([1.0, 2.0]),
+        consensus_target=torch.ones(2),
+        lr=0.5,
+    )
+    flip_labels(learner)
+    assert learner.target.tolist() == [-1.0, -2.0]
+
+
+def test_label_flip_rewrites_each_training_target_to_the_next_label() -> None:
+    # tokens: prompt 1 2 3; label "a" = [7, 9], label "b" = [8, 9]; pad 0
+    labels = ("a", "b")
+    cand = EncodedSet(
+        input_ids=torch.tensor([[1, 2, 7, 9], [1, 2, 8, 9]]),
+        loss_mask=torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1]]),
+        labels=labels,
+    )
+    train = EncodedSet(
+        input_ids=torch.tensor([[1, 2, 3, 7, 9], [1, 8, 9, 0, 0]]),
+        loss_mask=torch.tensor([[0.0, 0, 0, 1, 1], [0, 1, 1, 0, 0]]),
+        labels=("a", "b"),
+    )
+    learner = SimpleNamespace(
+        eval_set=SimpleNamespace(candidates=cand, labels=labels),
+        train_data=train,
+        config=SimpleNamespace(train=SimpleNamespace(loss_on="label")),
+        model=SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0)),
+    )
+    flip_labels(learner)
+    out = learner.train_data
+    assert out.labels == ("b", "a")
+    assert out.input_ids.tolist() == [[1, 2, 3, 8, 9], [1, 7, 9, 0, 0]]
+    assert out.loss_mask.tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 0, 0]]
+
+
+def test_label_flip_refuses_unlabelled_data() -> None:
+    with pytest.raises(ConfigError):
+        flip_labels(SimpleNamespace(eval_set=SimpleNamespace(candidates=None, labels=())))
