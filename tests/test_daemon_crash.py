@@ -1,0 +1,139 @@
+"""kill -9 one of three daemons mid-run: the others go on through their round timeouts; the
+restarted daemon resumes after its last checkpointed round with the ledger's epsilon (never
+lower than the checkpoint's) and the checkpointed adapter, and rejoins the gossip."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossipmed.checkpoint import META_FILE, load_state
+from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
+from node.cluster import (
+    create_cluster,
+    ensure_toy_base,
+    site_status,
+    start_daemon,
+    toy_sections,
+    wait_until,
+)
+from node.daemon import LEDGER_FILE, state_digest
+from node.daemon_config import STATE_DIR
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+STARTUP_S = 120.0
+TIMEOUT_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def toy_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_toy_base(tmp_path_factory.getbasetemp() / "toy-base")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+
+
+def records(site: Path) -> list[RoundRecord]:
+    path = site / METRICS_FILE
+    return read_metrics(path) if path.is_file() else []
+
+
+def completed(site: Path) -> int:
+    st = site_status(site)
+    return int(st.get("completed", -1)) if st["up"] else -1
+
+
+def test_killed_daemon_resumes_with_its_epsilon_and_adapter_and_rejoins(
+    tmp_path: Path, toy_base: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    def sections(i: int) -> dict[str, Any]:
+        s = toy_sections(index=i, nodes=3, base_model=toy_base, rounds=0, round_timeout_s=TIMEOUT_S)
+        # a budget that lasts the whole test, so every round really spends epsilon
+        s["dp"] = {"epsilon": 1000.0, "noise_multiplier": 1.0}
+        return s
+
+    sites = create_cluster(tmp_path / "cluster", nodes=3, topology="ring", sections=sections)
+    processes.extend(start_daemon(s) for s in sites)
+    victim = sites[1]
+    wait_until(
+        lambda: completed(victim) >= 2 or any(p.poll() is not None for p in processes),
+        timeout=STARTUP_S,
+        what="site-01 to complete 2 rounds",
+    )
+    assert all(p.poll() is None for p in processes)
+
+    processes[1].send_signal(signal.SIGKILL)
+    processes[1].wait(timeout=10)
+    meta = json.loads((victim / STATE_DIR / META_FILE).read_text())
+    ledger = json.loads((victim / STATE_DIR / LEDGER_FILE).read_text())
+    checkpoint_round, checkpoint_eps = meta["round"], meta["epsilon"]
+    assert ledger["epsilon"] >= checkpoint_eps > 0  # the ledger is written before sending
+    state, _meta = load_state(victim / STATE_DIR)
+    digest = state_digest(state)
+
+    # the survivors keep completing rounds, each waiting out the timeout for site-01
+    killed_at = {s.name: len(records(s)) for s in (sites[0], sites[2])}
+    wait_until(
+        lambda: all(
+            sum(1 for r in records(s)[killed_at[s.name] :] if r.neighbours_heard == 1) >= 2
+            for s in (sites[0], sites[2])
+        ),
+        timeout=6 * TIMEOUT_S + 30,
+        what="survivors to complete rounds without site-01",
+    )
+
+    restarted = start_daemon(victim)
+    processes.append(restarted)
+    status: dict[str, Any] = {}
+
+    def resumed() -> bool:
+        st = site_status(victim)
+        if st["up"]:
+            status.update(st)
+        return bool(status) or restarted.poll() is not None
+
+    wait_until(resumed, timeout=STARTUP_S, what="restarted site-01 to answer")
+    assert status["resumed"] == {
+        "round": checkpoint_round,
+        "epsilon": pytest.approx(ledger["epsilon"]),
+        "adapter_digest": digest,
+    }
+    assert status["epsilon"]["spent"] >= checkpoint_eps
+
+    # it rejoins: a later round where both sides hear each other again
+    before = len(records(victim))
+    wait_until(
+        lambda: (
+            any(r.neighbours_heard == 2 for r in records(victim)[before:])
+            and any(
+                r.neighbours_heard == 2 and r.round > checkpoint_round + 2
+                for r in records(sites[0])[killed_at["site-00"] :]
+            )
+        ),
+        timeout=STARTUP_S,
+        what="site-01 to rejoin",
+    )
+    after = [r for r in records(victim)[before:]]
+    assert after[0].round > checkpoint_round
+    assert min(r.epsilon for r in after) >= ledger["epsilon"]
+
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=60) for p in processes] == [0, -signal.SIGKILL, 0, 0]
