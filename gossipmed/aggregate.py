@@ -13,6 +13,7 @@ import torch
 
 from gossipmed.errors import ConfigError, GossipmedError
 from gossipmed.learner import AdapterState
+from gossipmed.robust import ROBUST_RULES, SELF_CENTRED_RULES
 
 WEIGHT_TOLERANCE = 1e-9
 
@@ -74,7 +75,7 @@ AggregationRule = Callable[
     [Mapping[str, Mapping[str, torch.Tensor]], Mapping[str, float]], AdapterState
 ]
 
-RULES: dict[str, AggregationRule] = {"weighted": weighted_average}
+RULES: dict[str, AggregationRule] = {"weighted": weighted_average, **ROBUST_RULES}
 DEFAULT_RULE = "weighted"
 
 
@@ -100,4 +101,6 @@ def mix(
     unknown = set(states) - set(weights)
     if unknown:
         raise AggregationError(f"states from non-neighbours {sorted(unknown)}")
+    if rule in SELF_CENTRED_RULES:  # clipped gossip clips around this site's own state
+        return RULES[rule](states, weights, self_name=self_name)  # type: ignore[call-arg]
     return get_rule(rule)(states, weights)

@@ -73,6 +73,31 @@ def register(sub: Any) -> None:
     f.add_argument("--straggler-prob", type=float, help="probability a site is slow in a round")
     f.add_argument("--straggler-delay", type=float, help="a slow site's delay (simulated s)")
     f.add_argument("--round-timeout", type=float, help="how long sites wait (simulated s)")
+    r = p.add_argument_group("robustness and compression")
+    r.add_argument(
+        "--attack",
+        choices=("none", "sign-flip", "scale", "noise", "label-flip"),
+        help="poisoning behaviour of the attacker sites (default none)",
+    )
+    r.add_argument("--attackers", type=int, help="number of attacker sites, chosen by --seed")
+    r.add_argument("--attack-scale", type=float, help="factor of --attack scale (default 10)")
+    r.add_argument(
+        "--codec",
+        choices=("raw", "fp16", "bf16", "int8", "topk"),
+        help="update encoding on the wire (default raw); topk sends sparse deltas with "
+        "error feedback",
+    )
+    r.add_argument("--topk-fraction", type=float, help="share of entries topk sends (0.01)")
+    r.add_argument(
+        "--codec-refresh-every",
+        type=int,
+        help="topk: send a dense keyframe every N rounds (0: first round only)",
+    )
+    r.add_argument(
+        "--drift",
+        choices=("none", "d2"),
+        help="non-IID drift correction (d2: D² exact-diffusion; default none)",
+    )
     o = p.add_argument_group("output")
     o.add_argument(
         "--baselines",
@@ -108,6 +133,13 @@ def build_config(args: argparse.Namespace) -> Any:
             "sealing": args.sealing,
             "problem": args.problem,
             "seed": seed,
+            "attack": args.attack,
+            "attackers": args.attackers,
+            "attack_scale": args.attack_scale,
+            "codec": args.codec,
+            "topk_fraction": args.topk_fraction,
+            "codec_refresh_every": args.codec_refresh_every,
+            "drift": args.drift,
         },
         "faults": {
             "drop_prob": args.drop,

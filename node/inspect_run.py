@@ -156,7 +156,7 @@ def summarize_run(
 def inspect_path(path: Path) -> dict[str, Any]:
     runs, stored = load_run(path)
     summary = summarize_run(runs, topology=stored.get("topology"))
-    for key in ("wall_seconds", "seconds_per_round", "peak_rss_mib", "audit"):
+    for key in ("wall_seconds", "seconds_per_round", "peak_rss_mib", "audit", "robustness"):
         if key in stored:
             summary[key] = stored[key]
     return summary
@@ -251,6 +251,19 @@ def print_summary(summary: Mapping[str, Any]) -> None:
             _mib(stats["bytes_sent_total"]),
         )
     console.print(final)
+    robust = summary.get("robustness")
+    if robust:
+        attack = robust["attack"]
+        if robust.get("attackers"):
+            attack += f" by {', '.join(robust['attackers'])}"
+        codec = robust["codec"]
+        if robust.get("topk_fraction") is not None:
+            codec += f" ({robust['topk_fraction']:.3g} of entries, error feedback)"
+        console.print(
+            f"attack: {attack}; mixing rule: {robust['aggregation']}; codec: {codec}; "
+            f"drift correction: {robust['drift']}; honest sites' accuracy: "
+            f"{_fmt(robust.get('honest_accuracy_mean'))}"
+        )
     contraction = summary.get("contraction") or {}
     line = f"consensus contraction per round: measured {_fmt(contraction.get('measured'))}"
     if contraction.get("lambda2") is not None:

@@ -4,7 +4,8 @@ config every simulated site shares (gossipmed.config.LearningConfig).
 TOML layout (every key optional; command-line flags override the file):
 
     [sim]      topology, degree, p, topology_file, mixing, aggregation, rounds, eval_every,
-               train, baselines, sealing, problem, seed
+               train, baselines, sealing, problem, seed,
+               codec, topk_fraction, codec_refresh_every, drift, attack, attackers, attack_scale
     [faults]   drop_prob, offline_prob, straggler_prob, straggler_delay, round_timeout
     [data] [adapter] [dp] [train]   as in gossipmed.config (data.n_sites = number of sites)
 """
@@ -23,6 +24,7 @@ from gossipmed.aggregate import RULES as AGGREGATION_RULES
 from gossipmed.config import LearningConfig, learning_config_from_mapping, section_from_mapping
 from gossipmed.errors import ConfigError
 from node.faults import FaultConfig
+from node.peer_options import options_from_sim
 from topology.graphs import KINDS
 from topology.mixing import RULES as MIXING_RULES
 
@@ -47,6 +49,14 @@ class SimSection:
     sealing: str = "envelope"
     problem: str = "lm"
     seed: int = 0
+    # issue #7 options (node.peer_options): defaults keep plain gossip
+    codec: str = "raw"
+    topk_fraction: float = 0.01
+    codec_refresh_every: int = 0
+    drift: str = "none"
+    attack: str = "none"
+    attackers: int = 0
+    attack_scale: float = 10.0
 
     def __post_init__(self) -> None:
         if self.topology not in KINDS:
@@ -65,6 +75,7 @@ class SimSection:
             raise ConfigError(f"sim.problem must be one of {', '.join(PROBLEMS)}")
         if self.p is not None and not (0.0 <= self.p <= 1.0 and math.isfinite(self.p)):
             raise ConfigError("sim.p must be in [0, 1]")
+        options_from_sim(self)  # validates codec, drift and attack fields
 
 
 @dataclass(frozen=True)

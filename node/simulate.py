@@ -12,7 +12,7 @@ import dataclasses
 import resource
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,11 +20,13 @@ from typing import Any, Protocol
 import torch
 
 from gossipmed.checkpoint import atomic_write_bytes, atomic_write_json, save_state
+from gossipmed.config import LearningConfig
 from gossipmed.errors import ConfigError
 from gossipmed.learner import AdapterState, EvalStats, Learner, TrainStats
 from gossipmed.metrics import METRICS_FILE, MetricsWriter, RoundRecord, consensus_distances
 from node.faults import FaultInjector
 from node.peer import ListAudit, MixingSchedule, Peer, PlaintextSealer, Sealer
+from node.peer_options import apply_peer_options, options_from_sim, robustness_summary
 from node.sim_config import SimConfig, to_toml
 from topology.graphs import graph_schedule
 from topology.summary import TopologySummary, summarize
@@ -38,7 +40,9 @@ BASELINE_DIRS = {"local": "baselines/local-only", "central": "baselines/centrali
 class LearnerFactory(Protocol):
     """Builds learners that share whatever can be shared (the frozen base model)."""
 
-    def site_learner(self, index: int) -> Learner: ...
+    def site_learners(self) -> Sequence[Learner]:
+        """Fresh learners (new state, new privacy ledger), one per site, in site order."""
+        ...
 
     def pooled_learner(self) -> Learner:
         """One learner on all sites' data pooled (the centralized baseline)."""
@@ -106,13 +110,16 @@ class QuadraticFactory:
         self.starts = torch.randn(n_sites, dim, generator=gen)
         self.lr = lr
 
-    def site_learner(self, index: int) -> Learner:
-        return QuadraticLearner(
-            start=self.starts[index],
-            target=self.targets[index],
-            consensus_target=self.consensus,
-            lr=self.lr,
-        )
+    def site_learners(self) -> Sequence[Learner]:
+        return [
+            QuadraticLearner(
+                start=self.starts[i],
+                target=self.targets[i],
+                consensus_target=self.consensus,
+                lr=self.lr,
+            )
+            for i in range(len(self.targets))
+        ]
 
     def pooled_learner(self) -> Learner:
         return QuadraticLearner(
@@ -128,7 +135,27 @@ def default_factory(config: SimConfig) -> LearnerFactory:
         return QuadraticFactory(
             n_sites=config.nodes, seed=config.sim.seed, lr=min(config.learning.train.lr, 1.0)
         )
-    raise ConfigError("the language-model learner (gossipmed.train) is not available yet")
+    return LanguageModelFactory(config.learning)
+
+
+class LanguageModelFactory:
+    """gossipmed.train learners; every site (and every baseline) shares one loaded model."""
+
+    def __init__(self, learning: LearningConfig) -> None:
+        from gossipmed.train import load_shared_model
+
+        self.learning = learning
+        self.model = load_shared_model(learning, progress=False)
+
+    def site_learners(self) -> Sequence[Learner]:
+        from gossipmed.train import build_site_learners
+
+        return build_site_learners(self.learning, model=self.model).learners
+
+    def pooled_learner(self) -> Learner:
+        from gossipmed.train import build_site_learners
+
+        return build_site_learners(self.learning, model=self.model, pooled=True).learners[0]
 
 
 # --- sealing --------------------------------------------------------------------------------
@@ -199,6 +226,7 @@ class Simulation:
         self.topology: TopologySummary = summarize(sim.topology, self.graphs, rule=sim.mixing)
         self.faults = FaultInjector(dataclasses.replace(config.faults, seed=sim.seed))
         self.audit = ListAudit()
+        self.attackers: list[str] = []
 
     # -- gossip ---------------------------------------------------------------------------------
 
@@ -216,10 +244,15 @@ class Simulation:
             if communicate
             else {n: PlaintextSealer(identity=n) for n in self.names}
         )
+        learners = self.factory.site_learners()
+        if len(learners) != len(self.names):
+            raise ConfigError(
+                f"the data gives {len(learners)} sites but the topology has {len(self.names)}"
+            )
         peers = {
             name: Peer(
                 name=name,
-                learner=self.factory.site_learner(i),
+                learner=learners[i],
                 sealer=sealers[name],
                 schedule=self.schedule,
                 local_steps=cfg.learning.train.steps_per_round,
@@ -231,6 +264,9 @@ class Simulation:
             )
             for i, name in enumerate(self.names)
         }
+        if communicate:  # codec, drift correction, attackers (issue #7)
+            options = options_from_sim(cfg.sim)
+            self.attackers = apply_peer_options(peers, options=options, seed=cfg.sim.seed)
         faults = self.faults if communicate else None
         records: list[RoundRecord] = []
         late: list[tuple[str, bytes]] = []
@@ -395,6 +431,12 @@ def run_simulation(
             "peak_rss_mib": peak_rss_mib(),
             "audit": audit_counts,
             "sites": sim.names,
+            "robustness": robustness_summary(
+                options=options_from_sim(config.sim),
+                aggregation=config.sim.aggregation,
+                attackers=sim.attackers,
+                records=results[0].records,
+            ),
         }
     )
     atomic_write_json(out_dir / "summary.json", json_safe(summary))

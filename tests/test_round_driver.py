@@ -26,11 +26,11 @@ def _peers(n: int) -> dict[str, Peer]:
         edges=[(names[u], names[v]) for u, v in graph.edges],
         topology="ring",
     )
-    factory = QuadraticFactory(n_sites=n, seed=0, lr=0.1)
+    learners = QuadraticFactory(n_sites=n, seed=0, lr=0.1).site_learners()
     return {
         name: Peer(
             name=name,
-            learner=factory.site_learner(i),
+            learner=learners[i],
             sealer=sealers[name],
             schedule=schedule,
             local_steps=1,
