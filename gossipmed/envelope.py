@@ -27,6 +27,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import Box, PublicKey
 from nacl.signing import VerifyKey
 
+import gossipmed.codecs  # noqa: F401  (registers the fp16/bf16/int8/topk codecs by name)
 from gossipmed.audit import ACCEPTED, REJECTED, AuditLog, payload_hash
 from gossipmed.crypto import Identity
 from gossipmed.errors import GossipmedError, WireError
