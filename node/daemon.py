@@ -158,7 +158,7 @@ def build_learner(settings: DaemonSettings, *, roster: Roster) -> Learner:
         if d.site_index >= n:
             raise ConfigError(f"daemon.site_index {d.site_index} >= {n} roster members")
         factory = QuadraticFactory(n_sites=n, seed=d.seed, lr=min(settings.learning.train.lr, 1.0))
-        return factory.site_learner(d.site_index)
+        return factory.site_learners()[d.site_index]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gossipmed.ledger import PrivacyLedger
     from gossipmed.train import build_site_learners
