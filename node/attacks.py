@@ -119,7 +119,14 @@ def flip_labels(learner: Any) -> None:
 
     Works for gossipmed.train.SiteLearner with labelled data and loss on the label (the
     candidate grid of its eval set gives every label's token sequence) and for the
-    simulator's QuadraticLearner (its target is negated)."""
+    simulator's QuadraticLearner (its target is negated); a learner with its own
+    `flip_labels()` method does it itself. Wrappers (gossipmed.drift) are looked through."""
+    while "inner" in vars(learner):  # poison the wrapped learner, not the wrapper
+        learner = vars(learner)["inner"]
+    own = getattr(learner, "flip_labels", None)
+    if callable(own):
+        own()
+        return
     if hasattr(learner, "target") and hasattr(learner, "consensus_target"):
         learner.target = -learner.target
         return

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gossipmed.data import EncodedSet
+from gossipmed.drift import D2Learner
 from gossipmed.errors import ConfigError
 from node.attacks import (
     AttackConfig,
@@ -92,6 +93,14 @@ def test_label_flip_on_the_quadratic_problem_negates_the_target() -> None:
     )
     flip_labels(learner)
     assert learner.target.tolist() == [-1.0, -2.0]
+
+
+def test_label_flip_poisons_the_learner_inside_a_drift_wrapper() -> None:
+    inner = QuadraticLearner(
+        start=torch.zeros(1), target=torch.ones(1), consensus_target=torch.ones(1), lr=0.5
+    )
+    flip_labels(D2Learner(inner))
+    assert inner.target.tolist() == [-1.0]
 
 
 def test_label_flip_rewrites_each_training_target_to_the_next_label() -> None:
