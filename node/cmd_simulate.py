@@ -48,6 +48,7 @@ def register(sub: Any) -> None:
     d.add_argument("--partition", help="natural, iid or dirichlet")
     d.add_argument("--alpha", type=float, help="Dirichlet concentration (small = skewed)")
     d.add_argument("--max-train-examples", type=int, help="pooled training examples kept")
+    d.add_argument("--eval-size", type=int, help="held-out test examples (default 300)")
     d.add_argument("--rounds", type=int, help="gossip rounds (default 20)")
     d.add_argument("--local-steps", type=int, help="local DP-SGD steps per round")
     d.add_argument("--lr", type=float, help="learning rate")
@@ -156,6 +157,7 @@ def build_config(args: argparse.Namespace) -> Any:
             "n_sites": args.nodes,
             "seed": seed,
             "max_train_examples": args.max_train_examples,
+            "eval_size": args.eval_size,
         },
         "adapter": {"kind": args.adapter, "rank": args.rank},
         "dp": {

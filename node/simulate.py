@@ -230,7 +230,9 @@ class Simulation:
 
     # -- gossip ---------------------------------------------------------------------------------
 
-    def run_gossip(self, *, communicate: bool = True) -> RunResult:
+    def run_gossip(
+        self, *, communicate: bool = True, writer: MetricsWriter | None = None
+    ) -> RunResult:
         cfg = self.config
         rounds = cfg.sim.rounds
         run_name = "gossip" if communicate else "local"
@@ -298,11 +300,12 @@ class Simulation:
                 [peers[n].learner.get_state() for n in self.names]
             )
             for rec, dist in zip(round_records, per_site, strict=True):
-                records.append(
-                    dataclasses.replace(
-                        rec, consensus_distance=dist, consensus_scope="global", run=run_name
-                    )
+                final = dataclasses.replace(
+                    rec, consensus_distance=dist, consensus_scope="global", run=run_name
                 )
+                records.append(final)
+                if writer is not None:
+                    writer.write(final)
             if self.on_progress:
                 self.on_progress(run_name, r + 1, rounds)
         wall = time.perf_counter() - started
@@ -322,7 +325,7 @@ class Simulation:
 
     # -- centralized baseline -------------------------------------------------------------------
 
-    def run_central(self) -> RunResult:
+    def run_central(self, *, writer: MetricsWriter | None = None) -> RunResult:
         """Pooled data, the same total steps per round as all sites together, same DP."""
         cfg = self.config
         learner = self.factory.pooled_learner()
@@ -354,6 +357,8 @@ class Simulation:
                     run="central",
                 )
             )
+            if writer is not None:
+                writer.write(records[-1])
             if self.on_progress:
                 self.on_progress("central", r + 1, cfg.sim.rounds)
         self._last_learners = {"central": learner}
@@ -386,12 +391,9 @@ def save_adapters(learners: Mapping[str, Learner], directory: Path) -> None:
             save_state(target, learner.get_state(), {"site": name})
 
 
-def write_records(path: Path, records: list[RoundRecord]) -> None:
+def _fresh_writer(path: Path) -> MetricsWriter:
     path.unlink(missing_ok=True)
-    with MetricsWriter(path) as writer:
-        for rec in records:
-            writer.write(rec)
-        writer.sync()
+    return MetricsWriter(path)
 
 
 def run_simulation(
@@ -407,13 +409,18 @@ def run_simulation(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "config.toml", to_toml(config.to_mapping()).encode())
     sim = Simulation(config, factory=factory, on_progress=on_progress)
-    results = [sim.run_gossip()]
-    write_records(out_dir / METRICS_FILE, results[0].records)
+    # records stream to disk round by round: a long run can be inspected while it goes
+    with _fresh_writer(out_dir / METRICS_FILE) as writer:
+        results = [sim.run_gossip(writer=writer)]
+        writer.sync()
     save_adapters(sim._last_learners, out_dir / "adapters")
     if config.sim.baselines:
-        for result in (sim.run_gossip(communicate=False), sim.run_central()):
-            write_records(out_dir / BASELINE_DIRS[result.name] / METRICS_FILE, result.records)
-            results.append(result)
+        with _fresh_writer(out_dir / BASELINE_DIRS["local"] / METRICS_FILE) as writer:
+            results.append(sim.run_gossip(communicate=False, writer=writer))
+            writer.sync()
+        with _fresh_writer(out_dir / BASELINE_DIRS["central"] / METRICS_FILE) as writer:
+            results.append(sim.run_central(writer=writer))
+            writer.sync()
     sim._last_learners = {}
     audit_counts: dict[str, int] = {}
     for event in sim.audit.events:
