@@ -55,6 +55,12 @@ def register(sub: Any) -> None:
     d.add_argument("--batch-size", type=int, help="expected batch size")
     d.add_argument("--adapter", help="lora, ffa_lora, prompt, or full (federated pre-training)")
     d.add_argument("--rank", type=int, help="LoRA rank")
+    d.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="federated pre-training: gossip every parameter of the base model "
+        "(--adapter full) with the loss on all tokens",
+    )
     d.add_argument("--base-model", help="local Hugging Face model folder (default: tiny base)")
     d.add_argument("--eval-every", type=int, help="evaluate every N rounds (default 1)")
     d.add_argument(
@@ -159,7 +165,7 @@ def build_config(args: argparse.Namespace) -> Any:
             "max_train_examples": args.max_train_examples,
             "eval_size": args.eval_size,
         },
-        "adapter": {"kind": args.adapter, "rank": args.rank},
+        "adapter": {"kind": "full" if args.pretrain else args.adapter, "rank": args.rank},
         "dp": {
             "epsilon": args.epsilon,
             "noise_multiplier": args.noise,
@@ -170,6 +176,7 @@ def build_config(args: argparse.Namespace) -> Any:
             "lr": args.lr,
             "steps_per_round": args.local_steps,
             "batch_size": args.batch_size,
+            "loss_on": "all" if args.pretrain else None,
             "seed": seed,
         },
     }

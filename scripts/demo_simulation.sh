@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# A small real gossip simulation with baselines, then its inspect table and plot.
+# A small real gossip simulation (tiny clinical LM, ICD-10 chapters, DP-SGD, signed+encrypted
+# envelopes) with local-only and centralized baselines, then its inspect table and plot.
 # Usage: scripts/demo_simulation.sh [OUT_DIR]   (called by scripts/demo)
+# Sizes are kept small for a 2-core laptop; scale with DEMO_NODES / DEMO_ROUNDS / DEMO_STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 GM=.venv/bin/gossipmed
 OUT=${1:-runs/demo}
-RUN="$OUT/sim-ring6"
+RUN="$OUT/sim-ring"
 rm -rf "$RUN"
-$GM simulate --nodes 6 --topology ring --dataset icd10 --partition dirichlet --alpha 0.5 \
-  --rounds ${DEMO_ROUNDS:-8} --local-steps 5 --max-train-examples 3000 --baselines --json \
-  --out "$RUN" >/dev/null
+echo "simulating ${DEMO_NODES:-4} sites on a ring with baselines (a few minutes on 2 cores)..."
+$GM simulate --nodes "${DEMO_NODES:-4}" --topology ring --dataset icd10 \
+  --partition dirichlet --alpha 0.5 --rounds "${DEMO_ROUNDS:-6}" \
+  --local-steps "${DEMO_STEPS:-2}" --eval-every 3 --eval-size 40 \
+  --max-train-examples 2000 --baselines --out "$RUN" >/dev/null
 $GM inspect "$RUN" --plot "$RUN/curves.png"
 echo "plot: $RUN/curves.png   (metrics: $RUN/metrics.jsonl, summary: $RUN/summary.json)"

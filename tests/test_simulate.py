@@ -119,3 +119,15 @@ def test_bad_settings_are_one_line_errors(
     assert main(["simulate", *QUICK, *args, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_pretrain_flag_selects_full_parameter_gossip(tmp_path: Path) -> None:
+    from node.cli import build_parser
+    from node.cmd_simulate import build_config
+
+    args = build_parser().parse_args(
+        ["simulate", "--pretrain", "--dataset", "notes", "--out", str(tmp_path)]
+    )
+    config = build_config(args)
+    assert config.learning.adapter.kind == "full"
+    assert config.learning.train.loss_on == "all"
