@@ -46,21 +46,25 @@ class Encoder:
         self.pad = int(tok.pad_token_id)  # type: ignore[attr-defined]
         self.label_ids = {lab: [*self._ids(f" {lab}"), self.eos] for lab in dataset.labels}
         longest = max((len(v) for v in self.label_ids.values()), default=1)
-        if longest + 4 > max_length:
+        self._tail = self._ids(f"\n{dataset.label_prefix}") if dataset.labelled else []
+        # One prompt budget for every candidate, so all labels are scored on the same text.
+        self.prompt_budget = max_length - longest
+        if self.prompt_budget - 1 - len(self._tail) < 2:
             raise DataError(f"max_length {max_length} cannot fit the longest label")
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
 
     def prompt_ids(self, ex: Example) -> list[int]:
+        """`<s> text \n prefix`; a long text is cut, never the label prefix after it."""
         if self.dataset.labelled:
-            return [self.bos, *self._ids(f"{ex.text}\n{self.dataset.label_prefix}")]
-        return [self.bos, *self._ids(ex.text)]
+            keep = self.prompt_budget - 1 - len(self._tail)
+            return [self.bos, *self._ids(ex.text)[:keep], *self._tail]
+        return [self.bos, *self._ids(ex.text)[: self.max_length - 2]]
 
     def _row(
         self, prompt: list[int], target: list[int], *, loss_on: str
     ) -> tuple[list[int], list[float]]:
-        prompt = prompt[: self.max_length - len(target)]
         ids = prompt + target
         if loss_on == "all" or not target:
             mask = [0.0] + [1.0] * (len(ids) - 1)
@@ -91,13 +95,19 @@ class Encoder:
                     self._row(self.prompt_ids(ex), self.label_ids[ex.label], loss_on=loss_on)
                 )
             else:
-                ids = [*self.prompt_ids(ex)[: self.max_length - 1], self.eos]
+                ids = [*self.prompt_ids(ex), self.eos]
                 rows.append(self._row(ids, [], loss_on="all"))
         ids_t, mask_t = self._stack(rows)
         return EncodedSet(ids_t, mask_t, tuple(ex.label for ex in examples))
 
+    def label_token_ids(self) -> tuple[tuple[int, ...], ...]:
+        """Each candidate's target tokens (`" label</s>"`), in `dataset.labels` order."""
+        return tuple(tuple(self.label_ids[lab]) for lab in self.dataset.labels)
+
     def encode_candidates(self, examples: Sequence[Example]) -> EncodedSet:
-        """Every (example, candidate label) pair, example-major: row = i * n_labels + j."""
+        """Every (example, candidate label) pair, example-major: row = i * n_labels + j.
+
+        The one-row-per-pair grid is the reference the packed scorer is tested against."""
         rows = []
         for ex in examples:
             prompt = self.prompt_ids(ex)

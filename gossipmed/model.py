@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,12 +51,73 @@ def expected_schema(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, t
     return {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in state.items()}
 
 
-def _masked_mean_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-example mean NLL over masked target positions; logits/ids/mask are [B, L, ...]."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-    m = mask[:, 1:]
-    return (nll * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+@dataclass(frozen=True)
+class Targets:
+    """A batch reduced to what the loss needs: trimmed inputs and its target positions.
+
+    Right padding is cut down to the batch's last target (pads come after every real token,
+    so under causal attention they never changed anything). `query[b, k]` is the position
+    whose logits predict `token[b, k]`; `weight` is the loss mask there (0 for fillers)."""
+
+    ids: torch.Tensor  # [B, W]
+    query: torch.Tensor  # [B, K]
+    token: torch.Tensor  # [B, K]
+    weight: torch.Tensor  # [B, K]
+
+
+def loss_targets(ids: torch.Tensor, mask: torch.Tensor) -> Targets:
+    on = mask[:, 1:] > 0
+    width = int(on.any(dim=0).nonzero().max()) + 2 if bool(on.any()) else 2
+    on = on[:, : width - 1]
+    k = max(1, int(on.sum(dim=1).max()))
+    # stable sort puts each row's target positions first, in order
+    query = torch.sort(on.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]
+    token = ids[:, 1:width].gather(1, query)
+    weight = mask[:, 1:width].gather(1, query)
+    return Targets(ids=ids[:, :width], query=query, token=token, weight=weight)
+
+
+def _weighted_nll(
+    logits: torch.Tensor, t_token: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """logits [B, K, V] at the target positions -> per-example mean NLL."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    nll = -logp.gather(-1, t_token[..., None]).squeeze(-1)
+    return (nll * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
+
+
+class _TargetLogits(nn.Module):
+    """Logits only at the target positions: the vocabulary projection (the costliest layer
+    of a small LM) and its softmax then run on a few label tokens instead of every position.
+    Wrapping the adapter model keeps its parameter names (prefixed `inner.`) for
+    `torch.func.functional_call`."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        get_base = getattr(inner, "get_base_model", None)
+        base = get_base() if callable(get_base) else inner
+        get_decoder = getattr(base, "get_decoder", None)
+        get_head = getattr(base, "get_output_embeddings", None)
+        parts = None
+        # prompt learning prepends virtual tokens inside the peft wrapper: keep its forward
+        prompt = bool(getattr(getattr(inner, "active_peft_config", None), "is_prompt_learning", 0))
+        if callable(get_decoder) and callable(get_head) and not prompt:
+            parts = (get_decoder(), get_head())
+        # not registered as submodules: their parameters stay reachable only as `inner.*`
+        object.__setattr__(self, "_parts", parts)
+
+    def forward(self, ids: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        index = query[..., None]
+        parts = self.__dict__["_parts"]
+        if parts is not None:
+            decoder, head = parts
+            hidden = decoder(input_ids=ids).last_hidden_state
+            picked = hidden.gather(1, index.expand(-1, -1, hidden.shape[-1]))
+            logits: torch.Tensor = head(picked)
+            return logits
+        full: torch.Tensor = self.inner(input_ids=ids).logits[:, -ids.shape[1] :]
+        return full.gather(1, index.expand(-1, -1, full.shape[-1]))
 
 
 class AdapterModel:
@@ -70,6 +132,7 @@ class AdapterModel:
         params = dict(self.module.named_parameters())
         self._params = {n: params[n] for n in self.names}
         self.initial_state = self.read_state()
+        self._target_logits = _TargetLogits(self.module)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, adapter: AdapterConfig) -> AdapterModel:
@@ -102,14 +165,10 @@ class AdapterModel:
         return save_adapter(self.module, out)
 
     # --- forward / gradients ---------------------------------------------------------------
-    def _logits(self, out: object, length: int) -> torch.Tensor:
-        logits: torch.Tensor = out.logits  # type: ignore[attr-defined]
-        return logits[:, -length:]  # prompt tuning prepends virtual tokens
-
     def example_losses(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-example masked mean NLL with autograd (for non-private steps and eval)."""
-        out = self.module(input_ids=ids)
-        return _masked_mean_nll(self._logits(out, ids.shape[1]), ids, mask)
+        t = loss_targets(ids, mask)
+        return _weighted_nll(self._target_logits(t.ids, t.query), t.token, t.weight)
 
     def per_sample_grads(
         self, ids: torch.Tensor, mask: torch.Tensor, *, microbatch: int = 64
@@ -118,17 +177,25 @@ class AdapterModel:
         from torch.func import functional_call, grad_and_value, vmap
 
         params = {n: p.detach() for n, p in self._params.items()}
-        module = self.module
+        wrapped = self._target_logits
 
-        def loss_one(p: dict[str, torch.Tensor], x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-            out = functional_call(module, p, (), {"input_ids": x[None]}, strict=False)
-            return _masked_mean_nll(self._logits(out, x.shape[0]), x[None], m[None])[0]
+        def loss_one(
+            p: dict[str, torch.Tensor],
+            x: torch.Tensor,
+            q: torch.Tensor,
+            tok: torch.Tensor,
+            w: torch.Tensor,
+        ) -> torch.Tensor:
+            inner = {f"inner.{n}": v for n, v in p.items()}
+            logits = functional_call(wrapped, inner, (x[None], q[None]), strict=False)
+            return _weighted_nll(logits, tok[None], w[None])[0]
 
-        fn = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))
+        fn = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0, 0, 0))
         grads: dict[str, list[torch.Tensor]] = {n: [] for n in params}
         losses = []
         for start in range(0, ids.shape[0], microbatch):
-            g, loss = fn(params, ids[start : start + microbatch], mask[start : start + microbatch])
+            t = loss_targets(ids[start : start + microbatch], mask[start : start + microbatch])
+            g, loss = fn(params, t.ids, t.query, t.token, t.weight)
             for n in params:
                 grads[n].append(g[n])
             losses.append(loss)

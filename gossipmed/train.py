@@ -188,8 +188,16 @@ def _ledger(
 
 def _eval_set(encoder: Encoder, dataset: TaskDataset, config: LearningConfig) -> EvalSet:
     targets = encoder.encode(dataset.test, loss_on=config.train.loss_on)
-    candidates = encoder.encode_candidates(dataset.test) if dataset.labelled else None
-    return EvalSet(targets=targets, candidates=candidates, labels=dataset.labels)
+    if not dataset.labelled:
+        return EvalSet(targets=targets, candidates=None, labels=())
+    return EvalSet(
+        targets=targets,
+        candidates=encoder.encode_candidates(dataset.test),
+        labels=dataset.labels,
+        prompts=tuple(tuple(encoder.prompt_ids(ex)) for ex in dataset.test),
+        label_tokens=encoder.label_token_ids(),
+        label_only_loss=config.train.loss_on == "label",
+    )
 
 
 def build_site_learners(
