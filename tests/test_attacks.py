@@ -132,3 +132,47 @@ def test_label_flip_rewrites_each_training_target_to_the_next_label() -> None:
 def test_label_flip_refuses_unlabelled_data() -> None:
     with pytest.raises(ConfigError):
         flip_labels(SimpleNamespace(eval_set=SimpleNamespace(candidates=None, labels=())))
+
+
+# --- through the simulator (quadratic problem: milliseconds per round) ---------------------
+
+
+def _simulate(**sim: object) -> tuple[float, list[str]]:
+    from node.peer_options import options_from_sim, robustness_summary
+    from node.sim_config import sim_config_from_mapping
+    from node.simulate import Simulation
+
+    config = sim_config_from_mapping(
+        {
+            "sim": {
+                "problem": "quadratic",
+                "topology": "random-regular",
+                "degree": 4,
+                "rounds": 30,
+                "seed": 0,
+                **sim,
+            },
+            "data": {"n_sites": 16},
+            "train": {"lr": 0.1, "steps_per_round": 5},
+        }
+    )
+    simulation = Simulation(config)
+    result = simulation.run_gossip()
+    summary = robustness_summary(
+        options=options_from_sim(config.sim),
+        aggregation=config.sim.aggregation,
+        attackers=simulation.attackers,
+        records=result.records,
+    )
+    return float(summary["honest_accuracy_mean"]), simulation.attackers
+
+
+@pytest.mark.slow
+def test_a_scale_attack_hurts_plain_averaging_and_clipping_absorbs_it() -> None:
+    clean, nobody = _simulate()
+    assert nobody == []
+    attacked, attackers = _simulate(attack="scale", attackers=2)
+    assert len(attackers) == 2
+    clipped, _ = _simulate(attack="scale", attackers=2, aggregation="clipped")
+    assert attacked < clean - 0.05
+    assert clipped > clean - 0.02
