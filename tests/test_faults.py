@@ -36,7 +36,6 @@ def _config(**faults: float) -> SimConfig:
     )
 
 
-@pytest.mark.slow
 def test_drops_and_churn_slow_consensus_but_do_not_stop_it(tmp_path: Path) -> None:
     summary = run_simulation(
         _config(
