@@ -22,13 +22,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import torch
 
+from gossipmed.checkpoint import atomic_write_bytes
 from gossipmed.codecs import topk_sparsify
-from gossipmed.errors import WireError
+from gossipmed.errors import CheckpointError, WireError
 from gossipmed.learner import AdapterState
 from gossipmed.wire import (
     TensorSpec,
@@ -149,6 +151,29 @@ class ErrorFeedback:
         return cls.from_dict(obj, expected=expected)
 
 
+FEEDBACK_FILE = "error_feedback.msgpack"
+
+
+def save_feedback(directory: Path, feedback: ErrorFeedback) -> None:
+    """Checkpoint the sender's residual next to the adapter (atomic, msgpack, no pickle)."""
+    atomic_write_bytes(directory / FEEDBACK_FILE, feedback.to_bytes(), mode=0o600)
+
+
+def load_feedback(
+    directory: Path, *, expected: Mapping[str, tuple[Any, Any]]
+) -> ErrorFeedback | None:
+    """The checkpointed residual, or None when there is none (the next send is then a
+    keyframe, which owes nothing, so losing the residual loses no update)."""
+    path = directory / FEEDBACK_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from exc
+    return ErrorFeedback.from_bytes(raw, expected=expected)
+
+
 def _unpack_state(obj: object, schema: Mapping[str, TensorSpec]) -> AdapterState:
     if not isinstance(obj, dict) or set(obj) != set(schema):
         raise WireError("error-feedback tensors differ from the adapter schema")
@@ -173,6 +198,8 @@ class CompressedSealer:
     The inner sealer must carry the codec in the (signed) envelope header and expose it as a
     writable `codec` attribute and the header bytes to `header_codec` (EnvelopeSealer does);
     the codec tells a receiver whether the payload is a dense keyframe or a sparse delta.
+    `feedback` resumes a checkpointed residual (load_feedback); receivers' replicas are not
+    checkpointed: after a restart each neighbour's deltas are refused until its keyframe.
     """
 
     def __init__(
@@ -182,6 +209,7 @@ class CompressedSealer:
         fraction: float,
         refresh_every: int = 0,
         dense_codec: str = "raw",
+        feedback: ErrorFeedback | None = None,
     ) -> None:
         if not hasattr(inner, "codec"):
             raise WireError("top-k gossip needs a sealer that carries the codec (envelope)")
@@ -190,7 +218,7 @@ class CompressedSealer:
         if dense_codec == SPARSE_CODEC:
             raise ValueError("keyframes need a dense codec")
         self.inner = inner
-        self.feedback = ErrorFeedback(fraction=fraction)
+        self.feedback = feedback if feedback is not None else ErrorFeedback(fraction=fraction)
         self.refresh_every = refresh_every
         self.dense_codec = dense_codec
         self.replicas: dict[str, AdapterState] = {}
@@ -291,4 +319,6 @@ __all__ = [
     "DeltaOutOfSync",
     "ErrorFeedback",
     "header_codec",
+    "load_feedback",
+    "save_feedback",
 ]

@@ -3,6 +3,8 @@ sender exactly, out-of-order deltas are refused, and the residual survives a che
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -177,3 +179,22 @@ def test_topk_through_the_simulator_cuts_bytes_sent_and_keeps_every_replica() ->
     sparse, sparse_rejected = run(codec="topk", topk_fraction=0.05)
     assert raw_rejected == sparse_rejected == 0  # every delta found its replica in sync
     assert sparse < raw / 3  # 13 of 256 floats + indices, plus the envelope framing
+
+
+def test_the_residual_survives_a_checkpoint_on_disk(tmp_path: Path) -> None:
+    from gossipmed.error_feedback import FEEDBACK_FILE, load_feedback, save_feedback
+
+    assert load_feedback(tmp_path, expected=SCHEMA) is None  # no checkpoint: keyframe next
+    ef = ErrorFeedback(fraction=0.05)
+    ef.keyframe(_state(0))
+    ef.compress(_state(1))
+    save_feedback(tmp_path, ef)
+    assert (tmp_path / FEEDBACK_FILE).stat().st_mode & 0o777 == 0o600
+    back = load_feedback(tmp_path, expected=SCHEMA)
+    assert back is not None and back.residual_norm() == ef.residual_norm() > 0
+    a, _b = _pair()
+    resumed = CompressedSealer(a.inner, fraction=0.05, feedback=back)
+    assert not resumed.is_keyframe(2)  # continues with deltas from the saved reference
+    (tmp_path / FEEDBACK_FILE).write_bytes(b"\x00not msgpack")
+    with pytest.raises(WireError):
+        load_feedback(tmp_path, expected=SCHEMA)
