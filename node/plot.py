@@ -86,10 +86,10 @@ def plot_run(summary: Mapping[str, Any], out: Path, *, title: str = "") -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     topo = summary.get("topology") or {}
-    heading = title or (
-        f"gossipmed run — {topo.get('kind', '?')} topology, {topo.get('nodes', '?')} sites, "
-        f"{summary.get('rounds', '?')} rounds"
-    )
+    gossip_rows = tables.get("gossip") or [{}]
+    sites = topo.get("nodes") or gossip_rows[0].get("sites", "?")
+    where = f"{topo['kind']} topology, " if topo.get("kind") else ""
+    heading = title or f"gossipmed run — {where}{sites} sites, {summary.get('rounds', '?')} rounds"
     fig.suptitle(heading, fontsize=12)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
