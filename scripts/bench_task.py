@@ -189,8 +189,17 @@ def run_gossip(
     flat = torch.stack([torch.cat([v.reshape(-1).float() for v in s.values()]) for s in honest])
     rounds = config.sim.rounds
     sent_by_round = [sum(r.bytes_sent for r in records if r.round == k) for k in range(rounds)]
+    exposure: dict[int, list[float]] = {}
+    for rec in records:
+        if rec.round == last and rec.site not in attackers and rec.accuracy is not None:
+            bad = len(simulation.schedule.neighbours(last, rec.site) & attackers)
+            exposure.setdefault(bad, []).append(rec.accuracy)
     return {
         "attackers": sorted(attackers),
+        "honest_accuracy_by_attacker_neighbours": {
+            str(k): {"sites": len(v), "accuracy_mean": sum(v) / len(v)}
+            for k, v in sorted(exposure.items())
+        },
         "rounds": rounds,
         "honest_accuracy_mean": sum(a for a in accs if a is not None) / len(accs),
         "honest_accuracy_min": min(a for a in accs if a is not None),
