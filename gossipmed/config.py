@@ -20,15 +20,19 @@ PartitionScheme = Literal["natural", "iid", "dirichlet"]
 AdapterKind = Literal["lora", "ffa_lora", "prompt", "full"]
 AccountantName = Literal["rdp", "prv"]
 LossOn = Literal["label", "all"]
+OptimizerName = Literal["sgd", "adam"]
 
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 PARTITIONS: tuple[str, ...] = get_args(PartitionScheme)
 ADAPTER_KINDS: tuple[str, ...] = get_args(AdapterKind)
 ACCOUNTANTS: tuple[str, ...] = get_args(AccountantName)
 
-# Per-sample LoRA gradient norms on the tiny base are ~0.01-0.1 (measured at init, see
-# docs/readme/learning.md); a clip norm far above that would make DP noise dominate.
-DEFAULT_CLIP_NORM = 0.1
+# Per-sample LoRA (q/v, rank 8) gradient norms on the tiny base's icd10 label loss are ~4-13
+# (10th-90th percentile, measured; docs/bench/local.md): clip 1.0 clips nearly every sample,
+# so each example contributes a unit direction and the noise std equals sigma exactly.
+DEFAULT_CLIP_NORM = 1.0
+# Adam on the privatised gradient (post-processing) beat plain SGD clearly (docs/bench/local.md).
+DEFAULT_LR = 0.01
 
 
 def _require(ok: bool, message: str) -> None:
@@ -104,15 +108,17 @@ class DPConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 0.5
+    lr: float = DEFAULT_LR
     batch_size: int = 32  # expected batch (Poisson sampling rate = batch_size / n_site)
     steps_per_round: int = 10
     microbatch: int = 64  # per-sample gradients computed this many at a time
     loss_on: LossOn = "label"  # labelled data: train/eval loss on the label tokens only
     seed: int = 0
+    optimizer: OptimizerName = "adam"  # per-site state; Adam moments never leave the site
 
     def __post_init__(self) -> None:
         _require(self.lr > 0 and math.isfinite(self.lr), "train.lr must be > 0")
+        _require(self.optimizer in ("sgd", "adam"), "train.optimizer must be 'sgd' or 'adam'")
         _require(self.batch_size >= 1, "train.batch_size must be >= 1")
         _require(self.steps_per_round >= 1, "train.steps_per_round must be >= 1")
         _require(self.microbatch >= 1, "train.microbatch must be >= 1")

@@ -19,6 +19,7 @@ from torch import nn
 from gossipmed.adapters import save_adapter, trainable_names, wrap_with_adapter
 from gossipmed.config import AdapterConfig
 from gossipmed.errors import ModelError
+from gossipmed.optim import SiteOptimizer
 
 AdapterState = dict[str, torch.Tensor]
 
@@ -204,10 +205,19 @@ class AdapterModel:
             return empty, torch.zeros(0)
         return {n: torch.cat(v) for n, v in grads.items()}, torch.cat(losses)
 
-    def apply_update(self, grads: Mapping[str, torch.Tensor], *, lr: float) -> None:
-        with torch.no_grad():
-            for n, p in self._params.items():
-                p.add_(grads[n], alpha=-lr)
+    def apply_update(
+        self,
+        grads: Mapping[str, torch.Tensor],
+        *,
+        lr: float | None = None,
+        optimizer: SiteOptimizer | None = None,
+    ) -> None:
+        """One step on the loaded state: the site's optimiser, or plain SGD at `lr`."""
+        if optimizer is None:
+            if lr is None:
+                raise ValueError("apply_update needs lr or an optimizer")
+            optimizer = SiteOptimizer(kind="sgd", lr=lr)
+        optimizer.step(self._params, grads)
 
     def mean_grad(
         self, ids: torch.Tensor, mask: torch.Tensor

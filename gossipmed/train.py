@@ -2,7 +2,7 @@
 
 All sites of a process share ONE `AdapterModel`; a `SiteLearner` owns only its trainable
 tensors, data, privacy ledger and RNG, loads its state into the shared model for a round and
-reads it back. The optimiser is plain SGD so swapping sites in and out is exact.
+reads it back; its optimiser moments (Adam) stay in the learner, so swapping is exact.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from gossipmed.evaluate import EvalReport, EvalSet, evaluate
 from gossipmed.learner import AdapterState, EvalStats, TrainStats
 from gossipmed.ledger import PrivacyLedger
 from gossipmed.model import AdapterModel, expected_schema
+from gossipmed.optim import SiteOptimizer
 from gossipmed.partition import partition
 from gossipmed.privacy import calibrate_noise, clip_and_noise, poisson_sample
 
@@ -61,6 +62,7 @@ class SiteLearner:
         self._state = {k: v.clone() for k, v in model.initial_state.items()}
         self.noise_multiplier = self._noise_multiplier() if config.dp.enabled else None
         self.last_grad_norms = torch.zeros(0)  # unclipped per-sample norms of the last DP step
+        self.optimizer = SiteOptimizer(kind=config.train.optimizer, lr=config.train.lr)
 
     def _noise_multiplier(self) -> float:
         dp = self.config.dp
@@ -124,7 +126,7 @@ class SiteLearner:
                     continue
                 grad, mean_loss = self.model.mean_grad(batch.input_ids, batch.loss_mask)
                 losses.append(mean_loss)
-            self.model.apply_update(grad, lr=tc.lr)
+            self.model.apply_update(grad, optimizer=self.optimizer)
         self._state = self.model.read_state()
         return TrainStats(
             train_loss=sum(losses) / len(losses) if losses else math.nan,

@@ -27,8 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, help="DP budget (omit for non-private training)")
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--clip-norm", type=float, help="per-sample clip norm")
-    p.add_argument("--steps", type=int, default=200, help="SGD steps")
-    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--steps", type=int, default=200, help="optimiser steps")
+    p.add_argument("--lr", type=float, help="learning rate (default 0.01, tuned for Adam)")
+    p.add_argument(
+        "--optimizer", choices=("adam", "sgd"), default="adam", help="per-site optimiser"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="expected (Poisson) batch size")
     p.add_argument("--eval-size", type=int, default=300, help="held-out examples to score")
     p.add_argument("--max-train", type=int, default=8000, help="pooled training examples")
@@ -45,7 +48,11 @@ def _config(args: argparse.Namespace) -> object:
     dp_kw: dict[str, object] = {"planned_steps": args.steps, "delta": args.delta}
     if args.clip_norm is not None:
         dp_kw["clip_norm"] = args.clip_norm
-    train_kw: dict[str, object] = {"batch_size": args.batch_size, "seed": args.seed}
+    train_kw: dict[str, object] = {
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "optimizer": args.optimizer,
+    }
     if args.lr is not None:
         train_kw["lr"] = args.lr
     return LearningConfig(

@@ -1,7 +1,8 @@
 """Local-only baseline on one site's slice of icd10 with LoRA: non-private vs DP eps 8 vs eps 3.
 
 Prints held-out accuracy before/after and ms/step for each setting (one JSON line each, then
-a summary). Usage: .venv/bin/python scripts/bench_local.py [--steps 150] [--eval-size 105]
+a summary). Noise for the DP rows is calibrated from (epsilon, delta, --steps, Poisson rate
+batch/n_site). Usage: .venv/bin/python scripts/bench_local.py [--steps 150] [--eval-size 210]
 """
 
 from __future__ import annotations
@@ -14,16 +15,26 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gossipmed.config import AdapterConfig, DataConfig, DPConfig, LearningConfig, TrainConfig
+from gossipmed.config import (
+    DEFAULT_CLIP_NORM,
+    DEFAULT_LR,
+    AdapterConfig,
+    DataConfig,
+    DPConfig,
+    LearningConfig,
+    TrainConfig,
+)
 from gossipmed.train import build_site_learners, load_shared_model
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--eval-size", type=int, default=105)
-    p.add_argument("--lr", type=float, default=4.0)
-    p.add_argument("--clip-norm", type=float, default=0.1)
+    p.add_argument("--eval-size", type=int, default=210)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--clip-norm", type=float, default=DEFAULT_CLIP_NORM)
+    p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sites", type=int, default=4)
     args = p.parse_args()
@@ -41,10 +52,11 @@ def main() -> int:
             dp=DPConfig(
                 enabled=epsilon is not None,
                 epsilon=epsilon or 1.0,
+                delta=args.delta,
                 clip_norm=args.clip_norm,
                 planned_steps=args.steps,
             ),
-            train=TrainConfig(lr=args.lr, batch_size=args.batch_size),
+            train=TrainConfig(lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer),
         )
 
     model = load_shared_model(config(None), progress=True)
@@ -52,7 +64,9 @@ def main() -> int:
     for label, eps in (("non-private", None), ("epsilon 8", 8.0), ("epsilon 3", 3.0)):
         setup = build_site_learners(config(eps), model=model)
         site = setup.learners[0]
+        start = time.perf_counter()
         before = site.evaluate_report()
+        eval_seconds = time.perf_counter() - start
         start = time.perf_counter()
         stats = site.train_round(steps=args.steps)
         wall = time.perf_counter() - start
@@ -69,6 +83,7 @@ def main() -> int:
             "loss_after": after.loss,
             "ms_per_step": 1000 * wall / args.steps,
             "median_grad_norm": float(site.last_grad_norms.median()) if eps else None,
+            "eval_seconds": eval_seconds,
             "train_loss": stats.train_loss,
         }
         rows.append(row)

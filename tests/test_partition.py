@@ -15,14 +15,15 @@ def _examples(n: int, n_labels: int = 5) -> list[Example]:
     return [Example(text=str(i), label=f"l{i % n_labels}", site=f"s{i % 3}") for i in range(n)]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(
-    n=st.integers(20, 300),
+    per_site=st.integers(10, 40),  # Dirichlet may rightly refuse fewer (tested below)
     sites=st.integers(1, 8),
     scheme=st.sampled_from(["iid", "dirichlet"]),
     seed=st.integers(0, 1000),
 )
-def test_partition_is_a_disjoint_cover(n: int, sites: int, scheme: str, seed: int) -> None:
+def test_partition_is_a_disjoint_cover(per_site: int, sites: int, scheme: str, seed: int) -> None:
+    n = per_site * sites
     parts = partition(_examples(n), scheme=scheme, n_sites=sites, alpha=1.0, seed=seed)
     flat = [i for p in parts for i in p]
     assert sorted(flat) == list(range(n))
@@ -67,3 +68,8 @@ def test_natural_partition_follows_sites() -> None:
         )
     with pytest.raises(DataError, match="no natural sites"):
         partition(ex, scheme="natural", n_sites=3, alpha=1, seed=0)
+
+
+def test_dirichlet_refuses_data_too_small_to_give_every_site_two_examples() -> None:
+    with pytest.raises(DataError, match="Dirichlet"):
+        partition(_examples(10, n_labels=1), scheme="dirichlet", n_sites=5, alpha=0.01, seed=0)

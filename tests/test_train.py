@@ -24,7 +24,7 @@ def _config(base: Path, *, dp: bool = True, epsilon: float = 8.0, seed: int = 0)
         ),
         adapter=AdapterConfig(kind="lora", rank=2),
         dp=DPConfig(enabled=dp, epsilon=epsilon, planned_steps=20),
-        train=TrainConfig(lr=0.5, batch_size=8, seed=seed),
+        train=TrainConfig(batch_size=8, seed=seed),
         base_model=str(base),
     )
 
