@@ -35,7 +35,7 @@ def main() -> int:
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--clip-norm", type=float, default=DEFAULT_CLIP_NORM)
     p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--sites", type=int, default=4)
     args = p.parse_args()
 
