@@ -168,9 +168,27 @@ def packed_label_scores(
     return torch.cat(out)
 
 
+def _packing_verified(model: AdapterModel, eval_set: EvalSet) -> bool:
+    """Once per model: does packing reproduce per-pair scores here? An architecture that
+    ignores custom 4D masks or position ids would silently mis-score; it gets the grid."""
+    if model.packing_ok is None:
+        ok = False
+        if packing_supported(model) and eval_set.candidates is not None:
+            n = len(eval_set.labels)
+            probe = eval_set.candidates.subset(torch.arange(min(2, len(eval_set.prompts)) * n))
+            try:
+                packed = packed_label_scores(model, eval_set.prompts[:2], eval_set.label_tokens)
+                pairs = pairwise_label_scores(model, probe, n)
+                ok = bool(torch.allclose(packed, pairs, rtol=1e-4, atol=1e-3))
+            except (TypeError, ValueError, RuntimeError, AttributeError):
+                ok = False
+        model.packing_ok = ok
+    return model.packing_ok
+
+
 def label_scores(model: AdapterModel, eval_set: EvalSet) -> torch.Tensor:
     """[N, n_labels] summed log-likelihood of each candidate label after each prompt."""
-    if eval_set.prompts and eval_set.label_tokens and packing_supported(model):
+    if eval_set.prompts and eval_set.label_tokens and _packing_verified(model, eval_set):
         return packed_label_scores(model, eval_set.prompts, eval_set.label_tokens)
     if eval_set.candidates is None:
         raise ValueError("unlabelled eval set has no label scores")

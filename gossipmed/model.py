@@ -107,6 +107,20 @@ class _TargetLogits(nn.Module):
             parts = (get_decoder(), get_head())
         # not registered as submodules: their parameters stay reachable only as `inner.*`
         object.__setattr__(self, "_parts", parts)
+        if parts is not None and not self._split_matches_full():
+            object.__setattr__(self, "_parts", None)
+
+    @torch.no_grad()
+    def _split_matches_full(self) -> bool:
+        """head(decoder(x)) must be the model's own logits: some architectures post-process
+        logits (e.g. soft-capping) in their LM forward; those keep the full forward."""
+        try:
+            ids = torch.tensor([[3, 9, 4, 7, 5, 8]])  # any vocabulary has these ids
+            query = torch.arange(6)[None]
+            full: torch.Tensor = self.inner(input_ids=ids).logits[:, -6:]
+            return bool(torch.allclose(self.forward(ids, query), full, rtol=1e-4, atol=1e-4))
+        except (AttributeError, TypeError, ValueError, RuntimeError, IndexError):
+            return False
 
     def forward(self, ids: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         index = query[..., None]
@@ -134,6 +148,7 @@ class AdapterModel:
         self._params = {n: params[n] for n in self.names}
         self.initial_state = self.read_state()
         self._target_logits = _TargetLogits(self.module)
+        self.packing_ok: bool | None = None  # packed label scoring verified (gossipmed.evaluate)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, adapter: AdapterConfig) -> AdapterModel:

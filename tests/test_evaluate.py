@@ -51,3 +51,43 @@ def test_evaluate_packed_matches_the_reference_report(tiny_base: Path) -> None:
     slow = evaluate(model, replace(es, prompts=(), label_tokens=(), label_only_loss=False))
     assert fast.accuracy == slow.accuracy
     assert fast.loss == pytest.approx(slow.loss, rel=1e-5)
+
+
+def test_packing_is_verified_once_and_then_used(tiny_base: Path) -> None:
+    setup = _setup(tiny_base, "lora")
+    model = setup.model  # type: ignore[attr-defined]
+    assert model.packing_ok is None
+    evaluate(model, setup.eval_set)  # type: ignore[attr-defined]
+    assert model.packing_ok is True
+
+
+def test_logits_post_processed_by_the_lm_keep_the_full_forward(tiny_base: Path) -> None:
+    """The label-position shortcut head(decoder(x)) is only taken where it is exact."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from gossipmed.model import _TargetLogits, load_base_model
+
+    llama, _ = load_base_model(tiny_base)
+
+    class SoftCapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = llama
+
+        def get_decoder(self) -> nn.Module:
+            return self.lm.get_decoder()  # type: ignore[operator]
+
+        def get_output_embeddings(self) -> nn.Module:
+            return self.lm.get_output_embeddings()  # type: ignore[operator]
+
+        def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+            return SimpleNamespace(logits=30 * torch.tanh(self.lm(input_ids=input_ids).logits / 30))
+
+    assert _TargetLogits(llama).__dict__["_parts"] is not None
+    capped = _TargetLogits(SoftCapped())
+    assert capped.__dict__["_parts"] is None
+    ids, query = torch.tensor([[1, 5, 9, 4]]), torch.tensor([[1, 3]])
+    expected = 30 * torch.tanh(llama(input_ids=ids).logits[:, [1, 3]] / 30)
+    torch.testing.assert_close(capped(ids, query), expected)
