@@ -87,7 +87,10 @@ class RoundRecord:
     run: str = "gossip"  # gossip | local | central
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": METRICS_VERSION, **asdict(self)}
+        doc = {"v": METRICS_VERSION, **asdict(self)}
+        if not math.isfinite(self.epsilon):
+            doc["epsilon"] = None  # non-private training: strict JSON has no Infinity
+        return doc
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundRecord:
@@ -96,6 +99,8 @@ class RoundRecord:
         if missing:
             raise MetricsError(f"metrics record lacks {sorted(missing)}")
         values = {k: v for k, v in data.items() if k in known}
+        if "epsilon" in values and values["epsilon"] is None:
+            values["epsilon"] = math.inf
         defaults = {
             "train_loss": None,
             "eval_loss": None,

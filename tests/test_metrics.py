@@ -90,3 +90,18 @@ def test_a_corrupt_middle_line_is_an_error(tmp_path: Path) -> None:
     path.write_text('not json\n{"round": 0, "site": "a"}\n')
     with pytest.raises(MetricsError):
         read_metrics(path)
+
+
+def test_non_private_epsilon_round_trips_as_json_null(tmp_path: Path) -> None:
+    """Non-private learners report epsilon = inf; the JSONL stays strict JSON."""
+    record = RoundRecord(
+        round=0, site="a", train_loss=1.0, eval_loss=None, accuracy=None,
+        consensus_distance=None, epsilon=math.inf, bytes_sent=0, bytes_received=0,
+        neighbours_heard=0, seconds=0.1,
+    )  # fmt: skip
+    writer = MetricsWriter(tmp_path / "m.jsonl")
+    writer.write(record)
+    writer.close()
+    line = (tmp_path / "m.jsonl").read_text()
+    assert '"epsilon": null' in line
+    assert read_metrics(tmp_path / "m.jsonl")[0].epsilon == math.inf
