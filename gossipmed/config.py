@@ -28,10 +28,10 @@ ADAPTER_KINDS: tuple[str, ...] = get_args(AdapterKind)
 ACCOUNTANTS: tuple[str, ...] = get_args(AccountantName)
 
 # Per-sample LoRA (q/v, rank 8) gradient norms on the tiny base's icd10 label loss are ~4-13
-# (10th-90th percentile, measured; docs/bench/local.md): clip 1.0 clips nearly every sample,
+# (10th-90th percentile, measured; BENCHMARKS.md): clip 1.0 clips nearly every sample,
 # so each example contributes a unit direction and the noise std equals sigma exactly.
 DEFAULT_CLIP_NORM = 1.0
-# Adam on the privatised gradient (post-processing) beat plain SGD clearly (docs/bench/local.md).
+# Adam on the privatised gradient (post-processing) beat plain SGD clearly (BENCHMARKS.md).
 DEFAULT_LR = 0.01
 
 
@@ -110,7 +110,7 @@ class DPConfig:
 class TrainConfig:
     lr: float = DEFAULT_LR
     # expected batch (Poisson rate = batch_size / n_site); under DP bigger batches pay off
-    # (icd10 eps 8, 150 steps: 0.19 accuracy at 64, 0.24 at 128; docs/bench/local.md)
+    # (icd10 eps 8, 150 steps: 0.19 accuracy at 64, 0.24 at 128; BENCHMARKS.md)
     batch_size: int = 64
     steps_per_round: int = 10
     microbatch: int = 64  # per-sample gradients computed this many at a time
