@@ -10,19 +10,17 @@ import json
 import math
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_support import STARTUP_S, rounds_done
 
 from gossipmed.audit import read_audit
-from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
 from gossipmed.roster import Member, Roster, save_roster
 from node.cluster import (
     LOOPBACK,
     create_cluster,
-    ensure_toy_base,
     free_port,
     init_site,
     site_status,
@@ -33,32 +31,10 @@ from node.cluster import (
 )
 from node.daemon_config import CONTROL_FILE
 
+pytest_plugins = ["daemon_support"]  # fixtures: toy_base, processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 ROUNDS = 3
-STARTUP_S = 120.0  # three processes importing torch on two busy cores
-
-
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_toy_base(tmp_path_factory.getbasetemp() / "toy-base")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
-
-
-def rounds_done(site: Path) -> list[RoundRecord]:
-    path = site / METRICS_FILE
-    return read_metrics(path) if path.is_file() else []
 
 
 def rms(values: list[float]) -> float:

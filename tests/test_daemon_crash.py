@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_support import STARTUP_S, completed, rounds_done
 
 from gossipmed.checkpoint import META_FILE, load_state
-from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
 from node.cluster import (
     create_cluster,
-    ensure_toy_base,
     site_status,
     start_daemon,
     toy_sections,
@@ -26,37 +24,10 @@ from node.cluster import (
 from node.daemon import LEDGER_FILE, state_digest
 from node.daemon_config import STATE_DIR
 
+pytest_plugins = ["daemon_support"]  # fixtures: toy_base, processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
-STARTUP_S = 120.0
 TIMEOUT_S = 4.0
-
-
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_toy_base(tmp_path_factory.getbasetemp() / "toy-base")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
-
-
-def records(site: Path) -> list[RoundRecord]:
-    path = site / METRICS_FILE
-    return read_metrics(path) if path.is_file() else []
-
-
-def completed(site: Path) -> int:
-    st = site_status(site)
-    return int(st.get("completed", -1)) if st["up"] else -1
 
 
 def test_killed_daemon_resumes_with_its_epsilon_and_adapter_and_rejoins(
@@ -88,10 +59,10 @@ def test_killed_daemon_resumes_with_its_epsilon_and_adapter_and_rejoins(
     digest = state_digest(state)
 
     # the survivors keep completing rounds, each waiting out the timeout for site-01
-    killed_at = {s.name: len(records(s)) for s in (sites[0], sites[2])}
+    killed_at = {s.name: len(rounds_done(s)) for s in (sites[0], sites[2])}
     wait_until(
         lambda: all(
-            sum(1 for r in records(s)[killed_at[s.name] :] if r.neighbours_heard == 1) >= 2
+            sum(1 for r in rounds_done(s)[killed_at[s.name] :] if r.neighbours_heard == 1) >= 2
             for s in (sites[0], sites[2])
         ),
         timeout=6 * TIMEOUT_S + 30,
@@ -117,19 +88,19 @@ def test_killed_daemon_resumes_with_its_epsilon_and_adapter_and_rejoins(
     assert status["epsilon"]["spent"] >= checkpoint_eps
 
     # it rejoins: a later round where both sides hear each other again
-    before = len(records(victim))
+    before = len(rounds_done(victim))
     wait_until(
         lambda: (
-            any(r.neighbours_heard == 2 for r in records(victim)[before:])
+            any(r.neighbours_heard == 2 for r in rounds_done(victim)[before:])
             and any(
                 r.neighbours_heard == 2 and r.round > checkpoint_round + 2
-                for r in records(sites[0])[killed_at["site-00"] :]
+                for r in rounds_done(sites[0])[killed_at["site-00"] :]
             )
         ),
         timeout=STARTUP_S,
         what="site-01 to rejoin",
     )
-    after = [r for r in records(victim)[before:]]
+    after = [r for r in rounds_done(victim)[before:]]
     assert after[0].round > checkpoint_round
     assert min(r.epsilon for r in after) >= ledger["epsilon"]
 

@@ -6,13 +6,13 @@ each, stays up, and its rounds with its real neighbour go on."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
 import pytest
 import torch
 import trio
+from daemon_support import STARTUP_S, completed
 
 from gossipmed.audit import read_audit
 from gossipmed.crypto import generate_identity
@@ -23,7 +23,6 @@ from gossipmed.roster import Member, Roster, load_roster, save_roster
 from node.cluster import (
     CONSORTIUM_FILE,
     create_cluster,
-    ensure_toy_base,
     site_status,
     start_daemon,
     toy_sections,
@@ -32,31 +31,8 @@ from node.cluster import (
 from node.framing import encode_uvarint
 from node.libp2p_transport import PROTOCOL_ID, Libp2pTransport, PeerInfo
 
+pytest_plugins = ["daemon_support"]  # fixtures: toy_base, processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]
-
-STARTUP_S = 120.0
-
-
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_toy_base(tmp_path_factory.getbasetemp() / "toy-base")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
-
-
-def completed(site: Path) -> int:
-    st = site_status(site)
-    return int(st.get("completed", -1)) if st["up"] else -1
 
 
 async def attack(*, victim: Member, roster: Roster, mallory_identity: object) -> list[str]:

@@ -11,15 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemon_support import STARTUP_S
 
 from gossipmed.metrics import METRICS_FILE, read_metrics
-from node.cluster import create_cluster, ensure_toy_base, start_daemon, toy_sections
+from node.cluster import create_cluster, start_daemon, toy_sections
 
+pytest_plugins = ["daemon_support"]  # fixtures: toy_base, processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 ADDRESSES = ("10.231.0.1", "10.231.0.2")
 ROUNDS = 3
-STARTUP_S = 120.0
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,23 +62,6 @@ def namespaces() -> Iterator[list[str]]:
     finally:
         for ns in made:  # deleting a namespace also removes its end of the veth pair
             _ip("netns", "del", ns)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def toy_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_toy_base(tmp_path_factory.getbasetemp() / "toy-base")
 
 
 def test_daemons_in_separate_network_namespaces_gossip(
