@@ -135,16 +135,28 @@ def default_factory(config: SimConfig) -> LearnerFactory:
         return QuadraticFactory(
             n_sites=config.nodes, seed=config.sim.seed, lr=min(config.learning.train.lr, 1.0)
         )
-    return LanguageModelFactory(config.learning)
+    return LanguageModelFactory(config.learning, rounds=config.sim.rounds)
+
+
+def _planned(learning: LearningConfig, steps: int) -> LearningConfig:
+    """Calibrated DP noise must last exactly the steps this run will take."""
+    return dataclasses.replace(learning, dp=dataclasses.replace(learning.dp, planned_steps=steps))
 
 
 class LanguageModelFactory:
-    """gossipmed.train learners; every site (and every baseline) shares one loaded model."""
+    """gossipmed.train learners; every site (and every baseline) shares one loaded model.
 
-    def __init__(self, learning: LearningConfig) -> None:
+    Each site plans its noise for rounds x steps_per_round steps; the centralized baseline
+    runs n_sites times as many steps (on n_sites times the data), so its noise is calibrated
+    for those, reaching the same epsilon budget by the last round.
+    """
+
+    def __init__(self, learning: LearningConfig, *, rounds: int) -> None:
         from gossipmed.train import load_shared_model
 
-        self.learning = learning
+        site_steps = rounds * learning.train.steps_per_round
+        self.learning = _planned(learning, site_steps)
+        self.pooled = _planned(learning, site_steps * learning.data.n_sites)
         self.model = load_shared_model(learning, progress=False)
 
     def site_learners(self) -> Sequence[Learner]:
@@ -155,7 +167,7 @@ class LanguageModelFactory:
     def pooled_learner(self) -> Learner:
         from gossipmed.train import build_site_learners
 
-        return build_site_learners(self.learning, model=self.model, pooled=True).learners[0]
+        return build_site_learners(self.pooled, model=self.model, pooled=True).learners[0]
 
 
 # --- sealing --------------------------------------------------------------------------------
