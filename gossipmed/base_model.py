@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -218,6 +219,8 @@ def ensure_base_model(spec: BaseSpec | None = None, *, progress: bool = True) ->
     target = cache_root() / f"base-{spec.digest()}"
     if (target / "config.json").is_file():
         return target
+    if not progress:  # callers with their own progress display still owe the user a word
+        print(f"building the tiny base model once (a few minutes): {target}", file=sys.stderr)
     try:
         return build_base_with_progress(spec, target, show=progress)
     except ModelError:
