@@ -19,6 +19,7 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from gossipmed.errors import IdentityError
+from gossipmed.varint import encode_uvarint
 
 KEY_BYTES = 32
 SIGN_KEY_HEADER = "gossipmed-ed25519-seed-v1"
@@ -42,24 +43,12 @@ def base58btc_encode(data: bytes) -> str:
     return "1" * pad + "".join(reversed(out))
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def peer_id_from_ed25519(public_key: bytes) -> str:
     """The libp2p peer ID of an Ed25519 public key (identity multihash, base58btc)."""
     if len(public_key) != KEY_BYTES:
         raise IdentityError(f"Ed25519 public key must be {KEY_BYTES} bytes, got {len(public_key)}")
     proto = _LIBP2P_ED25519_PREFIX + public_key
-    return base58btc_encode(_IDENTITY_MULTIHASH + _varint(len(proto)) + proto)
+    return base58btc_encode(_IDENTITY_MULTIHASH + encode_uvarint(len(proto)) + proto)
 
 
 @dataclass(frozen=True)

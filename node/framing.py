@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from gossipmed.errors import WireError
+from gossipmed.varint import MAX_VARINT_BYTES, encode_uvarint
 
 # 9 bytes carry 63 bits, the multiformats maximum; anything longer is garbage.
-MAX_VARINT_BYTES = 9
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 ReadSome = Callable[[int], Awaitable[bytes]]
@@ -30,22 +30,6 @@ class FrameTooLarge(FrameError):
 
 class FrameTruncated(FrameError):
     """The stream ended before the announced number of bytes arrived."""
-
-
-def encode_uvarint(value: int) -> bytes:
-    if value < 0:
-        raise ValueError("uvarint cannot encode a negative number")
-    if value >= 1 << (7 * MAX_VARINT_BYTES):
-        raise ValueError("uvarint value exceeds 63 bits")
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def decode_uvarint(buf: bytes | bytearray | memoryview) -> tuple[int, int]:
