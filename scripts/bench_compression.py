@@ -11,7 +11,6 @@ chapters, Dirichlet split).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,21 +21,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_task import BowFactory, run_gossip
+from bench_task import BowFactory, bench_parser, run_gossip, write_rows
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sites", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=60)
-    p.add_argument("--local-steps", type=int, default=10)
-    p.add_argument("--topology", default="random-regular")
-    p.add_argument("--degree", type=int, default=4)
+    p = bench_parser(__doc__, rounds=60)
     p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--codecs", default="raw,fp16,bf16,int8")
     p.add_argument("--fractions", default="0.1,0.05,0.02,0.01,0.005")
-    p.add_argument("--json", type=Path, help="write all rows here")
     args = p.parse_args()
     torch.set_num_threads(1)
     factory = BowFactory(n_sites=args.sites, alpha=args.alpha, seed=args.seed)
@@ -66,10 +58,7 @@ def main() -> None:
         )
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = vars(args) | {"json": str(args.json)}
-        args.json.write_text(json.dumps({"args": meta, "rows": rows}, indent=2))
+    write_rows(args, rows)
 
 
 if __name__ == "__main__":

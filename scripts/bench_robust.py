@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_task import BowFactory, run_gossip
+from bench_task import BowFactory, bench_parser, run_gossip, write_rows
 
 
 def run_one(
@@ -44,19 +44,12 @@ def run_one(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sites", type=int, default=16)
+    p = bench_parser(__doc__, rounds=40)
     p.add_argument("--attackers", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--local-steps", type=int, default=10)
-    p.add_argument("--topology", default="random-regular")
-    p.add_argument("--degree", type=int, default=4)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--scale", type=float, default=10.0)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rules", default="weighted,median,trimmed-mean,clipped")
     p.add_argument("--attacks", default="sign-flip,scale")
-    p.add_argument("--json", type=Path, help="write all rows here")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
@@ -73,11 +66,7 @@ def main() -> None:
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2)
-        )
+    write_rows(args, rows)
 
 
 if __name__ == "__main__":

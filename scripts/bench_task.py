@@ -11,11 +11,15 @@ base's LoRA adapter), so byte counts are comparable.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import itertools
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +29,28 @@ from gossipmed.learner import AdapterState, EvalStats, TrainStats
 from gossipmed.partition import partition
 
 FEATURES = 1024
+
+
+def bench_parser(doc: str | None, *, rounds: int) -> argparse.ArgumentParser:
+    """The flags every robustness benchmark shares; each script adds its own sweep flags."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sites", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--local-steps", type=int, default=10)
+    p.add_argument("--topology", default="random-regular")
+    p.add_argument("--degree", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write all rows here")
+    return p
+
+
+def write_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Save the command's arguments and every row, so a table can be traced to its run."""
+    if not args.json:
+        return
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    meta = vars(args) | {"json": str(args.json)}
+    args.json.write_text(json.dumps({"args": meta, "rows": rows}, indent=2))
 
 
 def _bucket(token: str) -> int:
