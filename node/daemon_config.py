@@ -1,7 +1,8 @@
 """The daemon's part of `site.toml`: a `[daemon]` table plus the learning tables.
 
     [daemon]   rounds, round_timeout_s, site_index, problem, base_model, mixing, aggregation,
-               eval_every, max_future_rounds, max_message_mib, control_port, dial_timeout_s
+               eval_every, max_future_rounds, max_message_mib, control_port, dial_timeout_s,
+               codec, topk_fraction, codec_refresh_every, drift (as `gossipmed simulate`)
     [data] [adapter] [dp] [train]   exactly as in gossipmed.config (one site's learning)
 
 Unknown keys are errors (a misspelt privacy setting must never fall back to a default).
@@ -21,6 +22,7 @@ from gossipmed.aggregate import RULES as AGGREGATION_RULES
 from gossipmed.config import LearningConfig, learning_config_from_mapping, section_from_mapping
 from gossipmed.errors import ConfigError
 from gossipmed.site import SITE_FILE, Site, load_site
+from node.peer_options import PeerOptions
 from topology.mixing import RULES as MIXING_RULES
 
 PROBLEMS = ("lm", "quadratic")
@@ -44,6 +46,11 @@ class DaemonSection:
     control_port: int = 0  # 127.0.0.1 status endpoint; 0 picks a free port
     dial_timeout_s: float = 5.0
     seed: int = 0  # quadratic problem only
+    # the simulator's codec and drift options (node.peer_options), same names and defaults
+    codec: str = "raw"  # raw | fp16 | bf16 | int8 | topk
+    topk_fraction: float = 0.01  # codec = "topk": share of entries sent per round
+    codec_refresh_every: int = 0  # codec = "topk": dense keyframe every N rounds (0: first only)
+    drift: str = "none"  # none | d2
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
@@ -68,10 +75,24 @@ class DaemonSection:
             raise ConfigError("daemon.control_port must be a TCP port (0 = any free one)")
         if not (math.isfinite(self.dial_timeout_s) and self.dial_timeout_s > 0):
             raise ConfigError("daemon.dial_timeout_s must be a positive number")
+        try:
+            self.peer_options  # noqa: B018  (validation lives in PeerOptions, once)
+        except ConfigError as exc:
+            raise ConfigError(f"daemon.{exc}") from None
 
     @property
     def max_bytes(self) -> int:
         return int(self.max_message_mib * (1 << 20))
+
+    @property
+    def peer_options(self) -> PeerOptions:
+        """The codec and drift choices; attacks stay a simulator-only option."""
+        return PeerOptions(
+            codec=self.codec,
+            topk_fraction=self.topk_fraction,
+            codec_refresh_every=self.codec_refresh_every,
+            drift=self.drift,
+        )
 
 
 @dataclass(frozen=True)

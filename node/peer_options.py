@@ -9,18 +9,37 @@ daemon, for the codec and drift choices) wire them the same way:
     attack   simulator only: node.attacks turns the seed's chosen sites into attackers
 
 Robust mixing needs nothing here: the peer already selects its aggregation rule by name.
+
+The state these options carry from round to round (the top-k sender's residual, D²'s last
+state and pseudo-gradient) is checkpointed by `save_option_state` next to the adapter and
+brought back by `restore_option_state`, so a resumed site continues exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import msgpack
+import numpy as np
+import torch
+
+from gossipmed.checkpoint import atomic_write_bytes
 from gossipmed.codecs import CODEC_NAMES
-from gossipmed.drift import DRIFT_MODES, with_drift_correction
-from gossipmed.error_feedback import SPARSE_CODEC, CompressedSealer
-from gossipmed.errors import ConfigError
+from gossipmed.drift import DRIFT_MODES, D2Learner, with_drift_correction
+from gossipmed.error_feedback import (
+    FEEDBACK_FILE,
+    SPARSE_CODEC,
+    CompressedSealer,
+    ErrorFeedback,
+    save_feedback,
+)
+from gossipmed.errors import CheckpointError, ConfigError, WireError
+from gossipmed.wire import parse_shape, unpack_bounded
 from node.attacks import AttackConfig, apply_attack
 
 
@@ -35,12 +54,16 @@ class PeerOptions:
     def __post_init__(self) -> None:
         if self.codec not in CODEC_NAMES:
             raise ConfigError(f"codec must be one of {', '.join(CODEC_NAMES)}")
-        if not 0.0 < self.topk_fraction <= 1.0:
-            raise ConfigError("topk_fraction must be in (0, 1]")
-        if self.codec_refresh_every < 0:
-            raise ConfigError("codec_refresh_every must be >= 0")
+        if not _is_number(self.topk_fraction) or not 0.0 < self.topk_fraction <= 1.0:
+            raise ConfigError("topk_fraction must be a number in (0, 1]")
+        if type(self.codec_refresh_every) is not int or self.codec_refresh_every < 0:
+            raise ConfigError("codec_refresh_every must be an integer >= 0")
         if self.drift not in DRIFT_MODES:
             raise ConfigError(f"drift must be one of {', '.join(DRIFT_MODES)}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def options_from_sim(sim: Any) -> PeerOptions:
@@ -98,3 +121,164 @@ def robustness_summary(
         "honest_accuracy_mean": sum(accs) / len(accs) if accs else None,
         "honest_round": last,
     }
+
+
+# --- the options' own state across rounds: checkpoint and resume ------------------------------
+
+DRIFT_FILE = "drift.msgpack"
+DRIFT_VERSION = 1
+OPTION_FILES = (FEEDBACK_FILE, DRIFT_FILE)
+MAX_DRIFT_BYTES = 1 << 31
+
+
+def save_option_state(directory: Path, peer: Any) -> dict[str, str]:
+    """Write the option state of `peer` (after a round is mixed) next to its adapter.
+
+    Returns file name -> BLAKE2b of the bytes written. The caller records that map in the
+    checkpoint's metadata, which it writes last: a crash between the two leaves files the
+    metadata does not vouch for, and `restore_option_state` then ignores them (a fresh
+    residual means a keyframe; a fresh D² a plain step; both lose nothing)."""
+    digests: dict[str, str] = {}
+    if isinstance(peer.sealer, CompressedSealer):
+        save_feedback(directory, peer.sealer.feedback)
+        digests[FEEDBACK_FILE] = _file_digest(directory / FEEDBACK_FILE)
+    if isinstance(peer.learner, D2Learner):
+        atomic_write_bytes(directory / DRIFT_FILE, drift_state_to_bytes(peer.learner), mode=0o600)
+        digests[DRIFT_FILE] = _file_digest(directory / DRIFT_FILE)
+    return digests
+
+
+def restore_option_state(directory: Path, peer: Any, *, digests: Mapping[str, str]) -> list[str]:
+    """Load what `save_option_state` wrote into the rewired `peer`, after its adapter state
+    is set (D2Learner.set_state outside a round resets D²). Returns the files restored.
+
+    A file is used only when its digest is the one the checkpoint recorded; otherwise it is
+    from another round or another configuration and the option starts fresh. A restored
+    residual takes the configured top-k fraction (the residual itself does not depend on it).
+    """
+    restored = []
+    if isinstance(peer.sealer, CompressedSealer):
+        raw = _vouched_bytes(directory / FEEDBACK_FILE, digests.get(FEEDBACK_FILE))
+        if raw is not None:
+            try:
+                feedback = ErrorFeedback.from_bytes(raw, expected=peer.schema)
+            except WireError as exc:
+                raise CheckpointError(f"{directory / FEEDBACK_FILE}: {exc}") from exc
+            feedback.fraction = peer.sealer.feedback.fraction
+            peer.sealer.feedback = feedback
+            restored.append(FEEDBACK_FILE)
+    if isinstance(peer.learner, D2Learner):
+        raw = _vouched_bytes(directory / DRIFT_FILE, digests.get(DRIFT_FILE))
+        if raw is not None:
+            try:
+                restore_drift_state(peer.learner, raw, expected=peer.schema)
+            except WireError as exc:
+                raise CheckpointError(f"{directory / DRIFT_FILE}: {exc}") from exc
+            restored.append(DRIFT_FILE)
+    return restored
+
+
+def restart_compression(peer: Any) -> bool:
+    """Make the next top-k send a dense keyframe (for when neighbours' replicas of this site
+    may be out of step); False when the peer does not compress."""
+    if not isinstance(peer.sealer, CompressedSealer):
+        return False
+    peer.sealer.feedback = ErrorFeedback(fraction=peer.sealer.feedback.fraction)
+    return True
+
+
+def drift_state_to_bytes(learner: D2Learner) -> bytes:
+    """D²'s memory between rounds: x_{t-1} and g_{t-1}, float64 as D2Learner keeps them.
+
+    Only called between rounds, when nothing is awaiting a mix (`_sent` is None)."""
+    if learner._sent is not None:
+        raise CheckpointError("D² state saved in the middle of a round")
+    prev_x, prev_g = learner._prev_x, learner._prev_g
+    started = prev_x is not None and prev_g is not None
+    return bytes(
+        msgpack.packb(
+            {
+                "v": DRIFT_VERSION,
+                "prev_x": _pack_f64(prev_x) if started and prev_x is not None else None,
+                "prev_g": _pack_f64(prev_g) if started and prev_g is not None else None,
+            },
+            use_bin_type=True,
+        )
+    )
+
+
+def restore_drift_state(
+    learner: D2Learner, raw: bytes, *, expected: Mapping[str, tuple[Any, Any]]
+) -> None:
+    shapes = {name: tuple(int(s) for s in shape) for name, (_dtype, shape) in expected.items()}
+    budget = sum(8 * math.prod(s) for s in shapes.values())
+    if budget > MAX_DRIFT_BYTES:
+        raise WireError("D² state would exceed the size limit")
+    obj = unpack_bounded(
+        raw,
+        max_bin=max(budget, 1),
+        max_str=256,
+        max_array=8,
+        max_map=max(len(shapes), 3),
+        max_items=40 * len(shapes) + 16,  # per tensor, twice: name, map, keys, shape, data
+        what="D² state",
+    )
+    if not isinstance(obj, dict) or set(obj) != {"v", "prev_x", "prev_g"}:
+        raise WireError("D² state must be a map of v, prev_x, prev_g")
+    if obj["v"] != DRIFT_VERSION or type(obj["v"]) is not int:
+        raise WireError(f"unsupported D² state version {str(obj['v'])[:20]}")
+    if (obj["prev_x"] is None) != (obj["prev_g"] is None):
+        raise WireError("D² state has one of prev_x, prev_g without the other")
+    if obj["prev_x"] is None:
+        learner._prev_x = learner._prev_g = None
+        return
+    learner._prev_x = _unpack_f64(obj["prev_x"], shapes)
+    learner._prev_g = _unpack_f64(obj["prev_g"], shapes)
+
+
+def _pack_f64(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    out = {}
+    for name, t in state.items():
+        arr = t.detach().to(torch.float64).contiguous().cpu().numpy()
+        out[name] = {"shape": list(arr.shape), "data": arr.astype("<f8", copy=False).tobytes()}
+    return out
+
+
+def _unpack_f64(obj: object, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, dict) or set(obj) != set(shapes):
+        raise WireError("D² state tensors differ from the adapter schema")
+    out = {}
+    for name, shape in shapes.items():
+        rec = obj[name]
+        if not isinstance(rec, dict) or set(rec) != {"shape", "data"}:
+            raise WireError(f"D² tensor {name!r} must be a map of shape, data")
+        if parse_shape(rec["shape"], name=name) != shape:
+            raise WireError(f"D² tensor {name!r} has the wrong shape")
+        data = rec["data"]
+        if not isinstance(data, bytes) or len(data) != 8 * math.prod(shape):
+            raise WireError(f"D² tensor {name!r}: data must be {8 * math.prod(shape)} bytes")
+        tensor = torch.from_numpy(np.frombuffer(data, dtype="<f8").astype(np.float64))
+        if not bool(torch.isfinite(tensor).all()):
+            raise WireError(f"D² tensor {name!r} is not finite")
+        out[name] = tensor.reshape(shape)
+    return out
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read back {path}: {exc.strerror}") from exc
+
+
+def _vouched_bytes(path: Path, digest: str | None) -> bytes | None:
+    """The file's bytes if the checkpoint recorded exactly these bytes, else None."""
+    if digest is None or not path.is_file():
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from exc
+    if hashlib.blake2b(raw, digest_size=16).hexdigest() != digest:
+        return None
+    return raw
