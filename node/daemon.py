@@ -19,12 +19,23 @@ Crash safety: the privacy ledger is written (atomically) when a round is charged
 any update leaves; after mixing, the adapter, round, epsilon and replay-guard state go to
 one atomic checkpoint, and only then the metrics record. After kill -9 the daemon resumes
 at the round after its last checkpoint with the ledger's epsilon (never lower).
+
+Codec and drift options (`codec`, `topk_fraction`, `codec_refresh_every`, `drift` in
+[daemon]) are wired by node.peer_options exactly as in the simulator; their state between
+rounds (top-k residual, D² memory) is part of the checkpoint. A top-k sender's neighbours
+hold a replica of it that only consecutive deltas keep right, so the daemon sends a dense
+keyframe instead of a delta whenever a replica may be out of step: after rounds it skipped,
+after a delivery it gave up on, and (twice: the first may collide with a same-round envelope
+of its previous life, which replay protection refuses) after a resume that cannot rule out
+that an envelope of the resumed round already left. A neighbour that restarts loses its
+replicas and needs this site's next keyframe: set `codec_refresh_every` to bound that wait.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -40,7 +51,7 @@ import torch
 import trio
 
 from gossipmed.audit import REJECTED, AuditLog, payload_hash
-from gossipmed.checkpoint import META_FILE, load_state, save_state
+from gossipmed.checkpoint import META_FILE, atomic_write_json, load_state, save_state
 from gossipmed.crypto import Identity
 from gossipmed.errors import ConfigError, GossipmedError, TransportError
 from gossipmed.learner import Learner
@@ -49,10 +60,19 @@ from gossipmed.roster import Roster
 from node.control import serve_control
 from node.daemon_config import DaemonSettings
 from node.peer import AuditLogSink, MixingSchedule, Peer
+from node.peer_options import (
+    apply_peer_options,
+    restart_compression,
+    restore_option_state,
+    save_option_state,
+)
 
 log = logging.getLogger("gossipmed.daemon")
 
 LEDGER_FILE = "ledger.json"
+SEALED_FILE = "sealed.json"  # top-k only: the last round whose envelopes may have left
+OPTION_STATE_KEY = "option_state"  # checkpoint.json: option state file -> digest
+RESUME_KEYFRAMES = 2
 RETRY_PAUSE_S = 1.0
 
 
@@ -200,25 +220,27 @@ class SiteDaemon:
             )
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.audit = DaemonAudit(AuditLog(site.audit_path))
-        self.learner = build_learner(settings, roster=self.roster)
+        learner = build_learner(settings, roster=self.roster)
         self.resumed: Resumed | None = None
         start_round, guard = 0, ReplayGuard()
+        meta: dict[str, Any] = {}
         if (settings.state_dir / META_FILE).is_file():
             state, meta = load_state(settings.state_dir)
             if meta.get("site") != self.name:
                 raise DaemonError(f"checkpoint in {settings.state_dir} is not {self.name}'s")
-            self.learner.set_state(state)
+            learner.set_state(state)
             start_round = int(meta["round"]) + 1
             guard = ReplayGuard.from_dict(meta["replay_guard"])
-            self._reseed(start_round)
+            self._reseed(learner, start_round)
         d = settings.daemon
+        # the envelope layer itself: its replay guard is checkpointed (a top-k codec wraps it)
         self.sealer = EnvelopeSealer(
             identity=self.identity, roster=self.roster, max_bytes=d.max_bytes, replay_guard=guard
         )
         self.schedule = schedule_from_roster(self.roster, rule=d.mixing)
         self.peer = Peer(
             name=self.name,
-            learner=self.learner,
+            learner=learner,
             sealer=self.sealer,
             schedule=self.schedule,
             local_steps=settings.learning.train.steps_per_round,
@@ -229,6 +251,17 @@ class SiteDaemon:
             max_future_rounds=d.max_future_rounds,
             audit=self.audit,
         )
+        self.options = d.peer_options
+        apply_peer_options({self.name: self.peer}, options=self.options, seed=d.seed)
+        self.learner: Learner = self.peer.learner
+        self.options_restored: list[str] = []
+        self.keyframes_due = 0
+        if start_round:
+            self.options_restored = restore_option_state(
+                settings.state_dir, self.peer, digests=meta.get(OPTION_STATE_KEY, {})
+            )
+            if self.options.codec == "topk" and _sealed_round(settings) != start_round - 1:
+                self.keyframes_due = RESUME_KEYFRAMES
         spent, _budget = _ledger_budget(self.learner)
         self.peer.epsilon = spent or 0.0
         if start_round:
@@ -251,9 +284,9 @@ class SiteDaemon:
         self.transport: Any = None
         self.stopping = False
 
-    def _reseed(self, start_round: int) -> None:
+    def _reseed(self, learner: Learner, start_round: int) -> None:
         """A resumed site must not redraw the noise and samples of rounds it already ran."""
-        generator = getattr(self.learner, "generator", None)
+        generator = getattr(learner, "generator", None)
         if isinstance(generator, torch.Generator):
             tag = f"gossipmed-resume:{self.settings.learning.train.seed}:{self.name}:{start_round}"
             digest = hashlib.blake2b(tag.encode(), digest_size=8).digest()
@@ -292,6 +325,7 @@ class SiteDaemon:
                 "round_timeout_s": self.settings.daemon.round_timeout_s,
                 "uptime_s": time.time() - self.started_at,
                 "resumed": vars(self.resumed) if self.resumed else None,
+                "options": self._options_status(),
                 "epsilon": {
                     "spent": spent if spent is not None else self.peer.epsilon,
                     "budget": budget,
@@ -303,6 +337,17 @@ class SiteDaemon:
                 "failures": self.state.failures,
             }
         )
+
+    def _options_status(self) -> dict[str, Any]:
+        o = self.options
+        topk = o.codec == "topk"
+        return {
+            "codec": o.codec,
+            "topk_fraction": o.topk_fraction if topk else None,
+            "codec_refresh_every": o.codec_refresh_every if topk else None,
+            "drift": o.drift,
+            "restored": list(self.options_restored),
+        }
 
     def _connected(self, name: str) -> bool:
         if self.transport is None:
@@ -393,6 +438,7 @@ class SiteDaemon:
             if ahead is not None and ahead > r:
                 log.info("neighbours are at round %d: skipping rounds %d..%d", ahead, r, ahead - 1)
                 self.state.skipped.extend(range(r, ahead))
+                self.keyframes_due = max(self.keyframes_due, 1)  # replicas see a gap
                 r = ahead if not limit else min(ahead, limit - 1)
             record = await self.run_round(r)
             log.info(
@@ -439,7 +485,13 @@ class SiteDaemon:
 
     def _train_and_seal(self, r: int) -> dict[str, bytes]:
         self.peer.train(r)
-        return self.peer.seal_outgoing(r)
+        if self.keyframes_due and restart_compression(self.peer):
+            log.info("round %d: sending a keyframe (neighbours' replicas may be stale)", r)
+        self.keyframes_due = max(0, self.keyframes_due - 1)
+        envelopes = self.peer.seal_outgoing(r)
+        if self.options.codec == "topk":  # before anything leaves, as the ledger
+            atomic_write_json(self.settings.state_dir / SEALED_FILE, {"v": 1, "round": r})
+        return envelopes
 
     async def _deliver(self, recipient: str, data: bytes, deadline: float) -> None:
         """Keep trying until the round deadline: a neighbour that is (re)starting still gets
@@ -454,12 +506,15 @@ class SiteDaemon:
                     log.info("round send to %s failed, retrying: %s", recipient, exc)
                 await trio.sleep(RETRY_PAUSE_S)
         self.state.failures += 1
+        self.keyframes_due = max(self.keyframes_due, 1)  # its replica of us misses a round
         log.warning("gave up sending to %s at the round deadline", recipient)
 
     def _complete(self, r: int) -> RoundRecord:
         record = self.peer.complete_round(r)
         with self._receive_lock:
             guard = self.sealer.replay_guard.to_dict()
+        # option state first: the metadata written last vouches for it by digest
+        option_state = save_option_state(self.settings.state_dir, self.peer)
         save_state(
             self.settings.state_dir,
             self.learner.get_state(),
@@ -468,11 +523,22 @@ class SiteDaemon:
                 "site": self.name,
                 "epsilon": self.peer.epsilon,
                 "replay_guard": guard,
+                OPTION_STATE_KEY: option_state,
                 "saved_at": time.time(),
             },
         )
         self.metrics.write(record)  # after the checkpoint: a record always means a saved round
         return record
+
+
+def _sealed_round(settings: DaemonSettings) -> int | None:
+    """The round whose top-k envelopes were last sealed, or None when unknown."""
+    try:
+        doc = json.loads((settings.state_dir / SEALED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = doc.get("round") if isinstance(doc, dict) else None
+    return value if type(value) is int else None
 
 
 def _own_name(roster: Roster, identity: Identity) -> str:

@@ -1,0 +1,305 @@
+"""The daemon takes the simulator's codec and drift options from site.toml's [daemon] table,
+wires them with the simulator's code, and checkpoints their state so a resume continues
+exactly. Daemons here solve the synthetic quadratic problem (no model, milliseconds a round)
+and run in this process: real libp2p transport on 127.0.0.1, real envelopes, real checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import trio
+
+from gossipmed.checkpoint import META_FILE
+from gossipmed.drift import D2Learner
+from gossipmed.error_feedback import FEEDBACK_FILE, CompressedSealer
+from gossipmed.errors import ConfigError
+from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
+from node.cluster import LOOPBACK, create_cluster, free_port, init_site, write_site_toml
+from node.daemon import OPTION_STATE_KEY, RESUME_KEYFRAMES, SiteDaemon
+from node.daemon_config import STATE_DIR, load_daemon_settings
+from node.peer_options import DRIFT_FILE
+
+ROUNDS = 4
+RUN_TIMEOUT_S = 60.0  # the whole in-process cluster, startup included
+
+
+def quadratic(i: int, *, rounds: int = ROUNDS, **options: Any) -> dict[str, dict[str, Any]]:
+    return {
+        "daemon": {
+            "rounds": rounds,
+            "round_timeout_s": 20.0,
+            "site_index": i,
+            "problem": "quadratic",
+            "seed": 3,
+            **options,
+        },
+        "train": {"lr": 0.1},
+    }
+
+
+def make_cluster(root: Path, *, nodes: int = 3, **options: Any) -> list[Path]:
+    def sections(i: int) -> dict[str, dict[str, Any]]:
+        return quadratic(i, **options)
+
+    return create_cluster(root, nodes=nodes, topology="ring", sections=sections)
+
+
+def run_in_process(sites: list[Path]) -> list[SiteDaemon]:
+    """Every site's daemon in one trio loop until each has run its rounds."""
+    daemons = [SiteDaemon(load_daemon_settings(s)) for s in sites]
+
+    async def main() -> None:
+        with trio.fail_after(RUN_TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                for d in daemons:
+                    nursery.start_soon(d.run)
+
+    trio.run(main)
+    return daemons
+
+
+def records(site: Path) -> list[RoundRecord]:
+    return read_metrics(site / METRICS_FILE)
+
+
+def everyone_heard_everyone(sites: list[Path]) -> bool:
+    recs = [r for s in sites for r in records(s)]
+    return all(r.neighbours_heard == r.neighbours_expected for r in recs)
+
+
+def total_bytes_sent(sites: list[Path]) -> int:
+    return sum(r.bytes_sent for s in sites for r in records(s))
+
+
+# --- site.toml ------------------------------------------------------------------------------
+
+
+def site_with_daemon_table(root: Path, table: dict[str, Any]) -> Path:
+    site = root / "site"
+    listen = [f"/ip4/{LOOPBACK}/tcp/{free_port()}"]
+    init_site(site, name="site", listen=listen)
+    write_site_toml(
+        site,
+        name="site",
+        listen=listen,
+        consortium="consortium.toml",
+        sections={"daemon": {"problem": "quadratic", **table}},
+    )
+    return site
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("codec", "zip"),
+        ("drift", "x"),
+        ("topk_fraction", 0),
+        ("topk_fraction", 1.5),
+        ("topk_fraction", "all"),
+        ("codec_refresh_every", -1),
+    ],
+)
+def test_a_bad_option_value_is_a_config_error_naming_the_key(
+    tmp_path: Path, key: str, value: Any
+) -> None:
+    site = site_with_daemon_table(tmp_path, {key: value})
+    with pytest.raises(ConfigError, match=f"daemon\\.{key}"):
+        load_daemon_settings(site)
+
+
+def test_unknown_daemon_keys_stay_errors(tmp_path: Path) -> None:
+    site = site_with_daemon_table(tmp_path, {"codecs": "int8"})
+    with pytest.raises(ConfigError, match="unknown keys: codecs"):
+        load_daemon_settings(site)
+
+
+def test_options_default_to_the_simulators_and_are_read_from_site_toml(tmp_path: Path) -> None:
+    plain = load_daemon_settings(site_with_daemon_table(tmp_path / "a", {}))
+    assert (plain.daemon.codec, plain.daemon.drift) == ("raw", "none")
+    assert (plain.daemon.topk_fraction, plain.daemon.codec_refresh_every) == (0.01, 0)
+    table = {"codec": "topk", "topk_fraction": 0.1, "codec_refresh_every": 5, "drift": "d2"}
+    chosen = load_daemon_settings(site_with_daemon_table(tmp_path / "b", table)).daemon
+    options = chosen.peer_options
+    assert (options.codec, options.topk_fraction) == ("topk", 0.1)
+    assert (options.codec_refresh_every, options.drift) == (5, "d2")
+    assert options.attack.kind == "none"  # attacks are a simulator-only option
+
+
+# --- clusters -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_compressed_codecs_send_fewer_bytes_than_raw_on_a_real_cluster(tmp_path: Path) -> None:
+    sent = {}
+    for codec in ("raw", "int8", "topk"):
+        sites = make_cluster(tmp_path / codec, codec=codec, topk_fraction=0.05)
+        daemons = run_in_process(sites)
+        assert [len(records(s)) for s in sites] == [ROUNDS] * 3
+        assert everyone_heard_everyone(sites), codec  # receivers decoded every envelope
+        assert all(d.status()["options"]["codec"] == codec for d in daemons)
+        sent[codec] = total_bytes_sent(sites)
+    assert sent["int8"] < sent["raw"] / 2
+    assert sent["topk"] < sent["raw"] / 2
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_a_d2_cluster_completes_its_rounds_and_checkpoints_the_drift_state(
+    tmp_path: Path,
+) -> None:
+    sites = make_cluster(tmp_path, drift="d2")
+    daemons = run_in_process(sites)
+    assert [len(records(s)) for s in sites] == [ROUNDS] * 3
+    assert everyone_heard_everyone(sites)
+    assert all(isinstance(d.peer.learner, D2Learner) for d in daemons)
+    for s in sites:
+        meta = json.loads((s / STATE_DIR / META_FILE).read_text())
+        assert set(meta[OPTION_STATE_KEY]) == {DRIFT_FILE}
+
+
+# --- resume: one daemon's wiring built twice on the same state folder ------------------------
+
+
+@pytest.fixture
+def lone_daemon() -> Iterator[Callable[[Path], SiteDaemon]]:
+    """A site's daemon without its transport: rounds run locally (no neighbour heard)."""
+    made: list[SiteDaemon] = []
+
+    def make(site: Path) -> SiteDaemon:
+        made.append(SiteDaemon(load_daemon_settings(site)))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.metrics.close()
+
+
+def run_rounds(daemon: SiteDaemon, rounds: range) -> None:
+    for r in rounds:
+        daemon._train_and_seal(r)
+        daemon._complete(r)
+
+
+def sealer(daemon: SiteDaemon) -> CompressedSealer:
+    assert isinstance(daemon.peer.sealer, CompressedSealer)
+    return daemon.peer.sealer
+
+
+def same(a: dict[str, torch.Tensor] | None, b: dict[str, torch.Tensor] | None) -> bool:
+    assert a is not None and b is not None
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def topk_site(tmp_path: Path) -> Path:
+    return make_cluster(tmp_path, codec="topk", topk_fraction=0.05, rounds=0)[0]
+
+
+def test_the_topk_residual_is_checkpointed_and_restored_on_restart(
+    topk_site: Path, lone_daemon: Callable[[Path], SiteDaemon]
+) -> None:
+    first = lone_daemon(topk_site)
+    run_rounds(first, range(2))  # a keyframe, then a delta that leaves a residual behind
+    feedback = sealer(first).feedback
+    assert feedback.residual_norm() > 0
+    assert (topk_site / STATE_DIR / FEEDBACK_FILE).is_file()
+
+    second = lone_daemon(topk_site)
+    restored = sealer(second).feedback
+    assert second.options_restored == [FEEDBACK_FILE]
+    assert same(restored.residual, feedback.residual) and same(restored.last, feedback.last)
+    assert second.keyframes_due == 0  # nothing of round 2 left: the deltas go on
+    assert not sealer(second).is_keyframe(2)
+    assert second.status()["options"]["restored"] == [FEEDBACK_FILE]
+
+
+def test_a_resume_after_envelopes_of_its_round_left_sends_keyframes(
+    topk_site: Path, lone_daemon: Callable[[Path], SiteDaemon]
+) -> None:
+    first = lone_daemon(topk_site)
+    run_rounds(first, range(2))
+    first._train_and_seal(2)  # sealed (and maybe sent) round 2, then killed before mixing
+
+    second = lone_daemon(topk_site)
+    assert second.peer.round == 2
+    assert second.keyframes_due == RESUME_KEYFRAMES
+    for r in (2, 3):  # round 2 may be refused as a replay; round 3 is new to everyone
+        second._train_and_seal(r)
+        assert sealer(second).inner.codec == "raw", f"round {r} was not a keyframe"
+        second._complete(r)
+    second._train_and_seal(4)
+    assert sealer(second).inner.codec == "topk"
+
+
+def test_option_files_the_checkpoint_does_not_vouch_for_are_ignored(
+    topk_site: Path, lone_daemon: Callable[[Path], SiteDaemon]
+) -> None:
+    first = lone_daemon(topk_site)
+    run_rounds(first, range(2))
+    path = topk_site / STATE_DIR / FEEDBACK_FILE
+    stale = path.read_bytes()
+    later = lone_daemon(topk_site)
+    run_rounds(later, range(2, 3))  # a later round rewrites the file
+    path.write_bytes(stale)  # as if a crash left the older file next to the newer metadata
+
+    second = lone_daemon(topk_site)
+    assert second.options_restored == []
+    assert sealer(second).is_keyframe(3)  # a fresh residual: a keyframe, which owes nothing
+
+
+def test_a_resumed_topk_sender_continues_exactly_like_an_uninterrupted_one(
+    tmp_path: Path, lone_daemon: Callable[[Path], SiteDaemon]
+) -> None:
+    options: dict[str, Any] = {"codec": "topk", "topk_fraction": 0.05, "rounds": 0}
+    straight = make_cluster(tmp_path / "straight", **options)[0]
+    resumed = make_cluster(tmp_path / "resumed", **options)[0]
+
+    uninterrupted = lone_daemon(straight)
+    run_rounds(uninterrupted, range(4))
+    run_rounds(lone_daemon(resumed), range(2))
+    after = lone_daemon(resumed)
+    run_rounds(after, range(2, 4))
+
+    assert same(sealer(after).feedback.residual, sealer(uninterrupted).feedback.residual)
+    assert same(after.learner.get_state(), uninterrupted.learner.get_state())
+
+
+def run_pair_rounds(a: SiteDaemon, b: SiteDaemon, rounds: range) -> None:
+    """Two ring neighbours exchange envelopes by hand (the third site stays silent)."""
+    for r in rounds:
+        from_a, from_b = a._train_and_seal(r), b._train_and_seal(r)
+        b._receive(from_a[b.name])
+        a._receive(from_b[a.name])
+        a._complete(r)
+        b._complete(r)
+
+
+def test_a_resumed_d2_site_continues_exactly_and_would_not_without_its_drift_state(
+    tmp_path: Path, lone_daemon: Callable[[Path], SiteDaemon]
+) -> None:
+    def pair(name: str) -> list[Path]:
+        return make_cluster(tmp_path / name, drift="d2", rounds=0)[:2]
+
+    straight, resumed, forgetful = pair("straight"), pair("resumed"), pair("forgetful")
+    a, b = (lone_daemon(s) for s in straight)
+    run_pair_rounds(a, b, range(4))
+    finals = []
+    for sites, keep_drift_state in ((resumed, True), (forgetful, False)):
+        first, neighbour = (lone_daemon(s) for s in sites)
+        run_pair_rounds(first, neighbour, range(2))
+        if not keep_drift_state:
+            (sites[0] / STATE_DIR / DRIFT_FILE).unlink()
+        restarted = lone_daemon(sites[0])  # killed after round 1; its neighbour runs on
+        assert restarted.options_restored == ([DRIFT_FILE] if keep_drift_state else [])
+        run_pair_rounds(restarted, neighbour, range(2, 4))
+        finals.append(restarted.learner.get_state())
+
+    assert same(finals[0], a.learner.get_state())
+    assert not same(finals[1], a.learner.get_state())
