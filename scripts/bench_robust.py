@@ -6,14 +6,22 @@ regression on hashed n-grams of icd10 chapters, Dirichlet split); everything els
 simulator's real path (envelopes, peer, mixing rules, node.attacks).
 
     .venv/bin/python scripts/bench_robust.py --rounds 40 --json docs/bench/robust_raw.json
+
+`--rules` takes any name in gossipmed.aggregate.RULES (cosine-clipped included). For
+cosine-clipped, `--min-cosine` sets the gate threshold and `--trace-cosines` records, per
+round, the cosines the honest sites saw (honest vs attacker neighbours) in each row.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import statistics
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,79 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_task import BowFactory, bench_parser, run_gossip, write_rows
+
+import gossipmed.aggregate
+from gossipmed.learner import AdapterState
+from gossipmed.robust import cosines_to_self, with_params
+
+CosineLog = dict[int, dict[str, dict[str, float | None]]]
+"""round -> site -> neighbour -> cosine with the site's own state."""
+
+
+@contextmanager
+def cosine_rule(*, min_cosine: float | None, log: CosineLog | None) -> Iterator[None]:
+    """Run `cosine-clipped` with this threshold and/or record what it saw, for this process
+    only: the simulator has no per-rule knobs, so the registry entry is swapped and put back."""
+    if min_cosine is None and log is None:
+        yield
+        return
+    rules = gossipmed.aggregate.RULES
+    original = rules["cosine-clipped"]
+    params = {} if min_cosine is None else {"min_cosine": min_cosine}
+    rule = with_params("cosine-clipped", **params)
+    calls: collections.Counter[str] = collections.Counter()
+
+    def traced(
+        states: Mapping[str, Mapping[str, torch.Tensor]],
+        weights: Mapping[str, float],
+        *,
+        self_name: str,
+    ) -> AdapterState:
+        round_ = calls[self_name]  # every site mixes exactly once per round
+        calls[self_name] += 1
+        if log is not None:
+            log.setdefault(round_, {})[self_name] = cosines_to_self(states, self_name=self_name)
+        return rule(states, weights, self_name=self_name)
+
+    rules["cosine-clipped"] = traced  # type: ignore[assignment]  # mix() passes self_name
+    try:
+        yield
+    finally:
+        rules["cosine-clipped"] = original
+
+
+def summarise_cosines(
+    log: CosineLog, *, attackers: set[str], threshold: float
+) -> list[dict[str, float | int]]:
+    """Per round, over honest sites only: the cosines of honest and of attacker neighbours,
+    and how many of each the gate dropped / let through."""
+    out: list[dict[str, float | int]] = []
+    for round_ in sorted(log):
+        honest: list[float] = []
+        bad: list[float] = []
+        for site, seen in log[round_].items():
+            if site in attackers:
+                continue
+            for name, cos in seen.items():
+                if cos is not None:
+                    (bad if name in attackers else honest).append(cos)
+        row: dict[str, float | int] = {"round": round_}
+        if honest:
+            row |= {
+                "honest_min": min(honest),
+                "honest_median": statistics.median(honest),
+                "honest_dropped": sum(c <= threshold for c in honest),
+                "honest_seen": len(honest),
+            }
+        if bad:
+            row |= {
+                "attacker_max": max(bad),
+                "attacker_median": statistics.median(bad),
+                "attacker_passed": sum(c > threshold for c in bad),
+                "attacker_seen": len(bad),
+            }
+        out.append(row)
+    return out
 
 
 def run_one(
@@ -39,8 +120,24 @@ def run_one(
         "attack_scale": args.scale,
         "seed": args.seed,
     }
-    stats = run_gossip(factory, sim=sim, sites=args.sites, local_steps=args.local_steps)
-    return {"rule": rule, "attack": attack, **stats}
+    log: CosineLog | None = {} if args.trace_cosines and rule == "cosine-clipped" else None
+    min_cosine = args.min_cosine if rule == "cosine-clipped" else None
+    with cosine_rule(min_cosine=min_cosine, log=log):
+        stats = run_gossip(factory, sim=sim, sites=args.sites, local_steps=args.local_steps)
+    row: dict[str, Any] = {"rule": rule, "attack": attack, **stats}
+    if min_cosine is not None:
+        row["min_cosine"] = min_cosine
+    if log is not None:
+        threshold = 0.0 if min_cosine is None else min_cosine
+        row["cosine_trace"] = summarise_cosines(
+            log, attackers={str(a) for a in row["attackers"]}, threshold=threshold
+        )
+    return row
+
+
+def brief(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row without its per-round trace (that goes to --json only)."""
+    return {k: v for k, v in row.items() if k != "cosine_trace"}
 
 
 def main() -> None:
@@ -50,6 +147,14 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=10.0)
     p.add_argument("--rules", default="weighted,median,trimmed-mean,clipped")
     p.add_argument("--attacks", default="sign-flip,scale")
+    p.add_argument(
+        "--min-cosine", type=float, help="cosine-clipped gate threshold (default: the rule's, 0)"
+    )
+    p.add_argument(
+        "--trace-cosines",
+        action="store_true",
+        help="record per-round cosines seen by honest sites (cosine-clipped runs)",
+    )
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
@@ -58,14 +163,14 @@ def main() -> None:
     for rule in args.rules.split(","):
         clean = run_one(factory, rule=rule, attack="none", attackers=0, args=args)
         rows.append(clean)
-        print(json.dumps(clean), flush=True)
+        print(json.dumps(brief(clean)), flush=True)
         for attack in args.attacks.split(","):
             row = run_one(factory, rule=rule, attack=attack, attackers=args.attackers, args=args)
             row["drop_vs_clean_points"] = 100 * (
                 clean["honest_accuracy_mean"] - row["honest_accuracy_mean"]
             )
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(brief(row)), flush=True)
     write_rows(args, rows)
 
 
