@@ -149,7 +149,6 @@ def test_compressed_codecs_send_fewer_bytes_than_raw_on_a_real_cluster(tmp_path:
     assert sent["topk"] < sent["raw"] / 2
 
 
-@pytest.mark.slow
 @pytest.mark.network
 def test_a_d2_cluster_completes_its_rounds_and_checkpoints_the_drift_state(
     tmp_path: Path,
