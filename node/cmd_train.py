@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--clip-norm", type=float, help="per-sample clip norm")
     p.add_argument("--steps", type=int, default=200, help="optimiser steps")
-    p.add_argument("--lr", type=float, help="learning rate (default 0.01, tuned for Adam)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default train.lr, 0.02)")
     p.add_argument(
         "--optimizer", choices=("adam", "sgd"), default="adam", help="per-site optimiser"
     )
