@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -239,14 +240,38 @@ def direction_gate(
     """The mixing weights after the gate: a neighbour with cosine <= min_cosine to the own
     state gets 0 and its weight moves to self (still sums to 1). A neighbour is trusted
     while it or the site has a zero state, since there is no direction to judge yet."""
-    _check_min_cosine(min_cosine)
-    names, stacks, _dtypes = _stack(states, weights)
-    i = _own_index(names, self_name)
-    _check_weights(weights)
-    gated, _dropped = _gate(
-        names, weights, cosines=_cosines_to(stacks, i), own=i, min_cosine=min_cosine
-    )
-    return gated
+    gate = _Gated.of(states, weights, self_name=self_name, min_cosine=min_cosine)
+    return gate.weights
+
+
+@dataclass(frozen=True)
+class _Gated:
+    """The stacked states with the gate applied: weights after the gate, indices dropped."""
+
+    names: list[str]
+    stacks: dict[str, torch.Tensor]
+    dtypes: dict[str, torch.dtype]
+    own: int
+    weights: dict[str, float]
+    dropped: set[int]
+
+    @classmethod
+    def of(
+        cls,
+        states: Mapping[str, Mapping[str, torch.Tensor]],
+        weights: Mapping[str, float],
+        *,
+        self_name: str | None,
+        min_cosine: float,
+    ) -> _Gated:
+        _check_min_cosine(min_cosine)
+        names, stacks, dtypes = _stack(states, weights)
+        i = _own_index(names, self_name)
+        _check_weights(weights)
+        gated, dropped = _gate(
+            names, weights, cosines=_cosines_to(stacks, i), own=i, min_cosine=min_cosine
+        )
+        return cls(names, stacks, dtypes, i, gated, dropped)
 
 
 def _gate(
@@ -280,15 +305,11 @@ def cosine_clipped_gossip(
     """`direction_gate`, then `clipped_gossip` over the neighbours that passed: the radius
     (unless fixed) is the lower median of the surviving neighbours' distances, so a dropped
     attacker cannot stretch it either. With every neighbour trusted this is clipped_gossip."""
-    _check_min_cosine(min_cosine)
-    names, stacks, dtypes = _stack(states, weights)
-    i = _own_index(names, self_name)
-    _check_weights(weights)
-    gated, dropped = _gate(
-        names, weights, cosines=_cosines_to(stacks, i), own=i, min_cosine=min_cosine
-    )
-    pulls = {j: gated[name] for j, name in enumerate(names) if j != i and j not in dropped}
-    return _clip_around(stacks, dtypes, centre_index=i, pulls=pulls, radius=radius)
+    g = _Gated.of(states, weights, self_name=self_name, min_cosine=min_cosine)
+    pulls = {
+        j: g.weights[name] for j, name in enumerate(g.names) if j != g.own and j not in g.dropped
+    }
+    return _clip_around(g.stacks, g.dtypes, centre_index=g.own, pulls=pulls, radius=radius)
 
 
 ROBUST_RULES: dict[str, Callable[..., AdapterState]] = {
