@@ -22,13 +22,21 @@ not happen (privacy budget spent, site offline) restarts the correction from a p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from typing import Any
 
+import msgpack
+import numpy as np
 import torch
 
+from gossipmed.errors import CheckpointError, WireError
 from gossipmed.learner import AdapterState, EvalStats, Learner, TrainStats
+from gossipmed.wire import parse_shape, unpack_bounded
 
 DRIFT_MODES = ("none", "d2")
+MEMORY_VERSION = 1
+MAX_MEMORY_BYTES = 1 << 31
 
 
 def _f64(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -79,6 +87,50 @@ class D2Learner:
     def evaluate(self) -> EvalStats:
         return self.inner.evaluate()
 
+    # -- checkpoint of D²'s memory (msgpack, tensors as shape/bytes, never pickle) -------------
+
+    def memory_to_bytes(self) -> bytes:
+        """x_{t-1} and g_{t-1} (float64, as kept) for a checkpoint; only between rounds, when
+        nothing awaits a mix. Without them a resumed site restarts D² with a plain step."""
+        if self._sent is not None:
+            raise CheckpointError("D² state saved in the middle of a round")
+        prev_x, prev_g = self._prev_x, self._prev_g
+        started = prev_x is not None and prev_g is not None
+        doc = {
+            "v": MEMORY_VERSION,
+            "prev_x": _pack_f64(prev_x) if started and prev_x is not None else None,
+            "prev_g": _pack_f64(prev_g) if started and prev_g is not None else None,
+        }
+        return bytes(msgpack.packb(doc, use_bin_type=True))
+
+    def load_memory(self, raw: bytes, *, expected: Mapping[str, tuple[Any, Any]]) -> None:
+        """Resume from `memory_to_bytes`; sizes are checked against the adapter schema
+        (`expected`: name -> (dtype, shape)) before anything is allocated."""
+        shapes = {name: tuple(int(s) for s in shape) for name, (_dtype, shape) in expected.items()}
+        budget = sum(8 * math.prod(s) for s in shapes.values())
+        if budget > MAX_MEMORY_BYTES:
+            raise WireError("D² state would exceed the size limit")
+        obj = unpack_bounded(
+            raw,
+            max_bin=max(budget, 1),
+            max_str=256,
+            max_array=8,
+            max_map=max(len(shapes), 3),
+            max_items=40 * len(shapes) + 16,  # per tensor, twice: name, map, keys, shape, data
+            what="D² state",
+        )
+        if not isinstance(obj, dict) or set(obj) != {"v", "prev_x", "prev_g"}:
+            raise WireError("D² state must be a map of v, prev_x, prev_g")
+        if obj["v"] != MEMORY_VERSION or type(obj["v"]) is not int:
+            raise WireError(f"unsupported D² state version {str(obj['v'])[:20]}")
+        if (obj["prev_x"] is None) != (obj["prev_g"] is None):
+            raise WireError("D² state has one of prev_x, prev_g without the other")
+        if obj["prev_x"] is None:
+            self._prev_x = self._prev_g = None
+            return
+        self._prev_x = _unpack_f64(obj["prev_x"], shapes)
+        self._prev_g = _unpack_f64(obj["prev_g"], shapes)
+
     def __getattr__(self, name: str) -> object:
         # save_adapter, evaluate_report, ... of the wrapped learner stay reachable
         return getattr(self.inner, name)
@@ -91,3 +143,31 @@ def with_drift_correction(learner: Learner, *, mode: str, lazy: bool = True) -> 
     if mode == "d2":
         return D2Learner(learner, lazy=lazy)
     raise ValueError(f"unknown drift correction {mode!r}; choose one of {', '.join(DRIFT_MODES)}")
+
+
+def _pack_f64(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    out = {}
+    for name, t in state.items():
+        arr = t.detach().to(torch.float64).contiguous().cpu().numpy()
+        out[name] = {"shape": list(arr.shape), "data": arr.astype("<f8", copy=False).tobytes()}
+    return out
+
+
+def _unpack_f64(obj: object, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, dict) or set(obj) != set(shapes):
+        raise WireError("D² state tensors differ from the adapter schema")
+    out = {}
+    for name, shape in shapes.items():
+        rec = obj[name]
+        if not isinstance(rec, dict) or set(rec) != {"shape", "data"}:
+            raise WireError(f"D² tensor {name!r} must be a map of shape, data")
+        if parse_shape(rec["shape"], name=name) != shape:
+            raise WireError(f"D² tensor {name!r} has the wrong shape")
+        data = rec["data"]
+        if not isinstance(data, bytes) or len(data) != 8 * math.prod(shape):
+            raise WireError(f"D² tensor {name!r}: data must be {8 * math.prod(shape)} bytes")
+        tensor = torch.from_numpy(np.frombuffer(data, dtype="<f8").astype(np.float64))
+        if not bool(torch.isfinite(tensor).all()):
+            raise WireError(f"D² tensor {name!r} is not finite")
+        out[name] = tensor.reshape(shape)
+    return out

@@ -18,15 +18,10 @@ brought back by `restore_option_state`, so a resumed site continues exactly.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import msgpack
-import numpy as np
-import torch
 
 from gossipmed.checkpoint import atomic_write_bytes
 from gossipmed.codecs import CODEC_NAMES
@@ -39,7 +34,6 @@ from gossipmed.error_feedback import (
     save_feedback,
 )
 from gossipmed.errors import CheckpointError, ConfigError, WireError
-from gossipmed.wire import parse_shape, unpack_bounded
 from node.attacks import AttackConfig, apply_attack
 
 
@@ -126,9 +120,7 @@ def robustness_summary(
 # --- the options' own state across rounds: checkpoint and resume ------------------------------
 
 DRIFT_FILE = "drift.msgpack"
-DRIFT_VERSION = 1
 OPTION_FILES = (FEEDBACK_FILE, DRIFT_FILE)
-MAX_DRIFT_BYTES = 1 << 31
 
 
 def save_option_state(directory: Path, peer: Any) -> dict[str, str]:
@@ -143,7 +135,7 @@ def save_option_state(directory: Path, peer: Any) -> dict[str, str]:
         save_feedback(directory, peer.sealer.feedback)
         digests[FEEDBACK_FILE] = _file_digest(directory / FEEDBACK_FILE)
     if isinstance(peer.learner, D2Learner):
-        atomic_write_bytes(directory / DRIFT_FILE, drift_state_to_bytes(peer.learner), mode=0o600)
+        atomic_write_bytes(directory / DRIFT_FILE, peer.learner.memory_to_bytes(), mode=0o600)
         digests[DRIFT_FILE] = _file_digest(directory / DRIFT_FILE)
     return digests
 
@@ -171,7 +163,7 @@ def restore_option_state(directory: Path, peer: Any, *, digests: Mapping[str, st
         raw = _vouched_bytes(directory / DRIFT_FILE, digests.get(DRIFT_FILE))
         if raw is not None:
             try:
-                restore_drift_state(peer.learner, raw, expected=peer.schema)
+                peer.learner.load_memory(raw, expected=peer.schema)
             except WireError as exc:
                 raise CheckpointError(f"{directory / DRIFT_FILE}: {exc}") from exc
             restored.append(DRIFT_FILE)
@@ -185,83 +177,6 @@ def restart_compression(peer: Any) -> bool:
         return False
     peer.sealer.feedback = ErrorFeedback(fraction=peer.sealer.feedback.fraction)
     return True
-
-
-def drift_state_to_bytes(learner: D2Learner) -> bytes:
-    """D²'s memory between rounds: x_{t-1} and g_{t-1}, float64 as D2Learner keeps them.
-
-    Only called between rounds, when nothing is awaiting a mix (`_sent` is None)."""
-    if learner._sent is not None:
-        raise CheckpointError("D² state saved in the middle of a round")
-    prev_x, prev_g = learner._prev_x, learner._prev_g
-    started = prev_x is not None and prev_g is not None
-    return bytes(
-        msgpack.packb(
-            {
-                "v": DRIFT_VERSION,
-                "prev_x": _pack_f64(prev_x) if started and prev_x is not None else None,
-                "prev_g": _pack_f64(prev_g) if started and prev_g is not None else None,
-            },
-            use_bin_type=True,
-        )
-    )
-
-
-def restore_drift_state(
-    learner: D2Learner, raw: bytes, *, expected: Mapping[str, tuple[Any, Any]]
-) -> None:
-    shapes = {name: tuple(int(s) for s in shape) for name, (_dtype, shape) in expected.items()}
-    budget = sum(8 * math.prod(s) for s in shapes.values())
-    if budget > MAX_DRIFT_BYTES:
-        raise WireError("D² state would exceed the size limit")
-    obj = unpack_bounded(
-        raw,
-        max_bin=max(budget, 1),
-        max_str=256,
-        max_array=8,
-        max_map=max(len(shapes), 3),
-        max_items=40 * len(shapes) + 16,  # per tensor, twice: name, map, keys, shape, data
-        what="D² state",
-    )
-    if not isinstance(obj, dict) or set(obj) != {"v", "prev_x", "prev_g"}:
-        raise WireError("D² state must be a map of v, prev_x, prev_g")
-    if obj["v"] != DRIFT_VERSION or type(obj["v"]) is not int:
-        raise WireError(f"unsupported D² state version {str(obj['v'])[:20]}")
-    if (obj["prev_x"] is None) != (obj["prev_g"] is None):
-        raise WireError("D² state has one of prev_x, prev_g without the other")
-    if obj["prev_x"] is None:
-        learner._prev_x = learner._prev_g = None
-        return
-    learner._prev_x = _unpack_f64(obj["prev_x"], shapes)
-    learner._prev_g = _unpack_f64(obj["prev_g"], shapes)
-
-
-def _pack_f64(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    out = {}
-    for name, t in state.items():
-        arr = t.detach().to(torch.float64).contiguous().cpu().numpy()
-        out[name] = {"shape": list(arr.shape), "data": arr.astype("<f8", copy=False).tobytes()}
-    return out
-
-
-def _unpack_f64(obj: object, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    if not isinstance(obj, dict) or set(obj) != set(shapes):
-        raise WireError("D² state tensors differ from the adapter schema")
-    out = {}
-    for name, shape in shapes.items():
-        rec = obj[name]
-        if not isinstance(rec, dict) or set(rec) != {"shape", "data"}:
-            raise WireError(f"D² tensor {name!r} must be a map of shape, data")
-        if parse_shape(rec["shape"], name=name) != shape:
-            raise WireError(f"D² tensor {name!r} has the wrong shape")
-        data = rec["data"]
-        if not isinstance(data, bytes) or len(data) != 8 * math.prod(shape):
-            raise WireError(f"D² tensor {name!r}: data must be {8 * math.prod(shape)} bytes")
-        tensor = torch.from_numpy(np.frombuffer(data, dtype="<f8").astype(np.float64))
-        if not bool(torch.isfinite(tensor).all()):
-            raise WireError(f"D² tensor {name!r} is not finite")
-        out[name] = tensor.reshape(shape)
-    return out
 
 
 def _file_digest(path: Path) -> str:
