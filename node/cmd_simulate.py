@@ -64,6 +64,13 @@ def register(sub: Any) -> None:
     d.add_argument("--base-model", help="local Hugging Face model folder (default: tiny base)")
     d.add_argument("--eval-every", type=int, help="evaluate every N rounds (default 1)")
     d.add_argument(
+        "--gossip-steps",
+        type=int,
+        help="send-and-mix exchanges per round after training (default 0: auto, the fewest "
+        "that shrink disagreement to 0.2 x per round given the topology's lambda2; 1: classic "
+        "one exchange per round)",
+    )
+    d.add_argument(
         "--no-train",
         action="store_true",
         help="gossip only, no local steps: measures pure consensus contraction",
@@ -135,6 +142,7 @@ def build_config(args: argparse.Namespace) -> Any:
             "aggregation": args.aggregation,
             "rounds": args.rounds,
             "eval_every": args.eval_every,
+            "gossip_steps": args.gossip_steps,
             "train": False if args.no_train else None,
             "baselines": True if args.baselines else None,
             "sealing": args.sealing,

@@ -59,8 +59,10 @@ class FaultInjector:
     def offline(self, round: int, site: str) -> bool:
         return self._uniform("offline", round, site) < self.config.offline_prob
 
-    def dropped(self, round: int, sender: str, recipient: str) -> bool:
-        return self._uniform("drop", round, sender, recipient) < self.config.drop_prob
+    def dropped(self, round: int, sender: str, recipient: str, *, step: int = 0) -> bool:
+        """Each exchange of a round (gossip_steps > 1) loses messages independently."""
+        key = ("drop", round, sender, recipient) + ((step,) if step else ())
+        return self._uniform(*key) < self.config.drop_prob
 
     def delay(self, round: int, sender: str) -> float:
         """Simulated seconds after the round start at which `sender`'s messages arrive."""

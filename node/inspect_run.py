@@ -146,10 +146,19 @@ def summarize_run(
         "rounds": len(gossip),
         "per_round": tables,
         "final": {name: final_stats(rows) for name, rows in tables.items()},
-        "contraction": {
-            "measured": measured_contraction(gossip),
-            "lambda2": topology.get("lambda2") if topology else None,
-        },
+        "contraction": expected_contraction(topology) | {"measured": measured_contraction(gossip)},
+    }
+
+
+def expected_contraction(topology: Mapping[str, Any] | None) -> dict[str, Any]:
+    """lambda2 per exchange and, with several exchanges per round (node.peer), the per-round
+    rate lambda2 ** gossip_steps that a run with training off should measure."""
+    lam2 = topology.get("lambda2") if topology else None
+    steps = int(topology.get("gossip_steps") or 1) if topology else 1
+    return {
+        "lambda2": lam2,
+        "gossip_steps": steps,
+        "expected": lam2**steps if isinstance(lam2, int | float) else None,
     }
 
 
@@ -267,7 +276,10 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     contraction = summary.get("contraction") or {}
     line = f"consensus contraction per round: measured {_fmt(contraction.get('measured'))}"
     if contraction.get("lambda2") is not None:
+        steps = contraction.get("gossip_steps") or 1
         line += f", topology lambda2 {_fmt(contraction['lambda2'])}"
+        if steps > 1:
+            line += f" ^ {steps} exchanges = {_fmt(contraction.get('expected'))}"
         line += " (equal when training is off; training pulls sites apart each round)"
     console.print(line)
     if "seconds_per_round" in summary:

@@ -4,11 +4,20 @@ The round is split into phases so the same object serves a lockstep, determinist
 (which calls the phases itself) and the async daemon (node.round_driver, which interleaves
 `receive` with waiting):
 
-    outgoing(r)        train K local steps, then seal the new state once per neighbour
-    receive(data)      open/verify one envelope, buffer it by round; never raises
-    heard(r)           which neighbours' round-r updates have arrived
-    complete_round(r)  mix what arrived (silent neighbours' weight -> self), checkpoint,
+    outgoing(r)        train the local steps, then seal the new state once per neighbour
+    receive(data)      open/verify one envelope, buffer it by exchange; never raises
+    heard(r, s)        which neighbours' updates for exchange s of round r have arrived
+    mix_step(r, s)     mix exchange s (not the last) into the state sent at exchange s + 1
+    complete_round(r)  mix the last exchange (silent neighbours' weight -> self), checkpoint,
                        evaluate, return (and optionally write) one metrics record
+
+A round has `gossip_steps` exchanges (multi-gossip): training happens once, then the state is
+sent and mixed `gossip_steps` times, so one round contracts disagreement by about
+lambda2 ** gossip_steps instead of lambda2. On a sparse graph (a ring: lambda2 0.8) one
+exchange cannot undo what a round of non-IID training pulls sites apart; a few cheap
+exchanges can (BENCHMARKS.md, issue #4). On the wire an envelope's round field carries the
+exchange index round * gossip_steps + step, so the replay guard and the top-k replicas see
+one strictly increasing sequence per sender; every site of a run must use the same value.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from gossipmed.learner import AdapterState, Learner
 from gossipmed.metrics import MetricsWriter, RoundRecord, local_consensus_distance
 from topology.mixing import DEFAULT_RULE as DEFAULT_MIXING_RULE
 from topology.mixing import mixing_weights
+from topology.spectral import gossip_steps_for
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
 """Tensor name -> (dtype name, shape): what a neighbour's update must look like, exactly."""
@@ -262,16 +272,35 @@ class MixingSchedule:
 
 # --- the peer -------------------------------------------------------------------------------
 
+AUTO_GOSSIP_STEPS = 0
+MAX_GOSSIP_STEPS = 64
+
+
+def resolve_gossip_steps(setting: int, *, lam2: float) -> int:
+    """`gossip_steps` from sim.toml/site.toml: 0 (the default) picks the fewest exchanges per
+    round that shrink disagreement to AUTO_CONTRACTION (topology.spectral), so every site
+    that reads the same topology picks the same number."""
+    if setting == AUTO_GOSSIP_STEPS:
+        return gossip_steps_for(lam2)
+    if not 1 <= setting <= MAX_GOSSIP_STEPS:
+        raise GossipmedError(f"gossip_steps must be 0 (auto) or 1..{MAX_GOSSIP_STEPS}")
+    return setting
+
 
 @dataclass
 class _RoundWork:
-    """What outgoing(r) left for complete_round(r)."""
+    """What outgoing(r) left for the exchanges and complete_round(r)."""
 
     round: int
     state: AdapterState
+    step: int = 0  # the exchange now open (0 .. gossip_steps - 1)
     train_loss: float | None = None
     trained: bool = False
     bytes_sent: int = 0
+    bytes_received: int = 0
+    heard: set[str] = field(default_factory=set)  # in any exchange of the round
+    heard_last: frozenset[str] | None = None  # in the previous exchange
+    local_cd: float | None = None  # before the first exchange's mix
     seconds: float = 0.0
 
 
@@ -292,6 +321,7 @@ class Peer:
         sealer: Sealer,
         schedule: MixingSchedule,
         local_steps: int,
+        gossip_steps: int = 1,
         train: bool = True,
         aggregation: str = DEFAULT_RULE,
         eval_every: int = 1,
@@ -306,11 +336,14 @@ class Peer:
         get_rule(aggregation)  # fail at construction, not in round 40
         if name not in schedule.sites:
             raise GossipmedError(f"site {name!r} is not in the topology")
+        if gossip_steps < 1:
+            raise GossipmedError("gossip_steps must be >= 1 (resolve 'auto' before the peer)")
         self.name = name
         self.learner = learner
         self.sealer = sealer
         self.schedule = schedule
         self.local_steps = local_steps
+        self.gossip_steps = gossip_steps
         self.train_enabled = train
         self.aggregation = aggregation
         self.eval_every = max(1, eval_every)
@@ -352,9 +385,13 @@ class Peer:
         work.state = _snapshot(self.learner.get_state())
         work.seconds += self.clock() - started
 
-    def seal_outgoing(self, round: int) -> dict[str, bytes]:
-        """This round's state sealed once per neighbour of this round's graph."""
+    def seal_outgoing(self, round: int, step: int = 0) -> dict[str, bytes]:
+        """The state of exchange `step` of this round, sealed once per neighbour of this
+        round's graph (after training for step 0, after mix_step(step - 1) otherwise)."""
         work = self._require_work(round)
+        if step != work.step:
+            raise GossipmedError(f"{self.name}: exchange {step} of round {round} is not open")
+        exchange = self.exchange_index(round, step)
         started = self.clock()
         out: dict[str, bytes] = {}
         neighbours = sorted(self.schedule.neighbours(round, self.name))
@@ -364,7 +401,7 @@ class Peer:
                 out = dict(
                     seal_many(
                         update_tensors=work.state,
-                        round=round,
+                        round=exchange,
                         recipients=neighbours,
                         n_examples=self._n_examples,
                         epsilon=self.epsilon,
@@ -374,7 +411,7 @@ class Peer:
                 if neighbour not in out:
                     out[neighbour] = self.sealer.seal(
                         update_tensors=work.state,
-                        round=round,
+                        round=exchange,
                         recipient=neighbour,
                         n_examples=self._n_examples,
                         epsilon=self.epsilon,
@@ -396,30 +433,55 @@ class Peer:
                 update = self.sealer.open(data, expected_schema=self.schema)
             except GossipmedError as exc:
                 return self._reject("invalid", detail=str(exc), size=len(data))
-            r = update.round
-            if r < self.round:
-                return self._reject("stale", sender=update.sender, msg_round=r)
+            e = update.round
+            r, step = divmod(e, self.gossip_steps)
+            where = {"sender": update.sender, "msg_round": r, "step": step}
+            if e < self._open_exchange():
+                return self._reject("stale", **where)
             if r > self.round + self.max_future_rounds:
-                return self._reject("too_early", sender=update.sender, msg_round=r)
+                return self._reject("too_early", **where)
             if update.sender not in self.schedule.neighbours(r, self.name):
-                return self._reject("not_a_neighbour", sender=update.sender, msg_round=r)
-            inbox = self._inbox.setdefault(r, _Inbox())
+                return self._reject("not_a_neighbour", **where)
+            inbox = self._inbox.setdefault(e, _Inbox())
             if update.sender in inbox.updates:
-                return self._reject("duplicate", sender=update.sender, msg_round=r)
+                return self._reject("duplicate", **where)
             inbox.updates[update.sender] = update
             inbox.bytes_received += len(data)
-            self.audit.record(
-                "accepted", site=self.name, sender=update.sender, msg_round=r, size=len(data)
-            )
+            self.audit.record("accepted", site=self.name, size=len(data), **where)
             return True
 
-    def heard(self, round: int) -> set[str]:
+    def exchange_index(self, round: int, step: int = 0) -> int:
+        """The round number an envelope of exchange `step` of `round` carries on the wire."""
+        if not 0 <= step < self.gossip_steps:
+            raise GossipmedError(f"exchange {step} is outside 0..{self.gossip_steps - 1}")
+        return round * self.gossip_steps + step
+
+    def heard(self, round: int, step: int = 0) -> set[str]:
         with self._lock:
-            inbox = self._inbox.get(round)
+            inbox = self._inbox.get(self.exchange_index(round, step))
             return set(inbox.updates) if inbox else set()
 
-    def expected(self, round: int) -> frozenset[str]:
-        return self.schedule.neighbours(round, self.name)
+    def expected(self, round: int, step: int = 0) -> frozenset[str]:
+        """Whom to wait for. After the first exchange, only those heard in the previous one:
+        a neighbour that is offline costs one timeout per round, not one per exchange."""
+        neighbours = self.schedule.neighbours(round, self.name)
+        work = self._work
+        if step == 0 or work is None or work.round != round or work.heard_last is None:
+            return neighbours
+        return neighbours & work.heard_last
+
+    def mix_step(self, round: int, step: int) -> None:
+        """Mix exchange `step` (not the last one) and open exchange `step + 1`."""
+        work = self._require_work(round)
+        if step != work.step or step >= self.gossip_steps - 1:
+            raise GossipmedError(
+                f"{self.name}: mix_step({round}, {step}) but exchange {work.step} of "
+                f"{self.gossip_steps} is open (the last one is mixed by complete_round)"
+            )
+        started = self.clock()
+        work.state = self._mix_exchange(work, round, step)
+        work.step = step + 1
+        work.seconds += self.clock() - started
 
     # -- phase 6+7: mix, checkpoint, record -------------------------------------------------
 
@@ -431,21 +493,13 @@ class Peer:
             self._work.state = _snapshot(self.learner.get_state())
         work = self._work
         started = self.clock()
+        mixed = self._mix_exchange(work, round, work.step)
         with self._lock:
-            inbox = self._inbox.pop(round, _Inbox())
             self.round = round + 1
-            for old in [k for k in self._inbox if k <= round]:
+            for old in [k for k in self._inbox if k < self.round * self.gossip_steps]:
                 del self._inbox[old]
-        neighbour_states = {s: u.tensors for s, u in inbox.updates.items()}
-        states = {self.name: work.state, **neighbour_states}
-        mixed = mix(
-            rule=self.aggregation,
-            self_name=self.name,
-            row=self.schedule.row(round, self.name),
-            states=states,
-        )
         self.learner.set_state(mixed)
-        local_cd = local_consensus_distance(work.state, neighbour_states.values())
+        local_cd = work.local_cd
         eval_loss = accuracy = None
         if self._should_evaluate(round):
             ev = self.learner.evaluate()
@@ -466,8 +520,8 @@ class Peer:
             consensus_distance=local_cd,
             epsilon=self.epsilon,
             bytes_sent=work.bytes_sent,
-            bytes_received=inbox.bytes_received,
-            neighbours_heard=len(inbox.updates),
+            bytes_received=work.bytes_received,
+            neighbours_heard=len(work.heard),
             seconds=work.seconds,
             neighbours_expected=len(self.expected(round)),
             local_consensus_distance=local_cd,
@@ -482,8 +536,9 @@ class Peer:
     def skip_round(self, round: int) -> RoundRecord:
         """The site was offline for `round`: no training, no mixing; its state stays put."""
         with self._lock:
-            self._inbox.pop(round, None)
             self.round = round + 1
+            for old in [k for k in self._inbox if k < self.round * self.gossip_steps]:
+                del self._inbox[old]
         self._work = None
         return RoundRecord(
             round=round,
@@ -510,9 +565,32 @@ class Peer:
             raise GossipmedError(f"{self.name}: round {round} is already complete")
         with self._lock:
             self.round = round
-            for old in [k for k in self._inbox if k < round]:
+            self._work = _RoundWork(round=round, state={})
+            for old in [k for k in self._inbox if k < round * self.gossip_steps]:
                 del self._inbox[old]
-        self._work = _RoundWork(round=round, state={})
+
+    def _open_exchange(self) -> int:
+        """Envelopes for exchanges before this one can no longer be mixed (stale)."""
+        work = self._work
+        step = work.step if work is not None and work.round == self.round else 0
+        return self.round * self.gossip_steps + step
+
+    def _mix_exchange(self, work: _RoundWork, round: int, step: int) -> AdapterState:
+        """Mix what arrived for one exchange into `work.state`; the buffer is consumed."""
+        with self._lock:
+            inbox = self._inbox.pop(self.exchange_index(round, step), _Inbox())
+        neighbour_states = {s: u.tensors for s, u in inbox.updates.items()}
+        if step == 0:
+            work.local_cd = local_consensus_distance(work.state, neighbour_states.values())
+        work.bytes_received += inbox.bytes_received
+        work.heard |= set(inbox.updates)
+        work.heard_last = frozenset(inbox.updates)
+        return mix(
+            rule=self.aggregation,
+            self_name=self.name,
+            row=self.schedule.row(round, self.name),
+            states={self.name: work.state, **neighbour_states},
+        )
 
     def _require_work(self, round: int) -> _RoundWork:
         if self._work is None or self._work.round != round:

@@ -2,7 +2,8 @@
 
 A pump task feeds every inbound message to `peer.receive`; `run_round` sends this round's
 envelopes, then waits until every neighbour of the round has been heard or the timeout
-passes, and completes the round with whatever arrived. A silent neighbour therefore costs at
+passes, and completes the round with whatever arrived (once per exchange when the peer has
+several `gossip_steps`). A silent neighbour therefore costs at
 most one timeout per round and never stalls the site.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -20,6 +22,7 @@ from node.peer import Peer
 from node.transport import Transport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RoundDriver:
@@ -45,23 +48,28 @@ class RoundDriver:
             arrived.set()
 
     async def run_round(self, round: int, *, timeout: float) -> RoundRecord:
+        """Train, then `peer.gossip_steps` exchanges, each waiting up to `timeout`."""
+        envelopes = await self._call(self.peer.outgoing, round)
+        for step in range(self.peer.gossip_steps):
+            if step > 0:
+                await self._call(self.peer.mix_step, round, step - 1)
+                envelopes = await self._call(self.peer.seal_outgoing, round, step)
+            for recipient, data in envelopes.items():
+                try:
+                    await self.transport.send(recipient, data)
+                except TransportError as exc:
+                    self.send_failures += 1
+                    log.warning("round %d: send to %s failed: %s", round, recipient, exc)
+            expected = self.peer.expected(round, step)
+            with trio.move_on_after(timeout if math.isfinite(timeout) else math.inf):
+                while not expected <= self.peer.heard(round, step):
+                    await self._arrival.wait()
+        return await self._call(self.peer.complete_round, round)
+
+    async def _call(self, fn: Callable[..., T], *args: int) -> T:
         if self.offload:
-            envelopes = await trio.to_thread.run_sync(self.peer.outgoing, round)
-        else:
-            envelopes = self.peer.outgoing(round)
-        for recipient, data in envelopes.items():
-            try:
-                await self.transport.send(recipient, data)
-            except TransportError as exc:
-                self.send_failures += 1
-                log.warning("round %d: send to %s failed: %s", round, recipient, exc)
-        expected = self.peer.expected(round)
-        with trio.move_on_after(timeout if math.isfinite(timeout) else math.inf):
-            while not expected <= self.peer.heard(round):
-                await self._arrival.wait()
-        if self.offload:
-            return await trio.to_thread.run_sync(self.peer.complete_round, round)
-        return self.peer.complete_round(round)
+            return await trio.to_thread.run_sync(fn, *args)
+        return fn(*args)
 
 
 async def run_round(peer: Peer, transport: Transport, round: int, *, timeout: float) -> RoundRecord:

@@ -4,7 +4,7 @@ config every simulated site shares (gossipmed.config.LearningConfig).
 TOML layout (every key optional; command-line flags override the file):
 
     [sim]      topology, degree, p, topology_file, mixing, aggregation, rounds, eval_every,
-               train, baselines, sealing, problem, seed,
+               gossip_steps, train, baselines, sealing, problem, seed,
                codec, topk_fraction, codec_refresh_every, drift, attack, attackers, attack_scale
     [faults]   drop_prob, offline_prob, straggler_prob, straggler_delay, round_timeout
     [data] [adapter] [dp] [train]   as in gossipmed.config (data.n_sites = number of sites)
@@ -24,6 +24,7 @@ from gossipmed.aggregate import RULES as AGGREGATION_RULES
 from gossipmed.config import LearningConfig, learning_config_from_mapping, section_from_mapping
 from gossipmed.errors import ConfigError
 from node.faults import FaultConfig
+from node.peer import MAX_GOSSIP_STEPS
 from node.peer_options import options_from_sim
 from topology.graphs import KINDS
 from topology.mixing import RULES as MIXING_RULES
@@ -44,6 +45,7 @@ class SimSection:
     aggregation: str = "weighted"
     rounds: int = 20
     eval_every: int = 1
+    gossip_steps: int = 0  # exchanges per round; 0: auto from lambda2 (node.peer)
     train: bool = True  # false: gossip only (measures pure consensus contraction)
     baselines: bool = False
     sealing: str = "envelope"
@@ -69,6 +71,8 @@ class SimSection:
             raise ConfigError("sim.rounds must be in 1..100000")
         if self.eval_every < 1:
             raise ConfigError("sim.eval_every must be >= 1")
+        if not 0 <= self.gossip_steps <= MAX_GOSSIP_STEPS:
+            raise ConfigError(f"sim.gossip_steps must be 0 (auto) or 1..{MAX_GOSSIP_STEPS}")
         if self.sealing not in SEALING_MODES:
             raise ConfigError(f"sim.sealing must be one of {', '.join(SEALING_MODES)}")
         if self.problem not in PROBLEMS:

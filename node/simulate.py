@@ -25,7 +25,14 @@ from gossipmed.errors import ConfigError
 from gossipmed.learner import AdapterState, EvalStats, Learner, TrainStats
 from gossipmed.metrics import METRICS_FILE, MetricsWriter, RoundRecord, consensus_distances
 from node.faults import FaultInjector
-from node.peer import ListAudit, MixingSchedule, Peer, PlaintextSealer, Sealer
+from node.peer import (
+    ListAudit,
+    MixingSchedule,
+    Peer,
+    PlaintextSealer,
+    Sealer,
+    resolve_gossip_steps,
+)
 from node.peer_options import apply_peer_options, options_from_sim, robustness_summary
 from node.sim_config import SimConfig, to_toml
 from topology.graphs import graph_schedule
@@ -236,6 +243,7 @@ class Simulation:
         self.schedule = MixingSchedule.from_graphs(self.graphs, rule=sim.mixing)
         self.names = self.schedule.sites
         self.topology: TopologySummary = summarize(sim.topology, self.graphs, rule=sim.mixing)
+        self.gossip_steps = resolve_gossip_steps(sim.gossip_steps, lam2=self.topology.lambda2)
         self.faults = FaultInjector(dataclasses.replace(config.faults, seed=sim.seed))
         self.audit = ListAudit()
         self.attackers: list[str] = []
@@ -270,6 +278,7 @@ class Simulation:
                 sealer=sealers[name],
                 schedule=self.schedule,
                 local_steps=cfg.learning.train.steps_per_round,
+                gossip_steps=self.gossip_steps if communicate else 1,
                 train=cfg.sim.train,
                 aggregation=cfg.sim.aggregation,
                 eval_every=cfg.sim.eval_every,
@@ -287,19 +296,24 @@ class Simulation:
         started = time.perf_counter()
         for r in range(rounds):
             online = {n: not (faults and faults.offline(r, n)) for n in self.names}
-            for name, peer in peers.items():
-                if not online[name]:
-                    continue
+            live = [peer for name, peer in peers.items() if online[name]]
+            for peer in live:
                 peer.train(r)
-                if not communicate:
-                    continue
-                for recipient, data in peer.seal_outgoing(r).items():
-                    if not online[recipient] or (faults and faults.dropped(r, name, recipient)):
-                        continue
-                    if faults and faults.late(r, name):
-                        late.append((recipient, data))
-                    else:
-                        peers[recipient].receive(data)
+            for step in range(self.gossip_steps if communicate else 0):
+                if step > 0:
+                    for peer in live:
+                        peer.mix_step(r, step - 1)
+                for peer in live:
+                    name = peer.name
+                    for recipient, data in peer.seal_outgoing(r, step).items():
+                        if not online[recipient] or (
+                            faults and faults.dropped(r, name, recipient, step=step)
+                        ):
+                            continue
+                        if faults and faults.late(r, name):
+                            late.append((recipient, data))
+                        else:
+                            peers[recipient].receive(data)
             round_records = [
                 peer.complete_round(r) if online[name] else peer.skip_round(r)
                 for name, peer in peers.items()
@@ -440,7 +454,7 @@ def run_simulation(
         audit_counts[key] = audit_counts.get(key, 0) + 1
     summary = summarize_run(
         {r.name: r.records for r in results},
-        topology=sim.topology.to_dict(),
+        topology={**sim.topology.to_dict(), "gossip_steps": sim.gossip_steps},
     )
     summary.update(
         {

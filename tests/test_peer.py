@@ -10,8 +10,16 @@ import torch
 from gossipmed.checkpoint import load_state
 from gossipmed.errors import GossipmedError, PrivacyBudgetExceeded
 from gossipmed.learner import AdapterState, EvalStats, TrainStats
-from node.peer import ListAudit, MixingSchedule, Peer, PlaintextSealer
+from node.peer import (
+    AUTO_GOSSIP_STEPS,
+    ListAudit,
+    MixingSchedule,
+    Peer,
+    PlaintextSealer,
+    resolve_gossip_steps,
+)
 from node.simulate import build_sealers
+from topology.mixing import mixing_matrix
 
 
 class StepLearner:
@@ -184,3 +192,79 @@ def test_a_completed_round_cannot_be_replayed() -> None:
     a.complete_round(0)
     with pytest.raises(GossipmedError):
         a.outgoing(0)
+
+
+def _w(peer: Peer) -> float:
+    return float(peer.learner.get_state()["w"][0, 0])
+
+
+def _exchange_all(peers: Mapping[str, Peer], round: int, step: int) -> None:
+    for p in peers.values():
+        for recipient, data in p.seal_outgoing(round, step).items():
+            assert peers[recipient].receive(data)
+
+
+@pytest.mark.parametrize("sealing", ["plaintext", "envelope"])
+def test_a_round_with_k_gossip_steps_mixes_k_times(sealing: str) -> None:
+    graph = nx.path_graph(3)
+    peers = _peers(graph, sealing=sealing, train=False, gossip_steps=3)
+    w = torch.tensor(mixing_matrix(graph))
+    x = torch.tensor([0.0, 1.0, 2.0], dtype=w.dtype) ** 2  # not an eigenvector of W
+    for p, value in zip(peers.values(), x, strict=True):
+        p.learner.set_state({"w": torch.full((2, 3), float(value))})
+    for r in range(2):  # two rounds: the replay guard sees exchange indices 0..5 in order
+        for p in peers.values():
+            p.train(r)
+        for step in range(3):
+            if step:
+                for p in peers.values():
+                    p.mix_step(r, step - 1)
+            _exchange_all(peers, r, step)
+        records = [p.complete_round(r) for p in peers.values()]
+        x = torch.linalg.matrix_power(w, 3) @ x
+        assert [_w(p) for p in peers.values()] == pytest.approx(x.tolist())
+        assert records[1].neighbours_heard == 2
+
+
+def test_an_envelope_for_an_exchange_already_mixed_is_stale() -> None:
+    audit = ListAudit()
+    peers = _peers(nx.path_graph(2), train=False, gossip_steps=2, audit=audit)
+    a, b = peers["site-00"], peers["site-01"]
+    a.train(0)
+    b.train(0)
+    late = a.seal_outgoing(0, 0)["site-01"]
+    b.mix_step(0, 0)  # b gave up waiting for a in exchange 0
+    assert not b.receive(late)
+    assert [e["reason"] for e in audit.events if e["event"] == "rejected"] == ["stale"]
+    a.mix_step(0, 0)
+    assert b.receive(a.seal_outgoing(0, 1)["site-01"])
+    assert b.heard(0, 1) == {"site-00"}
+
+
+def test_after_the_first_exchange_only_neighbours_just_heard_are_awaited() -> None:
+    peers = _peers(nx.path_graph(3), train=False, gossip_steps=3)
+    a, b = peers["site-00"], peers["site-01"]
+    for p in (a, b):
+        p.train(0)
+    b.receive(a.seal_outgoing(0, 0)["site-01"])  # site-02 is silent
+    assert b.expected(0, 0) == {"site-00", "site-02"}
+    b.mix_step(0, 0)
+    assert b.expected(0, 1) == {"site-00"}
+
+
+def test_exchanges_must_be_taken_in_order() -> None:
+    peer = _peers(nx.path_graph(2), train=False, gossip_steps=2)["site-00"]
+    peer.train(0)
+    with pytest.raises(GossipmedError, match="not open"):
+        peer.seal_outgoing(0, 1)
+    peer.mix_step(0, 0)
+    with pytest.raises(GossipmedError, match="last one is mixed by complete_round"):
+        peer.mix_step(0, 1)
+
+
+def test_gossip_steps_zero_means_auto_from_lambda2() -> None:
+    assert resolve_gossip_steps(AUTO_GOSSIP_STEPS, lam2=0.805) == 8  # 0.805 ** 8 <= 0.2
+    assert resolve_gossip_steps(AUTO_GOSSIP_STEPS, lam2=0.0) == 1  # complete graph
+    assert resolve_gossip_steps(3, lam2=0.805) == 3
+    with pytest.raises(GossipmedError):
+        resolve_gossip_steps(-1, lam2=0.5)

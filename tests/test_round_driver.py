@@ -5,6 +5,7 @@ import networkx as nx
 import pytest
 import torch
 import trio
+import trio.testing
 
 from gossipmed.errors import TransportError
 from gossipmed.metrics import RoundRecord
@@ -12,11 +13,12 @@ from node.memory_transport import MemoryNetwork
 from node.peer import MixingSchedule, Peer
 from node.round_driver import RoundDriver, run_round
 from node.simulate import QuadraticFactory, build_sealers
+from topology.mixing import mixing_matrix
 
 TIMEOUT = 10.0  # generous; rounds finish as soon as every neighbour is heard
 
 
-def _peers(n: int) -> dict[str, Peer]:
+def _peers(n: int, *, gossip_steps: int = 1) -> dict[str, Peer]:
     graph = nx.cycle_graph(n)
     schedule = MixingSchedule.from_graphs([graph])
     names = schedule.sites
@@ -34,14 +36,16 @@ def _peers(n: int) -> dict[str, Peer]:
             sealer=sealers[name],
             schedule=schedule,
             local_steps=1,
+            gossip_steps=gossip_steps,
             train=False,
         )
         for i, name in enumerate(names)
     }
 
 
-def test_sites_complete_rounds_together_and_mix() -> None:
-    peers = _peers(4)
+@pytest.mark.parametrize("gossip_steps", [1, 3])
+def test_sites_complete_rounds_together_and_mix(gossip_steps: int) -> None:
+    peers = _peers(4, gossip_steps=gossip_steps)
     network = MemoryNetwork()
     transports = {n: network.endpoint(n) for n in peers}
     records: dict[str, list[RoundRecord]] = {n: [] for n in peers}
@@ -68,6 +72,12 @@ def test_sites_complete_rounds_together_and_mix() -> None:
         [QuadraticFactory(n_sites=4, seed=0, lr=0.1).starts[i] for i in range(4)]
     ).mean(0)
     assert torch.allclose(mean, start, atol=1e-5)
+    # and every site holds (W ** gossip_steps) ** 3 applied to the starts
+    w = torch.tensor(mixing_matrix(nx.cycle_graph(4)), dtype=torch.float64)
+    starts = QuadraticFactory(n_sites=4, seed=0, lr=0.1).starts.double()
+    expected = torch.linalg.matrix_power(w, 3 * gossip_steps) @ starts
+    got = torch.stack([p.learner.get_state()["x"] for p in peers.values()]).double()
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_a_silent_neighbour_costs_one_timeout_not_a_hang() -> None:
@@ -83,6 +93,25 @@ def test_a_silent_neighbour_costs_one_timeout_not_a_hang() -> None:
 
     record = trio.run(main)
     assert record.neighbours_heard == 0 and record.neighbours_expected == 2
+
+
+def test_a_silent_neighbour_costs_one_timeout_per_round_not_per_exchange() -> None:
+    peers = _peers(3, gossip_steps=4)
+    network = MemoryNetwork()
+    a = network.endpoint("site-00")
+    network.endpoint("site-01")
+    network.endpoint("site-02")
+    clock = trio.testing.MockClock(autojump_threshold=0)  # virtual time: waits are counted
+
+    async def main() -> tuple[RoundRecord, float]:
+        start = trio.current_time()
+        with trio.fail_after(30):
+            record = await run_round(peers["site-00"], a, 0, timeout=5.0)
+        return record, trio.current_time() - start
+
+    record, waited = trio.run(main, clock=clock)
+    assert record.neighbours_heard == 0
+    assert waited == pytest.approx(5.0)  # exchanges 1..3 wait for no one
 
 
 def test_memory_transport_errors_are_transport_errors() -> None:
