@@ -50,6 +50,12 @@ def print_status(status: dict[str, Any]) -> None:
         f"{traffic.get('received', 0) / 1e6:.2f} MB, rejected {status.get('rejected', 0)}, "
         f"listen {' '.join(status.get('listen') or [])}"
     )
+    options = status.get("options") or {}
+    if options or status.get("gossip_steps"):
+        console.print(
+            f"exchanges per round {status.get('gossip_steps', 1)}, codec "
+            f"{options.get('codec', 'raw')}, drift correction {options.get('drift', 'none')}"
+        )
     if status.get("resumed"):
         res = status["resumed"]
         console.print(f"resumed after round {res['round']} (epsilon {res['epsilon']:.3f})")

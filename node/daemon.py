@@ -8,6 +8,11 @@ sealer, node.peer.Peer) and drives it with real time:
               r, or the deadline (`round_timeout_s` after sending) passes  ->  mix what
               arrived, checkpoint, write the metrics record  ->  round r + 1
 
+With `gossip_steps` k > 1 (the default picks k from the roster graph's lambda2, node.peer)
+the send-wait-mix part runs k times per round, each with its own deadline; after the first
+exchange a site waits only for neighbours it heard in the previous one, so a dead neighbour
+still costs one timeout per round.
+
 Round pacing: nobody waits longer than one timeout for anybody, so a slow or dead site costs
 its neighbours one timeout per round and never stalls them. A site that learns (from an
 authenticated envelope) that a neighbour is already past its round jumps ahead to that
@@ -47,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import torch
 import trio
 
@@ -59,13 +65,15 @@ from gossipmed.metrics import METRICS_FILE, MetricsWriter, RoundRecord
 from gossipmed.roster import Roster
 from node.control import serve_control
 from node.daemon_config import DaemonSettings
-from node.peer import AuditLogSink, MixingSchedule, Peer
+from node.peer import AuditLogSink, MixingSchedule, Peer, resolve_gossip_steps
 from node.peer_options import (
     apply_peer_options,
     restart_compression,
     restore_option_state,
     save_option_state,
 )
+from topology.mixing import mixing_matrix
+from topology.spectral import lambda2
 
 log = logging.getLogger("gossipmed.daemon")
 
@@ -90,15 +98,25 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def schedule_from_roster(roster: Roster, *, rule: str) -> MixingSchedule:
+def roster_graph(roster: Roster) -> nx.Graph:
     """The gossip graph is the roster's: active members and the edges between them."""
-    import networkx as nx
-
     active = set(roster.active_names)
     graph = nx.Graph()
     graph.add_nodes_from(sorted(active))
     graph.add_edges_from((a, b) for a, b in roster.edges if a in active and b in active)
-    return MixingSchedule.from_graphs([graph], rule=rule)
+    return graph
+
+
+def schedule_from_roster(roster: Roster, *, rule: str) -> MixingSchedule:
+    return MixingSchedule.from_graphs([roster_graph(roster)], rule=rule)
+
+
+def roster_gossip_steps(roster: Roster, *, rule: str, setting: int) -> int:
+    """Exchanges per round; 'auto' (0) reads lambda2 off the roster graph, which every site of
+    the consortium shares, so all sites pick the same number."""
+    graph = roster_graph(roster)
+    lam2 = lambda2(mixing_matrix(graph, rule=rule)) if graph.number_of_nodes() > 1 else 0.0
+    return resolve_gossip_steps(setting, lam2=lam2)
 
 
 @dataclass
@@ -244,6 +262,7 @@ class SiteDaemon:
             sealer=self.sealer,
             schedule=self.schedule,
             local_steps=settings.learning.train.steps_per_round,
+            gossip_steps=roster_gossip_steps(self.roster, rule=d.mixing, setting=d.gossip_steps),
             aggregation=d.aggregation,
             eval_every=d.eval_every,
             total_rounds=d.rounds or None,
@@ -323,6 +342,7 @@ class SiteDaemon:
                 "skipped_rounds": list(self.state.skipped),
                 "rounds_planned": self.settings.daemon.rounds or None,
                 "round_timeout_s": self.settings.daemon.round_timeout_s,
+                "gossip_steps": self.peer.gossip_steps,
                 "uptime_s": time.time() - self.started_at,
                 "resumed": vars(self.resumed) if self.resumed else None,
                 "options": self._options_status(),
@@ -459,24 +479,29 @@ class SiteDaemon:
         envelopes = await trio.to_thread.run_sync(  # type: ignore[call-arg]
             self._train_and_seal, r, abandon_on_cancel=True
         )
-        deadline = trio.current_time() + timeout
-        self.state.phase = "exchanging"
-        async with trio.open_nursery() as sends:
-            for recipient, data in envelopes.items():
-                sends.start_soon(self._deliver, recipient, data, deadline)
-            with trio.move_on_at(deadline):
-                while self._pending(r):
-                    await self._arrival.wait()
+        for step in range(self.peer.gossip_steps):
+            if step > 0:
+                envelopes = await trio.to_thread.run_sync(  # type: ignore[call-arg]
+                    self._mix_and_seal, r, step, abandon_on_cancel=True
+                )
+            deadline = trio.current_time() + timeout
+            self.state.phase = "exchanging"
+            async with trio.open_nursery() as sends:
+                for recipient, data in envelopes.items():
+                    sends.start_soon(self._deliver, recipient, data, deadline)
+                with trio.move_on_at(deadline):
+                    while self._pending(r, step):
+                        await self._arrival.wait()
         self.state.phase = "mixing"
         record = await trio.to_thread.run_sync(self._complete, r)
         self.state.completed += 1
         self.state.last_record = record
         return record
 
-    def _pending(self, r: int) -> set[str]:
-        heard = self.peer.heard(r)
+    def _pending(self, r: int, step: int = 0) -> set[str]:
+        heard = self.peer.heard(r, step)
         out = set()
-        for name in self.peer.expected(r):
+        for name in self.peer.expected(r, step):
             seen = self.audit.seen.get(name)
             moved_on = seen is not None and seen.last_round is not None and seen.last_round > r
             if name not in heard and not moved_on:
@@ -492,6 +517,10 @@ class SiteDaemon:
         if self.options.codec == "topk":  # before anything leaves, as the ledger
             atomic_write_json(self.settings.state_dir / SEALED_FILE, {"v": 1, "round": r})
         return envelopes
+
+    def _mix_and_seal(self, r: int, step: int) -> dict[str, bytes]:
+        self.peer.mix_step(r, step - 1)
+        return self.peer.seal_outgoing(r, step)
 
     async def _deliver(self, recipient: str, data: bytes, deadline: float) -> None:
         """Keep trying until the round deadline: a neighbour that is (re)starting still gets

@@ -22,6 +22,7 @@ from gossipmed.aggregate import RULES as AGGREGATION_RULES
 from gossipmed.config import LearningConfig, learning_config_from_mapping, section_from_mapping
 from gossipmed.errors import ConfigError
 from gossipmed.site import SITE_FILE, Site, load_site
+from node.peer import MAX_GOSSIP_STEPS
 from node.peer_options import PeerOptions
 from topology.mixing import RULES as MIXING_RULES
 
@@ -41,6 +42,7 @@ class DaemonSection:
     mixing: str = "metropolis-hastings"
     aggregation: str = "weighted"
     eval_every: int = 1
+    gossip_steps: int = 0  # exchanges per round; 0: auto from the roster graph's lambda2
     max_future_rounds: int = 2  # envelopes buffered for rounds ahead of ours
     max_message_mib: float = 64.0
     control_port: int = 0  # 127.0.0.1 status endpoint; 0 picks a free port
@@ -67,6 +69,8 @@ class DaemonSection:
             raise ConfigError(f"daemon.aggregation must be one of {', '.join(AGGREGATION_RULES)}")
         if self.eval_every < 1:
             raise ConfigError("daemon.eval_every must be >= 1")
+        if not 0 <= self.gossip_steps <= MAX_GOSSIP_STEPS:
+            raise ConfigError(f"daemon.gossip_steps must be 0 (auto) or 1..{MAX_GOSSIP_STEPS}")
         if not 0 <= self.max_future_rounds <= 64:
             raise ConfigError("daemon.max_future_rounds must be in 0..64")
         if not (math.isfinite(self.max_message_mib) and 0 < self.max_message_mib <= 4096):

@@ -15,14 +15,17 @@ import pytest
 import torch
 import trio
 
+from gossipmed.audit import read_audit
 from gossipmed.checkpoint import META_FILE
 from gossipmed.drift import D2Learner
 from gossipmed.error_feedback import FEEDBACK_FILE, CompressedSealer
 from gossipmed.errors import ConfigError
 from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
 from node.cluster import LOOPBACK, create_cluster, free_port, init_site, write_site_toml
+from node.cmd_status import print_status
 from node.daemon import OPTION_STATE_KEY, RESUME_KEYFRAMES, SiteDaemon
 from node.daemon_config import STATE_DIR, load_daemon_settings
+from node.peer import AUTO_GOSSIP_STEPS
 from node.peer_options import DRIFT_FILE
 
 ROUNDS = 4
@@ -161,6 +164,32 @@ def test_a_d2_cluster_completes_its_rounds_and_checkpoints_the_drift_state(
     for s in sites:
         meta = json.loads((s / STATE_DIR / META_FILE).read_text())
         assert set(meta[OPTION_STATE_KEY]) == {DRIFT_FILE}
+
+
+@pytest.mark.network
+def test_auto_gossip_steps_exchange_twice_per_round_on_a_four_site_ring(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lambda2 of a 4-ring is 1/3, so auto picks 2 exchanges (1/9 <= 0.2): twice the bytes,
+    and sites end closer together than with one exchange per round."""
+    spread, sent = {}, {}
+    for steps in (1, AUTO_GOSSIP_STEPS):
+        sites = make_cluster(tmp_path / str(steps), nodes=4, gossip_steps=steps)
+        daemons = run_in_process(sites)
+        assert [len(records(s)) for s in sites] == [ROUNDS] * 4
+        assert everyone_heard_everyone(sites)
+        k = daemons[0].peer.gossip_steps
+        assert k == (2 if steps == AUTO_GOSSIP_STEPS else 1)
+        assert daemons[0].status()["gossip_steps"] == k
+        print_status(daemons[0].status())
+        assert f"exchanges per round {k}, codec raw" in capsys.readouterr().out
+        accepted = [e for e in read_audit(sites[0] / "audit.jsonl") if e["outcome"] == "accepted"]
+        assert len(accepted) == 2 * ROUNDS * k  # two neighbours, k envelopes each per round
+        states = torch.stack([d.learner.get_state()["x"] for d in daemons])
+        spread[k] = float((states - states.mean(0)).norm())
+        sent[k] = total_bytes_sent(sites)
+    assert sent[2] == 2 * sent[1]
+    assert spread[2] < spread[1] / 2
 
 
 # --- resume: one daemon's wiring built twice on the same state folder ------------------------
