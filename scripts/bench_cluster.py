@@ -31,20 +31,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 NODES = 4
 
 
-def learning_sections(*, index: int, base: str, rounds: int, steps: int) -> dict[str, Any]:
+def learning_sections(
+    *, index: int, base: str, rounds: int, steps: int, gossip_steps: int
+) -> dict[str, Any]:
     return {
         "daemon": {
             "rounds": rounds,
             "round_timeout_s": 120.0,
             "site_index": index,
             "base_model": base,
+            "gossip_steps": gossip_steps,
         },
         "data": {"dataset": "notes", "n_sites": NODES, "max_train_examples": 2000},
         "train": {"steps_per_round": steps},
     }
 
 
-def bench_cluster(*, base: str, rounds: int, steps: int) -> dict[str, Any]:
+def bench_cluster(*, base: str, rounds: int, steps: int, gossip_steps: int) -> dict[str, Any]:
     from gossipmed.metrics import METRICS_FILE, read_metrics
     from node.cluster import create_cluster, start_cluster
 
@@ -54,7 +57,9 @@ def bench_cluster(*, base: str, rounds: int, steps: int) -> dict[str, Any]:
             directory,
             nodes=NODES,
             topology="ring",
-            sections=lambda i: learning_sections(index=i, base=base, rounds=rounds, steps=steps),
+            sections=lambda i: learning_sections(
+                index=i, base=base, rounds=rounds, steps=steps, gossip_steps=gossip_steps
+            ),
         )
         started = time.perf_counter()
         procs = start_cluster(directory)
@@ -90,7 +95,7 @@ def bench_cluster(*, base: str, rounds: int, steps: int) -> dict[str, Any]:
     }
 
 
-def bench_simulator(*, base: str, rounds: int, steps: int) -> dict[str, Any]:
+def bench_simulator(*, base: str, rounds: int, steps: int, gossip_steps: int) -> dict[str, Any]:
     from gossipmed.config import DataConfig, LearningConfig, TrainConfig
     from node.sim_config import SimConfig, SimSection
     from node.simulate import Simulation
@@ -100,9 +105,9 @@ def bench_simulator(*, base: str, rounds: int, steps: int) -> dict[str, Any]:
         train=dataclasses.replace(TrainConfig(), steps_per_round=steps),
         base_model=base,
     )
-    config = SimConfig(sim=SimSection(topology="ring", rounds=rounds), learning=learning)
-    sim = Simulation(config)
-    result = sim.run_gossip()
+    sim = SimSection(topology="ring", rounds=rounds, gossip_steps=gossip_steps)
+    config = SimConfig(sim=sim, learning=learning)
+    result = Simulation(config).run_gossip()
     return {"round_wall_s": round(result.wall_seconds / rounds, 3)}
 
 
@@ -184,6 +189,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=10, help="local steps per round")
+    parser.add_argument(
+        "--gossip-steps", type=int, default=0, help="exchanges per round (0: auto, as shipped)"
+    )
     parser.add_argument("--base-model", help="HF folder (default: the built-in tiny base)")
     parser.add_argument("--size-mib", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7)
@@ -198,8 +206,12 @@ def main() -> int:
             from gossipmed.base_model import ensure_base_model
 
             base = str(ensure_base_model(progress=False))
-        out["cluster"] = bench_cluster(base=base, rounds=args.rounds, steps=args.steps)
-        out["simulator"] = bench_simulator(base=base, rounds=args.rounds, steps=args.steps)
+        out["cluster"] = bench_cluster(
+            base=base, rounds=args.rounds, steps=args.steps, gossip_steps=args.gossip_steps
+        )
+        out["simulator"] = bench_simulator(
+            base=base, rounds=args.rounds, steps=args.steps, gossip_steps=args.gossip_steps
+        )
         out["cluster_over_simulator"] = round(
             out["cluster"]["round_wall_s"] / out["simulator"]["round_wall_s"], 2
         )
