@@ -208,6 +208,7 @@ class CompressedSealer:
         *,
         fraction: float,
         refresh_every: int = 0,
+        exchanges_per_round: int = 1,
         dense_codec: str = "raw",
         feedback: ErrorFeedback | None = None,
     ) -> None:
@@ -215,19 +216,25 @@ class CompressedSealer:
             raise WireError("top-k gossip needs a sealer that carries the codec (envelope)")
         if refresh_every < 0:
             raise ValueError("refresh_every must be >= 0 (0: keyframe on the first send only)")
+        if exchanges_per_round < 1:
+            raise ValueError("exchanges_per_round must be >= 1")
         if dense_codec == SPARSE_CODEC:
             raise ValueError("keyframes need a dense codec")
         self.inner = inner
         self.feedback = feedback if feedback is not None else ErrorFeedback(fraction=fraction)
         self.refresh_every = refresh_every
+        self.exchanges_per_round = exchanges_per_round
         self.dense_codec = dense_codec
         self.replicas: dict[str, AdapterState] = {}
         self._replica_round: dict[str, int] = {}
 
     def is_keyframe(self, round: int) -> bool:
+        """`round` is the wire round, the exchange index with several exchanges per round
+        (node.peer): refresh_every counts training rounds, keyframing their first exchange."""
         if not self.feedback.started:
             return True
-        return self.refresh_every > 0 and round % self.refresh_every == 0
+        r, step = divmod(round, self.exchanges_per_round)
+        return self.refresh_every > 0 and step == 0 and r % self.refresh_every == 0
 
     def seal_many(
         self,

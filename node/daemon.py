@@ -80,7 +80,15 @@ log = logging.getLogger("gossipmed.daemon")
 LEDGER_FILE = "ledger.json"
 SEALED_FILE = "sealed.json"  # top-k only: the last round whose envelopes may have left
 OPTION_STATE_KEY = "option_state"  # checkpoint.json: option state file -> digest
-RESUME_KEYFRAMES = 2
+
+
+def resume_keyframes(gossip_steps: int) -> int:
+    """Keyframes to send after a resume that cannot rule out that envelopes of the resumed
+    round already left: each exchange of that round may be refused as a replay of its
+    previous life's, so every one of them and the next round's first are dense."""
+    return gossip_steps + 1
+
+
 RETRY_PAUSE_S = 1.0
 
 
@@ -280,7 +288,7 @@ class SiteDaemon:
                 settings.state_dir, self.peer, digests=meta.get(OPTION_STATE_KEY, {})
             )
             if self.options.codec == "topk" and _sealed_round(settings) != start_round - 1:
-                self.keyframes_due = RESUME_KEYFRAMES
+                self.keyframes_due = resume_keyframes(self.peer.gossip_steps)
         spent, _budget = _ledger_budget(self.learner)
         self.peer.epsilon = spent or 0.0
         if start_round:
@@ -486,12 +494,19 @@ class SiteDaemon:
                 )
             deadline = trio.current_time() + timeout
             self.state.phase = "exchanging"
+            awaited = self.peer.expected(r, step)
+            optional: list[trio.CancelScope] = []
             async with trio.open_nursery() as sends:
                 for recipient, data in envelopes.items():
-                    sends.start_soon(self._deliver, recipient, data, deadline)
+                    scope = trio.CancelScope()
+                    if recipient not in awaited:  # silent in the previous exchange
+                        optional.append(scope)
+                    sends.start_soon(self._deliver, recipient, data, deadline, scope)
                 with trio.move_on_at(deadline):
                     while self._pending(r, step):
                         await self._arrival.wait()
+                for scope in optional:  # so a dead neighbour costs one timeout per round
+                    scope.cancel()
         self.state.phase = "mixing"
         record = await trio.to_thread.run_sync(self._complete, r)
         self.state.completed += 1
@@ -510,33 +525,40 @@ class SiteDaemon:
 
     def _train_and_seal(self, r: int) -> dict[str, bytes]:
         self.peer.train(r)
-        if self.keyframes_due and restart_compression(self.peer):
-            log.info("round %d: sending a keyframe (neighbours' replicas may be stale)", r)
-        self.keyframes_due = max(0, self.keyframes_due - 1)
-        envelopes = self.peer.seal_outgoing(r)
-        if self.options.codec == "topk":  # before anything leaves, as the ledger
-            atomic_write_json(self.settings.state_dir / SEALED_FILE, {"v": 1, "round": r})
-        return envelopes
+        return self._seal(r, 0)
 
     def _mix_and_seal(self, r: int, step: int) -> dict[str, bytes]:
         self.peer.mix_step(r, step - 1)
-        return self.peer.seal_outgoing(r, step)
+        return self._seal(r, step)
 
-    async def _deliver(self, recipient: str, data: bytes, deadline: float) -> None:
-        """Keep trying until the round deadline: a neighbour that is (re)starting still gets
-        this round's update if it comes up in time."""
-        with trio.move_on_at(deadline):
-            while True:
-                try:
-                    await self.transport.send(recipient, data)
-                    self.state.bytes_sent += len(data)
-                    return
-                except TransportError as exc:
-                    log.info("round send to %s failed, retrying: %s", recipient, exc)
-                await trio.sleep(RETRY_PAUSE_S)
-        self.state.failures += 1
-        self.keyframes_due = max(self.keyframes_due, 1)  # its replica of us misses a round
-        log.warning("gave up sending to %s at the round deadline", recipient)
+    def _seal(self, r: int, step: int) -> dict[str, bytes]:
+        if self.keyframes_due and restart_compression(self.peer):
+            log.info("round %d.%d: sending a keyframe (neighbours' replicas may be stale)", r, step)
+        self.keyframes_due = max(0, self.keyframes_due - 1)
+        envelopes = self.peer.seal_outgoing(r, step)
+        if self.options.codec == "topk" and step == 0:  # before anything leaves, as the ledger
+            atomic_write_json(self.settings.state_dir / SEALED_FILE, {"v": 1, "round": r})
+        return envelopes
+
+    async def _deliver(
+        self, recipient: str, data: bytes, deadline: float, scope: trio.CancelScope
+    ) -> None:
+        """Keep trying until the exchange's deadline: a neighbour that is (re)starting still
+        gets this round's update if it comes up in time. `scope` is cancelled once the wait
+        is over when the neighbour was silent in the previous exchange."""
+        with scope:
+            with trio.move_on_at(deadline):
+                while True:
+                    try:
+                        await self.transport.send(recipient, data)
+                        self.state.bytes_sent += len(data)
+                        return
+                    except TransportError as exc:
+                        log.info("round send to %s failed, retrying: %s", recipient, exc)
+                    await trio.sleep(RETRY_PAUSE_S)
+            self.state.failures += 1
+            log.warning("gave up sending to %s at the exchange deadline", recipient)
+        self.keyframes_due = max(self.keyframes_due, 1)  # its replica of us misses an exchange
 
     def _complete(self, r: int) -> RoundRecord:
         record = self.peer.complete_round(r)

@@ -480,7 +480,6 @@ class Peer:
             )
         started = self.clock()
         work.state = self._mix_exchange(work, round, step)
-        work.step = step + 1
         work.seconds += self.clock() - started
 
     # -- phase 6+7: mix, checkpoint, record -------------------------------------------------
@@ -494,10 +493,6 @@ class Peer:
         work = self._work
         started = self.clock()
         mixed = self._mix_exchange(work, round, work.step)
-        with self._lock:
-            self.round = round + 1
-            for old in [k for k in self._inbox if k < self.round * self.gossip_steps]:
-                del self._inbox[old]
         self.learner.set_state(mixed)
         local_cd = work.local_cd
         eval_loss = accuracy = None
@@ -576,9 +571,17 @@ class Peer:
         return self.round * self.gossip_steps + step
 
     def _mix_exchange(self, work: _RoundWork, round: int, step: int) -> AdapterState:
-        """Mix what arrived for one exchange into `work.state`; the buffer is consumed."""
+        """Mix what arrived for one exchange into `work.state`. The exchange closes in the same
+        locked step that takes its buffer, so an envelope that arrives while we mix is
+        refused as stale instead of being accepted and then silently dropped."""
         with self._lock:
             inbox = self._inbox.pop(self.exchange_index(round, step), _Inbox())
+            if step < self.gossip_steps - 1:
+                work.step = step + 1
+            else:  # the round's last exchange
+                self.round = round + 1
+                for old in [k for k in self._inbox if k < self.round * self.gossip_steps]:
+                    del self._inbox[old]
         neighbour_states = {s: u.tensors for s, u in inbox.updates.items()}
         if step == 0:
             work.local_cd = local_consensus_distance(work.state, neighbour_states.values())

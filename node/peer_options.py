@@ -75,7 +75,7 @@ def apply_peer_options(peers: Mapping[str, Any], *, options: PeerOptions, seed: 
     """Rewire each peer's learner and sealer in place; returns the attackers' names."""
     for peer in peers.values():
         peer.learner = with_drift_correction(peer.learner, mode=options.drift)
-        peer.sealer = _with_codec(peer.sealer, options)
+        peer.sealer = _with_codec(peer.sealer, options, exchanges_per_round=peer.gossip_steps)
     sealers = {name: peer.sealer for name, peer in peers.items()}
     learners = {name: peer.learner for name, peer in peers.items()}
     attackers = apply_attack(sealers=sealers, learners=learners, config=options.attack, seed=seed)
@@ -84,14 +84,17 @@ def apply_peer_options(peers: Mapping[str, Any], *, options: PeerOptions, seed: 
     return attackers
 
 
-def _with_codec(sealer: Any, options: PeerOptions) -> Any:
+def _with_codec(sealer: Any, options: PeerOptions, *, exchanges_per_round: int) -> Any:
     if options.codec == "raw":
         return sealer
     if not hasattr(sealer, "codec"):
         raise ConfigError(f"codec {options.codec!r} needs envelope sealing (not plaintext)")
     if options.codec == SPARSE_CODEC:
         return CompressedSealer(
-            sealer, fraction=options.topk_fraction, refresh_every=options.codec_refresh_every
+            sealer,
+            fraction=options.topk_fraction,
+            refresh_every=options.codec_refresh_every,
+            exchanges_per_round=exchanges_per_round,
         )
     sealer.codec = options.codec
     return sealer

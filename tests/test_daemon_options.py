@@ -23,7 +23,7 @@ from gossipmed.errors import ConfigError
 from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
 from node.cluster import LOOPBACK, create_cluster, free_port, init_site, write_site_toml
 from node.cmd_status import print_status
-from node.daemon import OPTION_STATE_KEY, RESUME_KEYFRAMES, SiteDaemon
+from node.daemon import OPTION_STATE_KEY, SiteDaemon, resume_keyframes
 from node.daemon_config import STATE_DIR, load_daemon_settings
 from node.peer import AUTO_GOSSIP_STEPS
 from node.peer_options import DRIFT_FILE
@@ -192,6 +192,26 @@ def test_auto_gossip_steps_exchange_twice_per_round_on_a_four_site_ring(
     assert spread[2] < spread[1] / 2
 
 
+@pytest.mark.network
+def test_a_dead_neighbour_costs_one_give_up_per_round_not_per_exchange(tmp_path: Path) -> None:
+    """site-02 never starts. In exchanges after the first, the others neither wait for it nor
+    keep retrying it until the deadline: one delivery given up per round, as with one
+    exchange, and every round still mixes the live neighbour three times."""
+
+    def sections(i: int) -> dict[str, dict[str, Any]]:
+        s = quadratic(i, rounds=3, gossip_steps=3)
+        s["daemon"]["round_timeout_s"] = 1.5
+        return s
+
+    sites = create_cluster(tmp_path, nodes=3, topology="ring", sections=sections)
+    daemons = run_in_process(sites[:2])
+    assert [d.state.failures for d in daemons] == [3, 3]
+    for site in sites[:2]:
+        assert [(r.neighbours_heard, r.neighbours_expected) for r in records(site)] == [(1, 2)] * 3
+        accepted = [e for e in read_audit(site / "audit.jsonl") if e["outcome"] == "accepted"]
+        assert len(accepted) == 3 * 3
+
+
 # --- resume: one daemon's wiring built twice on the same state folder ------------------------
 
 
@@ -257,7 +277,7 @@ def test_a_resume_after_envelopes_of_its_round_left_sends_keyframes(
 
     second = lone_daemon(topk_site)
     assert second.peer.round == 2
-    assert second.keyframes_due == RESUME_KEYFRAMES
+    assert second.keyframes_due == resume_keyframes(second.peer.gossip_steps)
     for r in (2, 3):  # round 2 may be refused as a replay; round 3 is new to everyone
         second._train_and_seal(r)
         assert sealer(second).inner.codec == "raw", f"round {r} was not a keyframe"

@@ -95,7 +95,9 @@ def test_checkpoint_refuses_another_schema_or_garbage() -> None:
 # --- the sealer: keyframes, deltas, replicas over real envelopes ---------------------------
 
 
-def _pair(refresh_every: int = 0) -> tuple[CompressedSealer, CompressedSealer]:
+def _pair(
+    refresh_every: int = 0, exchanges_per_round: int = 1
+) -> tuple[CompressedSealer, CompressedSealer]:
     ids = {n: generate_identity() for n in ("a", "b")}
     roster = Roster(
         members=tuple(
@@ -109,6 +111,7 @@ def _pair(refresh_every: int = 0) -> tuple[CompressedSealer, CompressedSealer]:
             EnvelopeSealer(identity=ids[n], roster=roster),
             fraction=0.02,
             refresh_every=refresh_every,
+            exchanges_per_round=exchanges_per_round,
         )
         for n in ("a", "b")
     )
@@ -145,6 +148,18 @@ def test_a_missed_delta_drops_the_replica_until_the_next_keyframe() -> None:
     assert header_codec(keyframe) == "raw"
     assert torch.equal(b.open(keyframe, expected_schema=SCHEMA).tensors["b"], _state(4)["b"])
     b.open(_send(a, _state(5), 5), expected_schema=SCHEMA)  # in sync again
+
+
+def test_refresh_every_counts_rounds_when_a_round_has_several_exchanges() -> None:
+    """Wire rounds are exchange indices (round * 3 + step here); a keyframe every 2 rounds
+    is the first exchange of rounds 0, 2, 4: wire rounds 0, 6, 12."""
+    a, b = _pair(refresh_every=2, exchanges_per_round=3)
+    codecs = []
+    for e in range(15):
+        data = _send(a, _state(e), e)
+        codecs.append(header_codec(data))
+        b.open(data, expected_schema=SCHEMA)  # the replica stays in step throughout
+    assert [e for e, c in enumerate(codecs) if c == "raw"] == [0, 6, 12]
 
 
 def test_a_delta_without_any_replica_is_refused() -> None:

@@ -268,3 +268,35 @@ def test_gossip_steps_zero_means_auto_from_lambda2() -> None:
     assert resolve_gossip_steps(3, lam2=0.805) == 3
     with pytest.raises(GossipmedError):
         resolve_gossip_steps(-1, lam2=0.5)
+
+
+@pytest.mark.parametrize("gossip_steps", [1, 3])
+def test_an_envelope_landing_while_its_exchange_is_mixed_is_refused_as_stale(
+    gossip_steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receive pump runs in another thread than the mix: an envelope must be either mixed
+    or refused, never accepted and then dropped."""
+    import node.peer as peer_module
+
+    audit = ListAudit()
+    peers = _peers(nx.path_graph(2), train=False, gossip_steps=gossip_steps, audit=audit)
+    a, b = peers["site-00"], peers["site-01"]
+    a.train(0)
+    b.train(0)
+    late = b.seal_outgoing(0, 0)["site-00"]
+    a.seal_outgoing(0, 0)
+    real_mix = peer_module.mix
+    outcome = []
+
+    def mix_with_an_arrival(**kwargs: object) -> AdapterState:
+        outcome.append(a.receive(late))
+        return real_mix(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(peer_module, "mix", mix_with_an_arrival)
+    if gossip_steps > 1:
+        a.mix_step(0, 0)
+    else:
+        a.complete_round(0)
+    assert outcome == [False]
+    assert [e["reason"] for e in audit.events if e["event"] == "rejected"] == ["stale"]
+    assert not [e for e in audit.events if e["event"] == "accepted"]
