@@ -63,6 +63,16 @@ def local_consensus_distance(
     return float(torch.linalg.vector_norm(own_flat - mean))
 
 
+_MEASURED = (
+    "train_loss",
+    "eval_loss",
+    "accuracy",
+    "consensus_distance",
+    "local_consensus_distance",
+    "seconds",
+)
+
+
 @dataclass(frozen=True)
 class RoundRecord:
     """One site's round; `None` means "not measured this round" (e.g. eval skipped)."""
@@ -90,6 +100,15 @@ class RoundRecord:
         doc = {"v": METRICS_VERSION, **asdict(self)}
         if not math.isfinite(self.epsilon):
             doc["epsilon"] = None  # non-private training: strict JSON has no Infinity
+        # a diverged run (e.g. a scaling attacker got through) must still be recorded, not
+        # crash the writer: the value becomes null and its name is listed
+        overflowed = [
+            k for k in _MEASURED if isinstance(doc[k], float) and not math.isfinite(doc[k])
+        ]
+        for key in overflowed:
+            doc[key] = None
+        if overflowed:
+            doc["non_finite"] = overflowed
         return doc
 
     @classmethod

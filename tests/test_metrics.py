@@ -105,3 +105,19 @@ def test_non_private_epsilon_round_trips_as_json_null(tmp_path: Path) -> None:
     line = (tmp_path / "m.jsonl").read_text()
     assert '"epsilon": null' in line
     assert read_metrics(tmp_path / "m.jsonl")[0].epsilon == math.inf
+
+
+def test_a_diverged_round_is_written_with_nulls_and_says_which(tmp_path: Path) -> None:
+    """A run whose states overflow (a scaling attacker got through) keeps its records."""
+    record = RoundRecord(
+        round=3, site="a", train_loss=math.nan, eval_loss=None, accuracy=0.1,
+        consensus_distance=math.inf, epsilon=1.0, bytes_sent=0, bytes_received=0,
+        neighbours_heard=0, seconds=0.1,
+    )  # fmt: skip
+    writer = MetricsWriter(tmp_path / "m.jsonl")
+    writer.write(record)
+    writer.close()
+    doc = json.loads((tmp_path / "m.jsonl").read_text())
+    assert doc["non_finite"] == ["train_loss", "consensus_distance"]
+    back = read_metrics(tmp_path / "m.jsonl")[0]
+    assert (back.train_loss, back.consensus_distance, back.accuracy) == (None, None, 0.1)
