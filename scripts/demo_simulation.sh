@@ -12,7 +12,7 @@ RUN="$OUT/sim-ring"
 rm -rf "$RUN"
 echo "simulating ${DEMO_NODES:-4} sites on a ring with baselines (a few minutes on 2 cores)..."
 $GM simulate --nodes "${DEMO_NODES:-4}" --topology ring --dataset icd10 \
-  --partition dirichlet --alpha 0.5 --rounds "${DEMO_ROUNDS:-10}" \
+  --partition dirichlet --alpha 0.5 --rounds "${DEMO_ROUNDS:-20}" \
   --local-steps "${DEMO_STEPS:-10}" --eval-every 5 --eval-size 210 \
   --max-train-examples 4000 --baselines --out "$RUN" >/dev/null
 $GM inspect "$RUN" --plot "$RUN/curves.png"
