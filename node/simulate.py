@@ -24,6 +24,7 @@ from gossipmed.config import LearningConfig
 from gossipmed.errors import ConfigError
 from gossipmed.learner import AdapterState, EvalStats, Learner, TrainStats
 from gossipmed.metrics import METRICS_FILE, MetricsWriter, RoundRecord, consensus_distances
+from gossipmed.wire import NonFiniteTensor
 from node.faults import FaultInjector
 from node.peer import (
     ListAudit,
@@ -305,7 +306,7 @@ class Simulation:
                         peer.mix_step(r, step - 1)
                 for peer in live:
                     name = peer.name
-                    for recipient, data in peer.seal_outgoing(r, step).items():
+                    for recipient, data in self._seal_or_audit(peer, r, step).items():
                         if not online[recipient] or (
                             faults and faults.dropped(r, name, recipient, step=step)
                         ):
@@ -338,6 +339,16 @@ class Simulation:
         states = {n: _snapshot(p.learner.get_state()) for n, p in peers.items()}
         self._last_learners = {n: p.learner for n, p in peers.items()}
         return RunResult(name=run_name, records=records, wall_seconds=wall, states=states)
+
+    def _seal_or_audit(self, peer: Peer, round: int, step: int) -> dict[str, bytes]:
+        """A site whose state overflowed (e.g. fed by a scaling attacker) cannot seal it: it
+        sends nothing, its neighbours count it as silent, and the run goes on to record the
+        divergence instead of stopping (a daemon in that state stops with the error)."""
+        try:
+            return peer.seal_outgoing(round, step)
+        except NonFiniteTensor as exc:
+            self.audit.record("non_finite_state", site=peer.name, round=round, detail=str(exc))
+            return {}
 
     def _union_edges(self) -> list[tuple[str, str]]:
         edges = {
