@@ -37,7 +37,9 @@ def register(sub: Any) -> None:
             "Build a topology, compute its mixing matrix and spectral gap, and predict how many "
             "gossip rounds bring the sites within 1e-3 of consensus. lambda2 is the second "
             "largest eigenvalue modulus of W (for the time-varying one-peer-exponential graph, "
-            "the per-round rate over one period); predicted_rounds = ceil(ln(1e-3)/ln(lambda2))."
+            "the per-round rate over one period); predicted_rounds = ceil(ln(1e-3)/ln(lambda2)) "
+            "counts single exchanges; auto_gossip_steps is how many exchanges per round "
+            "`simulate` and `run` make by default (the fewest with lambda2^k <= 0.2)."
         ),
     )
     p.add_argument("kind", choices=KINDS, metavar="KIND", help=f"one of: {', '.join(KINDS)}")

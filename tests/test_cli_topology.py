@@ -44,6 +44,15 @@ def test_torus_and_complete(capsys: pytest.CaptureFixture[str]) -> None:
     assert complete["predicted_rounds"] == 1
 
 
+def test_auto_gossip_steps_is_the_fewest_exchanges_with_lambda2_to_the_k_under_0_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert topology_json(capsys, "torus", "--nodes", "16")["auto_gossip_steps"] == 4  # 0.6^4
+    assert topology_json(capsys, "ring", "--nodes", "8")["auto_gossip_steps"] == 8  # 0.805^8
+    assert topology_json(capsys, "ring", "--nodes", "16")["auto_gossip_steps"] == 16  # capped
+    assert topology_json(capsys, "complete", "--nodes", "16")["auto_gossip_steps"] == 1
+
+
 def test_random_regular_is_reproducible_run_to_run(tmp_path: Path) -> None:
     outs = []
     for i in range(2):

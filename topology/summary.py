@@ -8,7 +8,13 @@ from typing import Any
 import networkx as nx
 
 from topology.mixing import DEFAULT_RULE, mixing_matrix
-from topology.spectral import DEFAULT_TOLERANCE, lambda2, periodic_lambda2, predicted_rounds
+from topology.spectral import (
+    DEFAULT_TOLERANCE,
+    gossip_steps_for,
+    lambda2,
+    periodic_lambda2,
+    predicted_rounds,
+)
 
 
 @dataclass(frozen=True)
@@ -22,9 +28,10 @@ class TopologySummary:
     mixing: str
     lambda2: float
     spectral_gap: float
-    predicted_rounds: float
+    predicted_rounds: float  # single exchanges; a round of k exchanges does k of them
     tolerance: float
     time_varying: bool
+    auto_gossip_steps: int  # exchanges per round that `gossip_steps = 0` (auto) picks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +70,7 @@ def summarize(
         predicted_rounds=rounds,
         tolerance=tol,
         time_varying=len(schedule) > 1,
+        auto_gossip_steps=gossip_steps_for(lam2),
     )
 
 
