@@ -1,24 +1,16 @@
 """Signed, encrypted, replay-proof update envelopes: the only thing sites send each other.
 
-Wire format (msgpack map, never pickle):
-    {"h": header bytes, "c": ciphertext, "s": Ed25519 signature}
-    header = msgpack {"v", "sender", "recipient", "round", "ts", "codec", "size", "roster"}
-The payload (wire.encode_payload) is encrypted to the recipient with a NaCl Box; the sender
-signs DOMAIN || header bytes || BLAKE2b-256(ciphertext). Signing the digest rather than the
-ciphertext keeps Ed25519 (slow over MiBs) off the bulk bytes; the header is signed as the
-exact bytes received, so no canonical re-encoding is needed.
-
+The payload (wire.encode_payload, in the codec the caller chose) is encrypted to the
+recipient with a NaCl Box and signed by the sender (format: gossipmed.envelope_format).
 Opening checks run cheapest-and-least-trusting first; each failure has its own error type
-(see gossipmed.wire and gossipmed.roster) and the replay state moves only on success.
+(see gossipmed.wire and gossipmed.roster) and the replay state moves only when the update
+is accepted -- by this sealer, and by the caller's `admit` check when it passes one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -30,196 +22,33 @@ from nacl.signing import VerifyKey
 import gossipmed.codecs  # noqa: F401  (registers the fp16/bf16/int8/topk codecs by name)
 from gossipmed.audit import ACCEPTED, REJECTED, AuditLog, payload_hash
 from gossipmed.crypto import Identity
-from gossipmed.errors import GossipmedError, WireError
-from gossipmed.roster import (
-    ROSTER_HASH_BYTES,
-    NotAMember,
-    RevokedMember,
-    Roster,
-    RosterError,
-    RosterMismatch,
+from gossipmed.envelope_format import (
+    BOX_OVERHEAD,
+    MAX_HEADER_BYTES,
+    PROTOCOL_VERSION,
+    SIGNATURE_BYTES,
+    Parsed,
+    parse,
+    signed_message,
 )
+from gossipmed.errors import GossipmedError, WireError
+from gossipmed.replay import ReplayGuard
+from gossipmed.roster import NotAMember, RevokedMember, Roster, RosterError, RosterMismatch
+from gossipmed.update import Admit, SealOne, Update, check_exchange
 from gossipmed.wire import (
     BadSignature,
     DecryptionFailed,
     EnvelopeTooLarge,
-    MalformedEnvelope,
-    ReplayedRound,
-    StaleRound,
-    TensorSpec,
     TimestampOutOfWindow,
-    UnknownCodec,
-    UnsupportedVersion,
     WrongRecipient,
     decode_payload,
     encode_payload,
     get_codec,
     normalise_schema,
-    require_int,
-    require_map,
-    unpack_bounded,
 )
 
-PROTOCOL_VERSION = 1
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_SKEW_S = 600.0
-SIGNATURE_BYTES = 64
-BOX_OVERHEAD = Box.NONCE_SIZE + 16  # nonce + Poly1305 tag
-MAX_HEADER_BYTES = 1024
-DOMAIN = b"gossipmed/envelope/v1\x00"
-_CT_PERSON = b"gossipmed-ct"
-_OUTER_KEYS = frozenset({"h", "c", "s"})
-_HEADER_KEYS = frozenset({"v", "sender", "recipient", "round", "ts", "codec", "size", "roster"})
-
-__all__ = [
-    "BadSignature",
-    "DecryptionFailed",
-    "EnvelopeSealer",
-    "EnvelopeTooLarge",
-    "MalformedEnvelope",
-    "NotAMember",
-    "ReplayGuard",
-    "ReplayedRound",
-    "RevokedMember",
-    "RosterMismatch",
-    "StaleRound",
-    "TimestampOutOfWindow",
-    "UnknownCodec",
-    "UnsupportedVersion",
-    "Update",
-    "WrongRecipient",
-]
-
-
-@dataclass(frozen=True)
-class Update:
-    """An authenticated, decrypted, schema-checked adapter update from one neighbour."""
-
-    sender: str
-    recipient: str
-    round: int
-    tensors: dict[str, torch.Tensor]
-    n_examples: int
-    epsilon: float
-    sent_at: float = 0.0
-
-
-class ReplayGuard:
-    """Highest round accepted per sender; exactly one envelope per (sender, round) gets in."""
-
-    def __init__(self, last_round: Mapping[str, int] | None = None) -> None:
-        self._last: dict[str, int] = dict(last_round or {})
-
-    def check(self, sender: str, round: int) -> None:
-        last = self._last.get(sender)
-        if last is None:
-            return
-        if round == last:
-            raise ReplayedRound(f"round {round} from {sender!r} was already accepted")
-        if round < last:
-            raise StaleRound(f"round {round} from {sender!r} is older than accepted round {last}")
-
-    def accept(self, sender: str, round: int) -> None:
-        self.check(sender, round)
-        self._last[sender] = round
-
-    def last_round(self, sender: str) -> int | None:
-        return self._last.get(sender)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"v": 1, "last_round": dict(sorted(self._last.items()))}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ReplayGuard:
-        last = data.get("last_round") if isinstance(data, Mapping) else None
-        if data.get("v") != 1 or not isinstance(last, dict):
-            raise WireError("replay-guard state must be {'v': 1, 'last_round': {name: round}}")
-        for k, v in last.items():
-            if not isinstance(k, str) or type(v) is not int or v < 0:
-                raise WireError(f"replay-guard state: bad entry {k!r}: {v!r}")
-        return cls(last)
-
-
-def _ciphertext_digest(ct: bytes) -> bytes:
-    return hashlib.blake2b(ct, digest_size=32, person=_CT_PERSON).digest()
-
-
-def _signed_message(header: bytes, ct: bytes) -> bytes:
-    return DOMAIN + header + _ciphertext_digest(ct)
-
-
-@dataclass(frozen=True)
-class _Header:
-    sender: str
-    recipient: str
-    round: int
-    ts: float
-    codec: str
-    size: int
-    roster: bytes
-    version: int
-
-
-def _parse(
-    data: bytes, *, max_bytes: int, claimed: dict[str, Any]
-) -> tuple[_Header, bytes, bytes, bytes]:
-    """Steps 1-2: size, then structure and types of the outer map and the header."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise MalformedEnvelope("envelope must be bytes")
-    if len(data) > max_bytes:
-        raise EnvelopeTooLarge(f"envelope of {len(data)} bytes exceeds the {max_bytes}-byte limit")
-    outer = unpack_bounded(
-        bytes(data),
-        max_bin=max_bytes,
-        max_str=8,
-        max_array=0,
-        max_map=len(_OUTER_KEYS),
-        max_items=8,
-        what="envelope",
-    )
-    outer = require_map(outer, keys=_OUTER_KEYS, what="envelope")
-    hbytes, ct, sig = outer["h"], outer["c"], outer["s"]
-    if not isinstance(hbytes, bytes) or len(hbytes) > MAX_HEADER_BYTES:
-        raise MalformedEnvelope(f"header must be at most {MAX_HEADER_BYTES} bytes")
-    if not isinstance(ct, bytes) or not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
-        raise MalformedEnvelope("ciphertext must be bytes and signature 64 bytes")
-    raw = unpack_bounded(
-        hbytes,
-        max_bin=ROSTER_HASH_BYTES,
-        max_str=128,
-        max_array=0,
-        max_map=len(_HEADER_KEYS),
-        max_items=16,
-        what="header",
-    )
-    h = require_map(raw, keys=_HEADER_KEYS, what="header")
-    for key in ("sender", "recipient", "codec"):
-        if not isinstance(h[key], str):
-            raise MalformedEnvelope(f"header {key} must be a string")
-    claimed["sender"] = h["sender"]
-    version = require_int(h["v"], what="header v")
-    rnd = require_int(h["round"], what="header round")
-    claimed["round"] = rnd
-    size = require_int(h["size"], what="header size", hi=max_bytes)
-    if type(h["ts"]) is not float or not math.isfinite(h["ts"]):
-        raise MalformedEnvelope("header ts must be a finite float")
-    if not isinstance(h["roster"], bytes) or len(h["roster"]) != ROSTER_HASH_BYTES:
-        raise MalformedEnvelope(f"header roster must be a {ROSTER_HASH_BYTES}-byte hash")
-    if len(ct) != size + BOX_OVERHEAD:
-        raise MalformedEnvelope(
-            f"ciphertext is {len(ct)} bytes but the header promises {size} + {BOX_OVERHEAD}"
-        )
-    header = _Header(
-        sender=h["sender"],
-        recipient=h["recipient"],
-        round=rnd,
-        ts=h["ts"],
-        codec=h["codec"],
-        size=size,
-        roster=h["roster"],
-        version=version,
-    )
-    return header, hbytes, ct, sig
 
 
 def _decrypt(box: Box, ct: bytes, *, size: int, sender: str) -> bytes:
@@ -232,7 +61,7 @@ def _decrypt(box: Box, ct: bytes, *, size: int, sender: str) -> bytes:
     return plaintext
 
 
-class EnvelopeSealer:
+class EnvelopeSealer(SealOne):
     """One site's sealing and opening state: its keys, the roster, and the replay guard."""
 
     def __init__(
@@ -244,7 +73,6 @@ class EnvelopeSealer:
         max_bytes: int = DEFAULT_MAX_BYTES,
         skew_s: float = DEFAULT_SKEW_S,
         replay_guard: ReplayGuard | None = None,
-        codec: str = "raw",
     ) -> None:
         if max_bytes <= 0 or skew_s < 0:
             raise WireError("max_bytes must be positive and skew_s non-negative")
@@ -253,8 +81,6 @@ class EnvelopeSealer:
         self.max_bytes = max_bytes
         self.skew_s = skew_s
         self.replay_guard = replay_guard if replay_guard is not None else ReplayGuard()
-        get_codec(codec)
-        self.codec = codec
         self._roster = roster
         self.name = self._my_name(roster)
         self._boxes: dict[tuple[str, bytes], Box] = {}
@@ -298,39 +124,27 @@ class EnvelopeSealer:
             self._verify_keys[key] = vk
         return vk
 
-    # --- sealing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.replay_guard.state_dict()
 
-    def seal(
-        self,
-        *,
-        update_tensors: Mapping[str, torch.Tensor],
-        round: int,
-        recipient: str,
-        n_examples: int,
-        epsilon: float,
-    ) -> bytes:
-        return self.seal_many(
-            update_tensors=update_tensors,
-            round=round,
-            recipients=[recipient],
-            n_examples=n_examples,
-            epsilon=epsilon,
-        )[recipient]
+    def load_state_dict(self, state: Mapping[str, Any], *, schema: Any = None) -> None:
+        self.replay_guard.load_state_dict(state)
+
+    # --- sealing -------------------------------------------------------------------------
 
     def seal_many(
         self,
         *,
         update_tensors: Mapping[str, torch.Tensor],
         round: int,
+        step: int,
         recipients: Sequence[str],
-        n_examples: int,
         epsilon: float,
+        codec: str = "raw",
     ) -> dict[str, bytes]:
         """Encode once, encrypt and sign per recipient (the usual case: all neighbours)."""
-        require_int(round, what="round")
-        payload = encode_payload(
-            update_tensors, n_examples=n_examples, epsilon=epsilon, codec=self.codec
-        )
+        check_exchange(round, step)
+        payload = encode_payload(update_tensors, epsilon=epsilon, codec=codec)
         if len(payload) + BOX_OVERHEAD + MAX_HEADER_BYTES + 16 + SIGNATURE_BYTES > self.max_bytes:
             raise EnvelopeTooLarge(
                 f"payload of {len(payload)} bytes does not fit the {self.max_bytes}-byte limit"
@@ -347,14 +161,15 @@ class EnvelopeSealer:
                     "sender": self.name,
                     "recipient": recipient,
                     "round": round,
+                    "step": step,
                     "ts": float(self.clock()),
-                    "codec": self.codec,
+                    "codec": codec,
                     "size": len(payload),
                     "roster": self._roster.hash,
                 },
                 use_bin_type=True,
             )
-            sig = self.identity.sign(_signed_message(header, ct))
+            sig = self.identity.sign(signed_message(header, ct))
             out[recipient] = msgpack.packb({"h": header, "c": ct, "s": sig}, use_bin_type=True)
         return out
 
@@ -365,13 +180,14 @@ class EnvelopeSealer:
         data: bytes,
         *,
         expected_schema: Mapping[str, tuple[Any, Any]],
+        admit: Admit | None = None,
         audit: AuditLog | None = None,
     ) -> Update:
         """Verify, decrypt and decode; raises a typed GossipmedError on any problem. With
         `audit`, the outcome (accept or the rejection reason) is logged either way."""
         claimed: dict[str, Any] = {}
         try:
-            update = self._open(data, expected_schema=expected_schema, claimed=claimed)
+            update = self._open(data, expected_schema=expected_schema, admit=admit, claimed=claimed)
         except GossipmedError as exc:
             if audit is not None:
                 audit.record(
@@ -400,16 +216,13 @@ class EnvelopeSealer:
         data: bytes,
         *,
         expected_schema: Mapping[str, tuple[Any, Any]],
+        admit: Admit | None,
         claimed: dict[str, Any],
     ) -> Update:
-        expected: dict[str, TensorSpec] = normalise_schema(expected_schema)
-        # 1-2. size, structure and types
-        header, hbytes, ct, sig = _parse(data, max_bytes=self.max_bytes, claimed=claimed)
-        # 3. protocol version (and a codec we know)
-        if header.version != PROTOCOL_VERSION:
-            raise UnsupportedVersion(
-                f"protocol version {header.version}, this site speaks {PROTOCOL_VERSION}"
-            )
+        expected = normalise_schema(expected_schema)
+        # 1-3. size, structure and types, protocol version
+        env = parse(data, max_bytes=self.max_bytes, claimed=claimed)
+        header = env.header
         get_codec(header.codec)  # UnknownCodec
         # 4. same roster
         if header.roster != self._roster.hash:
@@ -423,12 +236,9 @@ class EnvelopeSealer:
         if header.recipient != self.name:
             raise WrongRecipient(f"envelope is for {header.recipient[:64]!r}, not {self.name!r}")
         # 7. signature
-        try:
-            self._verify_key(member.name, member.sign_key).verify(_signed_message(hbytes, ct), sig)
-        except BadSignatureError as exc:
-            raise BadSignature(f"signature from {member.name!r} does not verify") from exc
+        self._verify(env, member.name, member.sign_key)
         # 8. freshness
-        self.replay_guard.check(header.sender, header.round)
+        self.replay_guard.check(header.sender, header.round, header.step)
         now = float(self.clock())
         if abs(now - header.ts) > self.skew_s:
             raise TimestampOutOfWindow(
@@ -439,18 +249,34 @@ class EnvelopeSealer:
         # a name for it here, so decode_payload can free it once parsed.
         box = self._box(member.name, member.box_key)
         payload = decode_payload(
-            _decrypt(box, ct, size=header.size, sender=member.name),
+            _decrypt(box, env.ciphertext, size=header.size, sender=member.name),
             codec=header.codec,
             expected=expected,
             max_bytes=self.max_bytes,
         )
-        self.replay_guard.accept(header.sender, header.round)
-        return Update(
+        update = Update(
             sender=header.sender,
             recipient=header.recipient,
             round=header.round,
+            step=header.step,
+            codec=header.codec,
             tensors=payload.tensors,
-            n_examples=payload.n_examples,
             epsilon=payload.epsilon,
             sent_at=header.ts,
         )
+        # 11. the caller's own admission (neighbour, round window, ...), then replay state
+        if admit is not None:
+            admit(update)
+        self.replay_guard.accept(header.sender, header.round, header.step)
+        return update
+
+    def _verify(self, env: Parsed, name: str, sign_key: bytes) -> None:
+        try:
+            self._verify_key(name, sign_key).verify(
+                signed_message(env.header_bytes, env.ciphertext), env.signature
+            )
+        except BadSignatureError as exc:
+            raise BadSignature(f"signature from {name!r} does not verify") from exc
+
+
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_SKEW_S", "EnvelopeSealer", "ReplayGuard", "Update"]

@@ -9,28 +9,26 @@ round (error feedback), so every change eventually arrives; nothing is silently 
     sender   delta = state - last_sent + residual;  c = topk(delta);  residual = delta - c
     receiver replica[sender] += c                     (so replica == state - residual)
 
-Replicas must see every delta in order. The receiver checks that rounds from one sender are
-consecutive and drops a replica that missed one (a lost message or an offline round); the
-sender's next keyframe (a dense state, every `refresh_every` rounds and on its first send)
-rebuilds it. Until then that neighbour's deltas are rejected like any invalid update, which
-the gossip round treats as a silent neighbour. Static topologies suit this codec; with faults
-or time-varying graphs set `refresh_every`.
+Replicas must see every delta in order. The receiver checks that exchanges from one sender
+are consecutive and drops a replica that missed one (a lost message or an offline round);
+the sender's next keyframe (a dense state, every `refresh_every` rounds and on its first
+send) rebuilds it. Until then that neighbour's deltas are rejected like any invalid update,
+which the gossip round treats as a silent neighbour. Static topologies suit this codec; with
+faults or time-varying graphs set `refresh_every`. The sending and receiving sides are
+gossipmed.compression.TopkEncoder and ReplicaDecoder.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 import torch
 
-from gossipmed.checkpoint import atomic_write_bytes
 from gossipmed.codecs import topk_sparsify
-from gossipmed.errors import CheckpointError, WireError
+from gossipmed.errors import WireError
 from gossipmed.learner import AdapterState
 from gossipmed.wire import (
     TensorSpec,
@@ -151,29 +149,6 @@ class ErrorFeedback:
         return cls.from_dict(obj, expected=expected)
 
 
-FEEDBACK_FILE = "error_feedback.msgpack"
-
-
-def save_feedback(directory: Path, feedback: ErrorFeedback) -> None:
-    """Checkpoint the sender's residual next to the adapter (atomic, msgpack, no pickle)."""
-    atomic_write_bytes(directory / FEEDBACK_FILE, feedback.to_bytes(), mode=0o600)
-
-
-def load_feedback(
-    directory: Path, *, expected: Mapping[str, tuple[Any, Any]]
-) -> ErrorFeedback | None:
-    """The checkpointed residual, or None when there is none (the next send is then a
-    keyframe, which owes nothing, so losing the residual loses no update)."""
-    path = directory / FEEDBACK_FILE
-    if not path.is_file():
-        return None
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from exc
-    return ErrorFeedback.from_bytes(raw, expected=expected)
-
-
 def _unpack_state(obj: object, schema: Mapping[str, TensorSpec]) -> AdapterState:
     if not isinstance(obj, dict) or set(obj) != set(schema):
         raise WireError("error-feedback tensors differ from the adapter schema")
@@ -192,140 +167,4 @@ def _unpack_state(obj: object, schema: Mapping[str, TensorSpec]) -> AdapterState
     return out
 
 
-class CompressedSealer:
-    """Wraps an envelope sealer: top-k deltas with error feedback out, replicas in.
-
-    The inner sealer must carry the codec in the (signed) envelope header and expose it as a
-    writable `codec` attribute and the header bytes to `header_codec` (EnvelopeSealer does);
-    the codec tells a receiver whether the payload is a dense keyframe or a sparse delta.
-    `feedback` resumes a checkpointed residual (load_feedback); receivers' replicas are not
-    checkpointed: after a restart each neighbour's deltas are refused until its keyframe.
-    """
-
-    def __init__(
-        self,
-        inner: Any,
-        *,
-        fraction: float,
-        refresh_every: int = 0,
-        exchanges_per_round: int = 1,
-        dense_codec: str = "raw",
-        feedback: ErrorFeedback | None = None,
-    ) -> None:
-        if not hasattr(inner, "codec"):
-            raise WireError("top-k gossip needs a sealer that carries the codec (envelope)")
-        if refresh_every < 0:
-            raise ValueError("refresh_every must be >= 0 (0: keyframe on the first send only)")
-        if exchanges_per_round < 1:
-            raise ValueError("exchanges_per_round must be >= 1")
-        if dense_codec == SPARSE_CODEC:
-            raise ValueError("keyframes need a dense codec")
-        self.inner = inner
-        self.feedback = feedback if feedback is not None else ErrorFeedback(fraction=fraction)
-        self.refresh_every = refresh_every
-        self.exchanges_per_round = exchanges_per_round
-        self.dense_codec = dense_codec
-        self.replicas: dict[str, AdapterState] = {}
-        self._replica_round: dict[str, int] = {}
-
-    def is_keyframe(self, round: int) -> bool:
-        """`round` is the wire round, the exchange index with several exchanges per round
-        (node.peer): refresh_every counts training rounds, keyframing their first exchange."""
-        if not self.feedback.started:
-            return True
-        r, step = divmod(round, self.exchanges_per_round)
-        return self.refresh_every > 0 and step == 0 and r % self.refresh_every == 0
-
-    def seal_many(
-        self,
-        *,
-        update_tensors: Mapping[str, torch.Tensor],
-        round: int,
-        recipients: Sequence[str],
-        n_examples: int,
-        epsilon: float,
-    ) -> dict[str, bytes]:
-        if self.is_keyframe(round):
-            self.inner.codec = self.dense_codec
-            tensors: Mapping[str, torch.Tensor] = update_tensors
-            self.feedback.keyframe(update_tensors)
-        else:
-            self.inner.codec = SPARSE_CODEC
-            tensors = self.feedback.compress(update_tensors)
-        out: dict[str, bytes] = self.inner.seal_many(
-            update_tensors=tensors,
-            round=round,
-            recipients=recipients,
-            n_examples=n_examples,
-            epsilon=epsilon,
-        )
-        return out
-
-    def seal(
-        self,
-        *,
-        update_tensors: Mapping[str, torch.Tensor],
-        round: int,
-        recipient: str,
-        n_examples: int,
-        epsilon: float,
-    ) -> bytes:
-        return self.seal_many(
-            update_tensors=update_tensors,
-            round=round,
-            recipients=[recipient],
-            n_examples=n_examples,
-            epsilon=epsilon,
-        )[recipient]
-
-    def open(self, data: bytes, *, expected_schema: Mapping[str, tuple[Any, Any]]) -> Any:
-        update = self.inner.open(data, expected_schema=expected_schema)
-        codec = header_codec(data)  # authenticated: inner.open verified these header bytes
-        sender, rnd = update.sender, update.round
-        if codec != SPARSE_CODEC:
-            self.replicas[sender] = _float32(update.tensors)
-        else:
-            last = self._replica_round.get(sender)
-            if sender not in self.replicas or last is None or rnd != last + 1:
-                self.replicas.pop(sender, None)
-                raise DeltaOutOfSync(
-                    f"delta from {sender!r} for round {rnd} but the replica is at "
-                    f"{'none' if last is None else last}; waiting for its next keyframe"
-                )
-            replica = self.replicas[sender]
-            for name, delta in update.tensors.items():
-                replica[name].add_(delta.to(torch.float32))
-        self._replica_round[sender] = rnd
-        dtypes = {k: v.dtype for k, v in update.tensors.items()}
-        full = {k: v.to(dtypes[k]).clone() for k, v in self.replicas[sender].items()}
-        return dataclasses.replace(update, tensors=full)
-
-
-def header_codec(data: bytes) -> str:
-    """The codec named in an envelope's header (call only after the envelope verified)."""
-    outer = unpack_bounded(
-        bytes(data),
-        max_bin=len(data),
-        max_str=8,
-        max_array=0,
-        max_map=3,
-        max_items=8,
-        what="envelope",
-    )
-    header = unpack_bounded(
-        outer["h"], max_bin=64, max_str=128, max_array=0, max_map=8, max_items=16, what="header"
-    )
-    codec = header["codec"]
-    if not isinstance(codec, str):
-        raise WireError("header codec must be a string")
-    return codec
-
-
-__all__ = [
-    "CompressedSealer",
-    "DeltaOutOfSync",
-    "ErrorFeedback",
-    "header_codec",
-    "load_feedback",
-    "save_feedback",
-]
+__all__ = ["DeltaOutOfSync", "ErrorFeedback"]

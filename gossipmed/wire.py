@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from gossipmed.errors import WireError
+from gossipmed.registry import Registry
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
 MAX_TENSORS = 4096
 MAX_NAME_LEN = 256
 MAX_DIMS = 8
@@ -333,18 +334,16 @@ class RawCodec:
         return out
 
 
-CODECS: dict[str, Codec] = {}
+CODECS: Registry[Codec] = Registry("codec", unknown=UnknownCodec)
+"""name -> codec; the name travels in the update, so a receiver decodes with the sender's."""
 
 
 def register_codec(codec: Codec) -> None:
-    CODECS[codec.name] = codec
+    CODECS.register(codec.name, codec)
 
 
 def get_codec(name: str) -> Codec:
-    try:
-        return CODECS[name]
-    except KeyError:
-        raise UnknownCodec(f"unknown codec {name[:40]!r} (known: {sorted(CODECS)})") from None
+    return CODECS.get(name)
 
 
 register_codec(RawCodec())
@@ -352,21 +351,22 @@ register_codec(RawCodec())
 
 # --- payload -------------------------------------------------------------------------------
 
-_PAYLOAD_KEYS = frozenset({"v", "tensors", "n_examples", "epsilon"})
+_PAYLOAD_KEYS = frozenset({"v", "tensors", "epsilon"})
 
 
 @dataclass(frozen=True)
 class Payload:
+    """What an update carries besides its header. Nothing computed from the site's data
+    without noise travels: version 1 also sent the real Poisson batch size, which DP-SGD
+    assumes secret, and is refused."""
+
     tensors: dict[str, torch.Tensor]
-    n_examples: int
     epsilon: float
 
 
 def encode_payload(
-    tensors: Mapping[str, torch.Tensor], *, n_examples: int, epsilon: float, codec: str = "raw"
+    tensors: Mapping[str, torch.Tensor], *, epsilon: float, codec: str = "raw"
 ) -> bytes:
-    if type(n_examples) is not int or n_examples < 0:
-        raise WireError("n_examples must be a non-negative int")
     if not isinstance(epsilon, float | int) or math.isnan(epsilon) or epsilon < 0:
         raise WireError("epsilon must be a non-negative number (inf: no privacy guarantee)")
     if len(tensors) > MAX_TENSORS:
@@ -378,7 +378,6 @@ def encode_payload(
     payload = {
         "v": PAYLOAD_VERSION,
         "tensors": get_codec(codec).encode(tensors),
-        "n_examples": n_examples,
         "epsilon": float(epsilon),
     }
     return msgpack.packb(payload, use_bin_type=True)
@@ -398,13 +397,11 @@ def decode_payload(
     )
     del data
     if not isinstance(obj, dict) or set(obj) != _PAYLOAD_KEYS:
-        raise PayloadSchemaError("payload must be a map of v, tensors, n_examples, epsilon")
+        raise PayloadSchemaError("payload must be a map of v, tensors, epsilon")
     if obj["v"] != PAYLOAD_VERSION or type(obj["v"]) is not int:
         raise PayloadSchemaError(f"unsupported payload version {str(obj['v'])[:20]}")
-    n_examples, epsilon = obj["n_examples"], obj["epsilon"]
-    if type(n_examples) is not int or not 0 <= n_examples < 2**63:
-        raise PayloadSchemaError("n_examples must be a non-negative int")
+    epsilon = obj["epsilon"]
     if type(epsilon) is not float or math.isnan(epsilon) or epsilon < 0:
         raise PayloadSchemaError("epsilon must be a non-negative float")
     tensors = get_codec(codec).decode(obj.pop("tensors"), expected=expected)
-    return Payload(tensors=tensors, n_examples=n_examples, epsilon=epsilon)
+    return Payload(tensors=tensors, epsilon=epsilon)

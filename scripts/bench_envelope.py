@@ -68,23 +68,19 @@ def bench(mib: float, repeats: int) -> dict[str, Any]:
     rounds = iter(range(1, 10**9))
 
     def seal() -> bytes:
-        return sender.seal(
-            update_tensors=tensors, round=next(rounds), recipient="b", n_examples=64, epsilon=1.0
-        )
+        return sender.seal(update_tensors=tensors, round=next(rounds), recipient="b", epsilon=1.0)
 
     envelope = seal()
 
     def open_() -> None:
-        receiver.replay_guard = ReplayGuard()
+        receiver.load_state_dict(ReplayGuard().state_dict())
         receiver.open(envelope, expected_schema=schema)
 
-    payload = encode_payload(tensors, n_examples=64, epsilon=1.0)
+    payload = encode_payload(tensors, epsilon=1.0)
     box = Box(PrivateKey(ids["a"].x25519_secret), PublicKey(ids["b"].box_key))
     ct = bytes(box.encrypt(payload))
     parts = {
-        "encode_payload": timed(
-            lambda: encode_payload(tensors, n_examples=1, epsilon=0.0), repeats
-        ),
+        "encode_payload": timed(lambda: encode_payload(tensors, epsilon=0.0), repeats),
         "box_encrypt": timed(lambda: box.encrypt(payload), repeats),
         "box_decrypt": timed(lambda: box.decrypt(ct), repeats),
         "blake2b_digest": timed(lambda: hashlib.blake2b(ct, digest_size=32).digest(), repeats),
@@ -93,7 +89,7 @@ def bench(mib: float, repeats: int) -> dict[str, Any]:
     seal_s, open_s = timed(seal, repeats), timed(open_, repeats)
 
     tracemalloc.start()
-    receiver.replay_guard = ReplayGuard()
+    receiver.load_state_dict(ReplayGuard().state_dict())
     base = tracemalloc.get_traced_memory()[0]
     receiver.open(envelope, expected_schema=schema)
     peak = tracemalloc.get_traced_memory()[1] - base

@@ -31,7 +31,8 @@ import torch
 from nacl.public import Box, PrivateKey, PublicKey
 
 from gossipmed.crypto import derive_identity
-from gossipmed.envelope import EnvelopeSealer, ReplayGuard, _signed_message
+from gossipmed.envelope import EnvelopeSealer, ReplayGuard
+from gossipmed.envelope_format import signed_message
 from gossipmed.errors import GossipmedError
 from gossipmed.roster import Member, Roster
 from gossipmed.wire import encode_payload, schema_of
@@ -89,7 +90,7 @@ class _World:
             dtype = rng.choice([torch.float32, torch.float16, torch.bfloat16])
             tensors = {k: torch.randn(s, generator=gen).to(dtype) for k, s in shapes.items()}
             data = self.sender.seal(
-                update_tensors=tensors, round=1, recipient="b", n_examples=3, epsilon=1.0
+                update_tensors=tensors, round=1, step=0, recipient="b", epsilon=1.0
             )
             self.bases.append((data, schema_of(tensors)))
 
@@ -99,15 +100,16 @@ class _World:
         hbytes = msgpack.packb(header, use_bin_type=True)
         box = Box(PrivateKey(self.ids[box_from].x25519_secret), PublicKey(self.ids["b"].box_key))
         ct = bytes(box.encrypt(payload))
-        sig = self.ids[signer].sign(_signed_message(hbytes, ct))
+        sig = self.ids[signer].sign(signed_message(hbytes, ct))
         return msgpack.packb({"h": hbytes, "c": ct, "s": sig}, use_bin_type=True)
 
     def header(self, payload: bytes) -> dict[str, Any]:
         return {
-            "v": 1,
+            "v": 2,
             "sender": "a",
             "recipient": "b",
             "round": 1,
+            "step": 0,
             "ts": NOW,
             "codec": "raw",
             "size": len(payload),
@@ -200,14 +202,14 @@ def _structural(rng: random.Random, world: _World, data: bytes) -> tuple[str, by
         key = rng.choice(["h", "c", "s", "x", "v"])
         outer[key] = _random_obj(rng)
         return "outer-field", msgpack.packb(outer, use_bin_type=True)
-    payload = encode_payload({"w": torch.randn(2)}, n_examples=1, epsilon=0.0)
+    payload = encode_payload({"w": torch.randn(2)}, epsilon=0.0)
     body = msgpack.unpackb(payload)
     if op == 2:  # signed header with a random field value
         h = world.header(payload)
         h[rng.choice(list(h))] = _random_obj(rng)
         return "signed-header", world.forge(h, payload)
     if op == 3:  # signed, decryptable payload with a random field
-        body[rng.choice(["v", "tensors", "n_examples", "epsilon", "extra"])] = _random_obj(rng)
+        body[rng.choice(["v", "tensors", "epsilon", "extra"])] = _random_obj(rng)
         p = msgpack.packb(body, use_bin_type=True)
         return "signed-payload", world.forge(world.header(p), p)
     if op == 4:  # signed, decryptable payload with a mutated tensor record
@@ -271,7 +273,7 @@ def run_fuzz(
         for i in range(n):
             strategy, data, schema = _input(rng, world)
             report.strategies[strategy] += 1
-            world.opener.replay_guard = ReplayGuard()
+            world.opener.load_state_dict(ReplayGuard().state_dict())
             if strategy == "replay":  # accepted once, so the input below is the replay
                 world.opener.open(data, expected_schema=schema)
             report.max_input_bytes = max(report.max_input_bytes, len(data))

@@ -41,13 +41,13 @@ def _state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _round_trip(tensors: dict[str, torch.Tensor], codec: str) -> tuple[dict[str, Any], int]:
-    data = encode_payload(tensors, n_examples=3, epsilon=1.0, codec=codec)
+    data = encode_payload(tensors, epsilon=1.0, codec=codec)
     out = decode_payload(data, codec=codec, expected=schema_of(tensors), max_bytes=MAX)
     return out.tensors, len(data)
 
 
 def _payload(codec: str, tensors: dict[str, Any]) -> bytes:
-    body = {"v": 1, "tensors": tensors, "n_examples": 1, "epsilon": 0.0}
+    body = {"v": 2, "tensors": tensors, "epsilon": 0.0}
     return bytes(msgpack.packb(body, use_bin_type=True))
 
 
@@ -90,7 +90,7 @@ def test_int8_error_is_at_most_half_a_step() -> None:
 
 def test_fp16_refuses_to_send_what_it_cannot_represent() -> None:
     with pytest.raises(WireError, match="overflows"):
-        encode_payload({"w": torch.tensor([1e6])}, n_examples=1, epsilon=0.0, codec="fp16")
+        encode_payload({"w": torch.tensor([1e6])}, epsilon=0.0, codec="fp16")
     out, _ = _round_trip({"w": torch.tensor([1e6])}, "bf16")  # bf16 has float32's range
     assert float(out["w"][0]) == pytest.approx(1e6, rel=1e-2)
 

@@ -18,14 +18,11 @@ from nacl.public import Box, PrivateKey, PublicKey
 
 from gossipmed.audit import AuditLog, read_audit
 from gossipmed.crypto import Identity, derive_identity
-from gossipmed.envelope import (
-    DEFAULT_SKEW_S,
-    EnvelopeSealer,
-    ReplayGuard,
-    _signed_message,
-)
+from gossipmed.envelope import DEFAULT_SKEW_S, EnvelopeSealer, ReplayGuard
+from gossipmed.envelope_format import signed_message
 from gossipmed.errors import GossipmedError, RosterError, WireError
 from gossipmed.roster import Member, NotAMember, RevokedMember, Roster, RosterMismatch
+from gossipmed.update import MAX_ROUND, MAX_STEPS_PER_ROUND, Update
 from gossipmed.wire import (
     BadSignature,
     DtypeNotAllowed,
@@ -75,9 +72,9 @@ def sealer(name: str, roster: Roster = ROSTER, **kw: Any) -> EnvelopeSealer:
     return EnvelopeSealer(identity=IDS[name], roster=roster, clock=lambda: NOW, **kw)
 
 
-def seal(frm: str = "a", to: str = "b", round: int = 1, **kw: Any) -> bytes:
+def seal(frm: str = "a", to: str = "b", round: int = 1, step: int = 0, **kw: Any) -> bytes:
     return sealer(frm, **kw).seal(
-        update_tensors=TENSORS, round=round, recipient=to, n_examples=10, epsilon=0.5
+        update_tensors=TENSORS, round=round, step=step, recipient=to, epsilon=0.5
     )
 
 
@@ -91,27 +88,29 @@ def forge(
 ) -> bytes:
     """Build an envelope field by field, to reach checks an honest sealer never trips."""
     if payload is None:
-        payload = encode_payload(TENSORS, n_examples=10, epsilon=0.5)
+        payload = encode_payload(TENSORS, epsilon=0.5)
     h = {
-        "v": 1,
+        "v": 2,
         "sender": "a",
         "recipient": "b",
         "round": 1,
+        "step": 0,
         "ts": NOW,
         "codec": "raw",
         "size": len(payload),
         "roster": ROSTER.hash,
     }
     h.update(header)
+    h = {k: v for k, v in h.items() if v is not None}  # None: leave the field out
     hbytes = msgpack.packb(h, use_bin_type=True)
     box = Box(PrivateKey(IDS[box_from].x25519_secret), PublicKey(IDS[box_to].box_key))
     ct = bytes(box.encrypt(payload))
-    sig = IDS[signer].sign(_signed_message(hbytes, ct))
+    sig = IDS[signer].sign(signed_message(hbytes, ct))
     return msgpack.packb({"h": hbytes, "c": ct, "s": sig}, use_bin_type=True)
 
 
 def raw_payload(tensors: dict[str, Any]) -> bytes:
-    body = {"v": 1, "tensors": tensors, "n_examples": 1, "epsilon": 0.0}
+    body = {"v": 2, "tensors": tensors, "epsilon": 0.0}
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -132,22 +131,22 @@ def open_b(data: bytes, **kw: Any) -> Any:
         ),
         max_size=5,
     ),
-    round=st.integers(0, 2**63 - 1),
-    n_examples=st.integers(0, 10**9),
+    round=st.integers(0, MAX_ROUND),
+    step=st.integers(0, MAX_STEPS_PER_ROUND - 1),
     epsilon=st.floats(0, 100),
     seed=st.integers(0, 1000),
 )
 def test_round_trip_returns_exactly_what_was_sealed(
-    shapes: dict[str, Any], round: int, n_examples: int, epsilon: float, seed: int
+    shapes: dict[str, Any], round: int, step: int, epsilon: float, seed: int
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
     tensors = {k: torch.randn(s, generator=gen).to(dt) for k, (dt, s) in shapes.items()}
     data = sealer("a").seal(
-        update_tensors=tensors, round=round, recipient="b", n_examples=n_examples, epsilon=epsilon
+        update_tensors=tensors, round=round, step=step, recipient="b", epsilon=epsilon
     )
     update = sealer("b").open(data, expected_schema=schema_of(tensors))
-    assert (update.sender, update.recipient, update.round) == ("a", "b", round)
-    assert (update.n_examples, update.epsilon, update.sent_at) == (n_examples, epsilon, NOW)
+    assert (update.sender, update.recipient, update.exchange) == ("a", "b", (round, step))
+    assert (update.codec, update.epsilon, update.sent_at) == ("raw", epsilon, NOW)
     assert update.tensors.keys() == tensors.keys()
     for k, t in tensors.items():
         assert update.tensors[k].dtype == t.dtype and torch.equal(update.tensors[k], t)
@@ -155,7 +154,7 @@ def test_round_trip_returns_exactly_what_was_sealed(
 
 def test_seal_many_gives_each_neighbour_its_own_envelope() -> None:
     out = sealer("a").seal_many(
-        update_tensors=TENSORS, round=3, recipients=["b", "d"], n_examples=1, epsilon=0.0
+        update_tensors=TENSORS, round=3, step=0, recipients=["b", "d"], epsilon=0.0
     )
     assert sealer("b").open(out["b"], expected_schema=SCHEMA).round == 3
     assert sealer("d").open(out["d"], expected_schema=SCHEMA).round == 3
@@ -207,7 +206,7 @@ def test_a_flipped_bit_anywhere_is_rejected(bit: int, round: int) -> None:
 
 def test_every_single_bit_flip_of_a_small_envelope_is_rejected() -> None:
     tiny = {"w": torch.tensor([1.0, 2.0])}
-    data = sealer("a").seal(update_tensors=tiny, round=1, recipient="b", n_examples=1, epsilon=0)
+    data = sealer("a").seal(update_tensors=tiny, round=1, recipient="b", epsilon=0)
     opener = sealer("b")
     for bit in range(len(data) * 8):
         flipped = bytearray(data)
@@ -264,6 +263,54 @@ def test_rounds_must_increase_per_sender(first: int, second: int) -> None:
         assert opener.open(again, expected_schema=SCHEMA).round == second
 
 
+def test_exchanges_are_ordered_by_round_then_step() -> None:
+    opener = sealer("b")
+    opener.open(seal(round=2, step=1), expected_schema=SCHEMA)
+    with pytest.raises(ReplayedRound):
+        opener.open(seal(round=2, step=1), expected_schema=SCHEMA)
+    with pytest.raises(StaleRound):
+        opener.open(seal(round=2, step=0), expected_schema=SCHEMA)
+    with pytest.raises(StaleRound):  # a later step of an older round is still older
+        opener.open(seal(round=1, step=5), expected_schema=SCHEMA)
+    assert opener.open(seal(round=2, step=2), expected_schema=SCHEMA).exchange == (2, 2)
+    assert opener.open(seal(round=3, step=0), expected_schema=SCHEMA).exchange == (3, 0)
+
+
+def test_version_1_envelopes_are_refused_by_their_version() -> None:
+    """Version 1 flattened (round, step) into one number and sent the real batch size."""
+    payload = msgpack.packb(
+        {"v": 1, "tensors": {}, "n_examples": 7, "epsilon": 0.0}, use_bin_type=True
+    )
+    old = forge(payload=payload, v=1, round=5, step=None)
+    with pytest.raises(UnsupportedVersion, match="protocol version 1"):
+        open_b(old)
+
+
+@pytest.mark.parametrize(
+    ("round", "step"), [(MAX_ROUND + 1, 0), (2**63 - 1, 0), (1, MAX_STEPS_PER_ROUND), (-1, 0)]
+)
+def test_exchanges_outside_the_bounds_are_refused_on_both_sides(round: int, step: int) -> None:
+    with pytest.raises(MalformedEnvelope):
+        open_b(forge(round=round, step=step))
+    with pytest.raises(WireError):
+        seal(round=round, step=step)
+
+
+def test_a_refusal_by_the_caller_leaves_the_replay_state_alone() -> None:
+    opener = sealer("b")
+    seen: list[Update] = []
+
+    def refuse(update: Update) -> None:
+        seen.append(update)
+        raise WireError("not now")
+
+    with pytest.raises(WireError, match="not now"):
+        opener.open(seal(round=3), expected_schema=SCHEMA, admit=refuse)
+    assert [u.exchange for u in seen] == [(3, 0)]  # verified and decoded before the call
+    assert opener.replay_guard.last("a") is None
+    assert opener.open(seal(round=3), expected_schema=SCHEMA).round == 3
+
+
 def test_rounds_are_tracked_per_sender() -> None:
     opener = sealer("b")
     opener.open(seal(round=5), expected_schema=SCHEMA)
@@ -315,7 +362,7 @@ def test_truncated_envelope_is_malformed(cut: int) -> None:
 
 def test_unknown_version_and_codec_are_refused() -> None:
     with pytest.raises(UnsupportedVersion):
-        open_b(forge(v=2))
+        open_b(forge(v=3))
     with pytest.raises(UnknownCodec):
         open_b(forge(codec="zstd"))
 
@@ -354,11 +401,7 @@ def test_extra_or_missing_tensors_are_refused(change: str) -> None:
     else:
         del tensors["layer0.lora_B"]
     with pytest.raises(TensorSetMismatch, match=change):
-        open_b(
-            sealer("a").seal(
-                update_tensors=tensors, round=1, recipient="b", n_examples=1, epsilon=0.0
-            )
-        )
+        open_b(sealer("a").seal(update_tensors=tensors, round=1, recipient="b", epsilon=0.0))
 
 
 def test_payload_that_does_not_decrypt_is_refused() -> None:
@@ -392,19 +435,21 @@ def test_a_rejected_envelope_does_not_move_the_replay_state() -> None:
     bad = raw_payload({"w": {"dtype": "float32", "shape": [1], "data": b"\0\0\xc0\x7f"}})  # NaN
     with pytest.raises(NonFiniteTensor):
         opener.open(forge(payload=bad, round=7), expected_schema={"w": ("float32", (1,))})
-    assert opener.replay_guard.last_round("a") is None
+    assert opener.replay_guard.last("a") is None
     assert opener.open(seal(round=7), expected_schema=SCHEMA).round == 7
 
 
 def test_replay_guard_state_survives_a_restart() -> None:
     opener = sealer("b")
     opener.open(seal(round=4), expected_schema=SCHEMA)
-    state = json.loads(json.dumps(opener.replay_guard.to_dict()))
-    restarted = sealer("b", replay_guard=ReplayGuard.from_dict(state))
+    state = json.loads(json.dumps(opener.replay_guard.state_dict()))
+    restarted = sealer("b", replay_guard=ReplayGuard.from_state_dict(state))
     with pytest.raises(ReplayedRound):
         restarted.open(seal(round=4), expected_schema=SCHEMA)
     with pytest.raises(WireError):
-        ReplayGuard.from_dict({"v": 1, "last_round": {"a": -1}})
+        ReplayGuard.from_state_dict({"v": 2, "last": {"a": [-1, 0]}})
+    with pytest.raises(WireError):  # the format of the exchange-index era
+        ReplayGuard.from_state_dict({"v": 1, "last_round": {"a": 4}})
 
 
 def test_sealer_refuses_to_send_to_itself_or_to_revoked_members() -> None:
@@ -412,7 +457,7 @@ def test_sealer_refuses_to_send_to_itself_or_to_revoked_members() -> None:
         seal(to="a")
     with pytest.raises(RevokedMember):
         sealer("a", roster=ROSTER.revoke("b")).seal(
-            update_tensors=TENSORS, round=1, recipient="b", n_examples=1, epsilon=0.0
+            update_tensors=TENSORS, round=1, recipient="b", epsilon=0.0
         )
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgpack
 import pytest
 import torch
 
 from gossipmed.codecs import topk_sparsify
+from gossipmed.compression import ReplicaDecoder, TopkEncoder
 from gossipmed.crypto import generate_identity
 from gossipmed.envelope import EnvelopeSealer
-from gossipmed.error_feedback import CompressedSealer, DeltaOutOfSync, ErrorFeedback, header_codec
+from gossipmed.error_feedback import DeltaOutOfSync, ErrorFeedback
 from gossipmed.errors import WireError
 from gossipmed.roster import Member, Roster
 
@@ -92,96 +94,119 @@ def test_checkpoint_refuses_another_schema_or_garbage() -> None:
         ErrorFeedback.from_dict(bad, expected=SCHEMA)
 
 
-# --- the sealer: keyframes, deltas, replicas over real envelopes ---------------------------
+# --- encoder and decoder: keyframes, deltas, replicas over real envelopes -------------------
 
 
-def _pair(
-    refresh_every: int = 0, exchanges_per_round: int = 1
-) -> tuple[CompressedSealer, CompressedSealer]:
-    ids = {n: generate_identity() for n in ("a", "b")}
-    roster = Roster(
-        members=tuple(
-            Member(name=n, peer_id=i.peer_id, sign_key=i.sign_key, box_key=i.box_key)
-            for n, i in ids.items()
-        ),
-        edges=(("a", "b"),),
-    )
-    return tuple(  # type: ignore[return-value]
-        CompressedSealer(
-            EnvelopeSealer(identity=ids[n], roster=roster),
-            fraction=0.02,
-            refresh_every=refresh_every,
-            exchanges_per_round=exchanges_per_round,
+class Link:
+    """Site a's top-k encoder, a -> b over real envelopes, b's replica decoder."""
+
+    def __init__(self, refresh_every: int = 0, steps_per_round: int = 1) -> None:
+        ids = {n: generate_identity() for n in ("a", "b")}
+        roster = Roster(
+            members=tuple(
+                Member(name=n, peer_id=i.peer_id, sign_key=i.sign_key, box_key=i.box_key)
+                for n, i in ids.items()
+            ),
+            edges=(("a", "b"),),
         )
-        for n in ("a", "b")
-    )
+        self.encoder = TopkEncoder(fraction=0.02, refresh_every=refresh_every)
+        self.sender = EnvelopeSealer(identity=ids["a"], roster=roster)
+        self.receiver = EnvelopeSealer(identity=ids["b"], roster=roster)
+        self.decoder = ReplicaDecoder(steps_per_round=steps_per_round)
+
+    def send(self, state: dict[str, torch.Tensor], r: int, step: int = 0) -> bytes:
+        tensors, codec = self.encoder.encode(state, round=r, step=step)
+        return self.sender.seal(
+            update_tensors=tensors, round=r, step=step, recipient="b", epsilon=0.0, codec=codec
+        )
+
+    def receive(self, data: bytes) -> dict[str, torch.Tensor]:
+        return self.decoder.decode(self.receiver.open(data, expected_schema=SCHEMA))
 
 
-def _send(a: CompressedSealer, state: dict[str, torch.Tensor], r: int) -> bytes:
-    return a.seal(update_tensors=state, round=r, recipient="b", n_examples=1, epsilon=0.0)
+def codec_of(data: bytes) -> str:
+    """The codec named in an envelope's (verified) header."""
+    outer = msgpack.unpackb(data, raw=False)
+    return str(msgpack.unpackb(outer["h"], raw=False)["codec"])
 
 
 def test_receiver_replica_equals_sender_state_minus_residual() -> None:
-    a, b = _pair()
+    link = Link()
     state = _state(0)
-    first = _send(a, state, 0)
-    assert header_codec(first) == "raw"
-    assert torch.equal(b.open(first, expected_schema=SCHEMA).tensors["w"], state["w"])
+    first = link.send(state, 0)
+    assert codec_of(first) == "raw"
+    assert torch.equal(link.receive(first)["w"], state["w"])
     for r in range(1, 8):
         state = {k: v + 0.05 * _state(100 + r)[k] for k, v in state.items()}
-        data = _send(a, state, r)
-        assert header_codec(data) == "topk"
+        data = link.send(state, r)
+        assert codec_of(data) == "topk"
         assert len(data) < len(first) / 4  # ~300 bytes of envelope framing on both
-        got = b.open(data, expected_schema=SCHEMA).tensors
+        got = link.receive(data)
         for k in state:
-            torch.testing.assert_close(got[k], state[k] - a.feedback.residual[k])
+            torch.testing.assert_close(got[k], state[k] - link.encoder.feedback.residual[k])
 
 
 def test_a_missed_delta_drops_the_replica_until_the_next_keyframe() -> None:
-    a, b = _pair(refresh_every=4)
-    b.open(_send(a, _state(0), 0), expected_schema=SCHEMA)
-    b.open(_send(a, _state(1), 1), expected_schema=SCHEMA)
-    _send(a, _state(2), 2)  # lost on the way
+    link = Link(refresh_every=4)
+    link.receive(link.send(_state(0), 0))
+    link.receive(link.send(_state(1), 1))
+    link.send(_state(2), 2)  # lost on the way
     with pytest.raises(DeltaOutOfSync):
-        b.open(_send(a, _state(3), 3), expected_schema=SCHEMA)
-    keyframe = _send(a, _state(4), 4)
-    assert header_codec(keyframe) == "raw"
-    assert torch.equal(b.open(keyframe, expected_schema=SCHEMA).tensors["b"], _state(4)["b"])
-    b.open(_send(a, _state(5), 5), expected_schema=SCHEMA)  # in sync again
+        link.receive(link.send(_state(3), 3))
+    keyframe = link.send(_state(4), 4)
+    assert codec_of(keyframe) == "raw"
+    assert torch.equal(link.receive(keyframe)["b"], _state(4)["b"])
+    link.receive(link.send(_state(5), 5))  # in sync again
 
 
 def test_refresh_every_counts_rounds_when_a_round_has_several_exchanges() -> None:
-    """Wire rounds are exchange indices (round * 3 + step here); a keyframe every 2 rounds
-    is the first exchange of rounds 0, 2, 4: wire rounds 0, 6, 12."""
-    a, b = _pair(refresh_every=2, exchanges_per_round=3)
-    codecs = []
-    for e in range(15):
-        data = _send(a, _state(e), e)
-        codecs.append(header_codec(data))
-        b.open(data, expected_schema=SCHEMA)  # the replica stays in step throughout
-    assert [e for e, c in enumerate(codecs) if c == "raw"] == [0, 6, 12]
+    """A keyframe every 2 rounds is the first exchange of rounds 0, 2, 4 (3 exchanges each)."""
+    link = Link(refresh_every=2, steps_per_round=3)
+    keyframes = []
+    for r in range(5):
+        for step in range(3):
+            data = link.send(_state(3 * r + step), r, step)
+            if codec_of(data) == "raw":
+                keyframes.append((r, step))
+            link.receive(data)  # the replica stays in step throughout
+    assert keyframes == [(0, 0), (2, 0), (4, 0)]
 
 
 def test_a_delta_without_any_replica_is_refused() -> None:
-    a, b = _pair()
-    _send(a, _state(0), 0)  # keyframe lost
+    link = Link()
+    link.send(_state(0), 0)  # keyframe lost
     with pytest.raises(DeltaOutOfSync):
-        b.open(_send(a, _state(1), 1), expected_schema=SCHEMA)
+        link.receive(link.send(_state(1), 1))
 
 
-def test_compression_needs_a_sealer_that_names_its_codec() -> None:
-    with pytest.raises(WireError):
-        CompressedSealer(object(), fraction=0.1)
+def test_forced_keyframes_are_dense_and_then_deltas_resume() -> None:
+    link = Link()
+    link.receive(link.send(_state(0), 0))
+    assert link.encoder.force_keyframes(2)
+    assert [codec_of(link.send(_state(r), r)) for r in (1, 2, 3)] == ["raw", "raw", "topk"]
+
+
+def test_any_receiver_decodes_a_top_k_sender() -> None:
+    """The codec travels in the signed header, so a site that itself sends raw still keeps
+    the replica of a top-k neighbour (sites may choose different codecs)."""
+    link = Link()
+    state = _state(0)
+    link.receive(link.send(state, 0))
+    state = {k: v + 0.05 * _state(7)[k] for k, v in state.items()}
+    got = link.receive(link.send(state, 1))
+    assert not torch.equal(got["w"], state["w"])  # a sparse delta, not the state
+    torch.testing.assert_close(got["w"], state["w"] - link.encoder.feedback.residual["w"])
 
 
 def test_topk_through_the_simulator_cuts_bytes_sent_and_keeps_every_replica() -> None:
     from node.sim_config import sim_config_from_mapping
     from node.simulate import Simulation
 
-    def run(**sim: object) -> tuple[int, int]:
+    def run(**gossip: object) -> tuple[int, int]:
         config = sim_config_from_mapping(
             {
-                "sim": {"problem": "quadratic", "topology": "ring", "rounds": 6, **sim},
+                "sim": {"problem": "quadratic", "topology": "ring", "rounds": 6},
+                "gossip": gossip,
                 "data": {"n_sites": 6},
             }
         )
@@ -191,25 +216,30 @@ def test_topk_through_the_simulator_cuts_bytes_sent_and_keeps_every_replica() ->
         return sum(r.bytes_sent for r in records if r.round == 5), rejected
 
     raw, raw_rejected = run()
-    sparse, sparse_rejected = run(codec="topk", topk_fraction=0.05)
+    sparse, sparse_rejected = run(codec={"name": "topk", "fraction": 0.05})
     assert raw_rejected == sparse_rejected == 0  # every delta found its replica in sync
     assert sparse < raw / 3  # 13 of 256 floats + indices, plus the envelope framing
 
 
 def test_the_residual_survives_a_checkpoint_on_disk(tmp_path: Path) -> None:
-    from gossipmed.error_feedback import FEEDBACK_FILE, load_feedback, save_feedback
+    from gossipmed.peer_state import component_file, read_checkpoint, save_checkpoint
 
-    assert load_feedback(tmp_path, expected=SCHEMA) is None  # no checkpoint: keyframe next
-    ef = ErrorFeedback(fraction=0.05)
-    ef.keyframe(_state(0))
-    ef.compress(_state(1))
-    save_feedback(tmp_path, ef)
-    assert (tmp_path / FEEDBACK_FILE).stat().st_mode & 0o777 == 0o600
-    back = load_feedback(tmp_path, expected=SCHEMA)
-    assert back is not None and back.residual_norm() == ef.residual_norm() > 0
-    a, _b = _pair()
-    resumed = CompressedSealer(a.inner, fraction=0.05, feedback=back)
-    assert not resumed.is_keyframe(2)  # continues with deltas from the saved reference
-    (tmp_path / FEEDBACK_FILE).write_bytes(b"\x00not msgpack")
-    with pytest.raises(WireError):
-        load_feedback(tmp_path, expected=SCHEMA)
+    encoder = TopkEncoder(fraction=0.05)
+    encoder.encode(_state(0), round=0, step=0)
+    encoder.encode(_state(1), round=1, step=0)
+    save_checkpoint(
+        tmp_path,
+        site="a",
+        round=1,
+        epsilon=0.0,
+        state=_state(1),
+        replay_state=None,
+        components={"encoder": encoder},
+    )
+    path = tmp_path / component_file("encoder")
+    assert path.stat().st_mode & 0o777 == 0o600
+    saved = read_checkpoint(tmp_path, site="a").components["encoder"]
+    resumed = TopkEncoder(fraction=0.05)
+    resumed.load_state_dict(saved, schema=SCHEMA)
+    assert resumed.feedback.residual_norm() == encoder.feedback.residual_norm() > 0
+    assert not resumed.is_keyframe(2, 0)  # continues with deltas from the saved reference

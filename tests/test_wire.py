@@ -25,7 +25,6 @@ from gossipmed.wire import (
     decode_payload,
     encode_payload,
     get_codec,
-    register_codec,
     schema_of,
     unpack_bounded,
 )
@@ -47,9 +46,9 @@ def _decode(data: bytes, schema: Mapping[str, TensorSpec], codec: str = "raw") -
 def test_raw_codec_round_trips_bit_exactly(dtype: torch.dtype, shape: list[int], seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     tensors = {"w": torch.randn(shape, generator=gen).to(dtype), "b": torch.ones(2, dtype=dtype)}
-    data = encode_payload(tensors, n_examples=7, epsilon=1.5)
+    data = encode_payload(tensors, epsilon=1.5)
     out = _decode(data, schema_of(tensors))
-    assert out.n_examples == 7 and out.epsilon == 1.5
+    assert out.epsilon == 1.5
     for k, t in tensors.items():
         assert out.tensors[k].dtype == t.dtype
         assert torch.equal(out.tensors[k], t)  # randn has no NaN, so equality is bitwise
@@ -57,7 +56,7 @@ def test_raw_codec_round_trips_bit_exactly(dtype: torch.dtype, shape: list[int],
 
 
 def _payload(tensors: dict[str, Any], **extra: Any) -> bytes:
-    body = {"v": 1, "tensors": tensors, "n_examples": 1, "epsilon": 0.0, **extra}
+    body = {"v": 2, "tensors": tensors, "epsilon": 0.0, **extra}
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -107,7 +106,14 @@ def test_extra_or_missing_tensors_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "extra", [{"n_examples": -1}, {"n_examples": True}, {"epsilon": float("nan")}, {"v": 2}]
+    "extra",
+    [
+        {"n_examples": 7},  # version 1 sent the real batch size: refused, not ignored
+        {"epsilon": True},
+        {"epsilon": float("nan")},
+        {"v": 1},
+        {"v": 3},
+    ],
 )
 def test_payload_scalars_are_type_checked(extra: dict[str, Any]) -> None:
     with pytest.raises(PayloadSchemaError):
@@ -118,7 +124,7 @@ def test_sender_refuses_to_encode_non_finite_tensors() -> None:
     from gossipmed.errors import WireError
 
     with pytest.raises(WireError):
-        encode_payload({"w": torch.tensor([float("nan")])}, n_examples=1, epsilon=0.0)
+        encode_payload({"w": torch.tensor([float("nan")])}, epsilon=0.0)
 
 
 def test_unpack_refuses_ext_types_and_oversized_containers() -> None:
@@ -167,17 +173,15 @@ def test_a_new_codec_plugs_in_through_the_registry() -> None:
         name = "test-negate"
 
         def encode(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-            return CODECS["raw"].encode({k: -t for k, t in tensors.items()})
+            return CODECS.get("raw").encode({k: -t for k, t in tensors.items()})
 
         def decode(
             self, encoded: object, *, expected: Mapping[str, TensorSpec]
         ) -> dict[str, torch.Tensor]:
-            return {k: -t for k, t in CODECS["raw"].decode(encoded, expected=expected).items()}
+            return {k: -t for k, t in CODECS.get("raw").decode(encoded, expected=expected).items()}
 
-    register_codec(NegatingCodec())
-    try:
+    with CODECS.registered("test-negate", NegatingCodec()):
         t = {"w": torch.tensor([1.0, -2.0])}
-        data = encode_payload(t, n_examples=1, epsilon=0.0, codec="test-negate")
+        data = encode_payload(t, epsilon=0.0, codec="test-negate")
         assert torch.equal(_decode(data, schema_of(t), codec="test-negate").tensors["w"], t["w"])
-    finally:
-        del CODECS["test-negate"]
+    assert "test-negate" not in CODECS
