@@ -1,19 +1,31 @@
 """Mixing of neighbour states: x_i <- sum_j w_ij x_j.
 
-Only the weighted (Metropolis–Hastings) rule exists today; robust rules (coordinate median,
-trimmed mean, clipped gossip) plug into `RULES` under their own name so the peer and the
-config never change shape when they arrive.
+Rules are registered by name with their parameters' dataclass (gossipmed.choice), so a
+config file chooses `aggregation = { rule = "cosine-clipped", min_cosine = 0.1 }` and the
+peer gets an `Aggregator` with that rule fixed at construction. The robust rules themselves
+live in gossipmed.robust.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
-from gossipmed.errors import ConfigError, GossipmedError
+from gossipmed.choice import Choice, NoParams, Spec, build, require_number
+from gossipmed.errors import GossipmedError
 from gossipmed.learner import AdapterState
-from gossipmed.robust import ROBUST_RULES, SELF_CENTRED_RULES
+from gossipmed.registry import Registry
+from gossipmed.robust import (
+    DEFAULT_MIN_COSINE,
+    DEFAULT_TRIM,
+    clipped_gossip,
+    coordinate_median,
+    cosine_clipped_gossip,
+    trimmed_mean,
+)
 
 WEIGHT_TOLERANCE = 1e-9
 
@@ -71,22 +83,119 @@ def weighted_average(
     return out
 
 
-AggregationRule = Callable[
-    [Mapping[str, Mapping[str, torch.Tensor]], Mapping[str, float]], AdapterState
-]
+AggregationRule = Callable[..., AdapterState]
+"""(states by site, weights of the sites heard, *, self_name) -> the mixed state."""
 
-RULES: dict[str, AggregationRule] = {"weighted": weighted_average, **ROBUST_RULES}
+
+def _weighted(_params: NoParams) -> AggregationRule:
+    return lambda states, weights, *, self_name: weighted_average(states, weights)
+
+
+@dataclass(frozen=True)
+class TrimParams:
+    trim: float = DEFAULT_TRIM
+
+    def __post_init__(self) -> None:
+        require_number(self.trim, what="trim", lo=0.0, hi=0.499)
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    radius: float | None = None  # None: the lower median of the neighbours' distances
+
+    def __post_init__(self) -> None:
+        if self.radius is not None:
+            require_number(self.radius, what="radius", lo=0.0, hi=math.inf)
+
+
+@dataclass(frozen=True)
+class CosineClipParams:
+    radius: float | None = None
+    min_cosine: float = DEFAULT_MIN_COSINE
+
+    def __post_init__(self) -> None:
+        if self.radius is not None:
+            require_number(self.radius, what="radius", lo=0.0, hi=math.inf)
+        require_number(self.min_cosine, what="min_cosine", lo=-1.0, hi=0.999999)
+
+
+RULES: Registry[Spec[AggregationRule]] = Registry("aggregation rule")
+RULES.register(
+    "weighted",
+    Spec(name="weighted", build=_weighted, summary="plain weighted average (no defence)"),
+)
+RULES.register(
+    "median",
+    Spec(
+        name="median",
+        build=lambda _p: lambda s, w, *, self_name: coordinate_median(s, w),
+        summary="coordinate-wise median of the states heard",
+    ),
+)
+RULES.register(
+    "trimmed-mean",
+    Spec(
+        name="trimmed-mean",
+        build=lambda p: lambda s, w, *, self_name: trimmed_mean(s, w, trim=p.trim),
+        params=TrimParams,
+        summary="per coordinate, drop the `trim` share at each end, average the rest",
+    ),
+)
+RULES.register(
+    "clipped",
+    Spec(
+        name="clipped",
+        build=lambda p: (
+            lambda s, w, *, self_name: clipped_gossip(s, w, self_name=self_name, radius=p.radius)
+        ),
+        params=ClipParams,
+        summary="self-centred clipping: a neighbour moves a site at most w * radius",
+    ),
+)
+RULES.register(
+    "cosine-clipped",
+    Spec(
+        name="cosine-clipped",
+        build=lambda p: (
+            lambda s, w, *, self_name: cosine_clipped_gossip(
+                s, w, self_name=self_name, radius=p.radius, min_cosine=p.min_cosine
+            )
+        ),
+        params=CosineClipParams,
+        summary="drop neighbours pointing away (cosine <= min_cosine), then clip",
+    ),
+)
 DEFAULT_RULE = "weighted"
 
 
 def get_rule(name: str) -> AggregationRule:
-    """The mixing rule called `name`; ConfigError lists the ones that exist."""
-    try:
-        return RULES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown aggregation rule {name!r}; choose one of: {', '.join(sorted(RULES))}"
-        ) from None
+    """The mixing rule called `name` with its default parameters."""
+    spec = RULES.get(name)
+    return spec.build(spec.params())
+
+
+class Aggregator:
+    """One site's mixing step, its rule and parameters fixed at construction."""
+
+    def __init__(self, choice: Choice | None = None) -> None:
+        self.choice = choice if choice is not None else Choice(name=DEFAULT_RULE)
+        self._rule = build(RULES, self.choice)
+
+    def mix(
+        self,
+        *,
+        self_name: str,
+        row: Mapping[str, float],
+        states: Mapping[str, Mapping[str, torch.Tensor]],
+    ) -> AdapterState:
+        """x_i <- rule over the states heard (own included); silent weight goes to self."""
+        weights = fold_silent_weight(
+            row, self_name=self_name, heard=frozenset(states) - {self_name}
+        )
+        unknown = set(states) - set(weights)
+        if unknown:
+            raise AggregationError(f"states from non-neighbours {sorted(unknown)}")
+        return self._rule(states, weights, self_name=self_name)
 
 
 def mix(
@@ -96,11 +205,7 @@ def mix(
     row: Mapping[str, float],
     states: Mapping[str, Mapping[str, torch.Tensor]],
 ) -> AdapterState:
-    """One site's mixing step over the states it has this round (its own included)."""
-    weights = fold_silent_weight(row, self_name=self_name, heard=frozenset(states) - {self_name})
-    unknown = set(states) - set(weights)
-    if unknown:
-        raise AggregationError(f"states from non-neighbours {sorted(unknown)}")
-    if rule in SELF_CENTRED_RULES:  # clipped gossip clips around this site's own state
-        return RULES[rule](states, weights, self_name=self_name)  # type: ignore[call-arg]
-    return get_rule(rule)(states, weights)
+    """One mixing step with `rule` at its default parameters."""
+    return Aggregator(Choice(name=RULES.get(rule).name, params=RULES.get(rule).params())).mix(
+        self_name=self_name, row=row, states=states
+    )

@@ -23,20 +23,23 @@ not happen (privacy budget spent, site offline) restarts the correction from a p
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import msgpack
 import numpy as np
 import torch
 
+from gossipmed.choice import NoParams, Spec
 from gossipmed.errors import CheckpointError, WireError
 from gossipmed.learner import AdapterState, EvalStats, Learner, TrainStats
-from gossipmed.wire import parse_shape, unpack_bounded
+from gossipmed.registry import Registry
+from gossipmed.wire import parse_shape
 
-DRIFT_MODES = ("none", "d2")
+if TYPE_CHECKING:
+    from gossipmed.ledger import PrivacyLedger
+
 MEMORY_VERSION = 1
-MAX_MEMORY_BYTES = 1 << 31
 
 
 def _f64(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -87,62 +90,72 @@ class D2Learner:
     def evaluate(self) -> EvalStats:
         return self.inner.evaluate()
 
-    # -- checkpoint of D²'s memory (msgpack, tensors as shape/bytes, never pickle) -------------
+    def save_adapter(self, out: str | Path) -> Path:
+        return self.inner.save_adapter(out)
 
-    def memory_to_bytes(self) -> bytes:
+    @property
+    def ledger(self) -> PrivacyLedger | None:
+        return self.inner.ledger
+
+    # -- checkpoint of D²'s memory (tensors as shape/bytes, never pickle) ---------------------
+
+    def state_dict(self) -> dict[str, Any] | None:
         """x_{t-1} and g_{t-1} (float64, as kept) for a checkpoint; only between rounds, when
         nothing awaits a mix. Without them a resumed site restarts D² with a plain step."""
         if self._sent is not None:
             raise CheckpointError("D² state saved in the middle of a round")
         prev_x, prev_g = self._prev_x, self._prev_g
         started = prev_x is not None and prev_g is not None
-        doc = {
+        return {
             "v": MEMORY_VERSION,
             "prev_x": _pack_f64(prev_x) if started and prev_x is not None else None,
             "prev_g": _pack_f64(prev_g) if started and prev_g is not None else None,
+            "inner": self.inner.state_dict(),
         }
-        return bytes(msgpack.packb(doc, use_bin_type=True))
 
-    def load_memory(self, raw: bytes, *, expected: Mapping[str, tuple[Any, Any]]) -> None:
-        """Resume from `memory_to_bytes`; sizes are checked against the adapter schema
-        (`expected`: name -> (dtype, shape)) before anything is allocated."""
-        shapes = {name: tuple(int(s) for s in shape) for name, (_dtype, shape) in expected.items()}
-        budget = sum(8 * math.prod(s) for s in shapes.values())
-        if budget > MAX_MEMORY_BYTES:
-            raise WireError("D² state would exceed the size limit")
-        obj = unpack_bounded(
-            raw,
-            max_bin=max(budget, 1),
-            max_str=256,
-            max_array=8,
-            max_map=max(len(shapes), 3),
-            max_items=40 * len(shapes) + 16,  # per tensor, twice: name, map, keys, shape, data
-            what="D² state",
-        )
-        if not isinstance(obj, dict) or set(obj) != {"v", "prev_x", "prev_g"}:
-            raise WireError("D² state must be a map of v, prev_x, prev_g")
-        if obj["v"] != MEMORY_VERSION or type(obj["v"]) is not int:
-            raise WireError(f"unsupported D² state version {str(obj['v'])[:20]}")
-        if (obj["prev_x"] is None) != (obj["prev_g"] is None):
+    def load_state_dict(
+        self, state: Mapping[str, Any], *, schema: Mapping[str, tuple[Any, Any]]
+    ) -> None:
+        """Resume from `state_dict`; sizes are checked against the adapter schema (name ->
+        (dtype, shape)) before anything is allocated. Call after the adapter state is set
+        (`set_state` outside a round resets D²)."""
+        shapes = {name: tuple(int(s) for s in shape) for name, (_dtype, shape) in schema.items()}
+        if not isinstance(state, Mapping) or set(state) != {"v", "prev_x", "prev_g", "inner"}:
+            raise WireError("D² state must be a map of v, prev_x, prev_g, inner")
+        if state["inner"] is not None:
+            self.inner.load_state_dict(state["inner"], schema=schema)
+        if state["v"] != MEMORY_VERSION or type(state["v"]) is not int:
+            raise WireError(f"unsupported D² state version {str(state['v'])[:20]}")
+        if (state["prev_x"] is None) != (state["prev_g"] is None):
             raise WireError("D² state has one of prev_x, prev_g without the other")
-        if obj["prev_x"] is None:
+        if state["prev_x"] is None:
             self._prev_x = self._prev_g = None
             return
-        self._prev_x = _unpack_f64(obj["prev_x"], shapes)
-        self._prev_g = _unpack_f64(obj["prev_g"], shapes)
-
-    def __getattr__(self, name: str) -> object:
-        # save_adapter, evaluate_report, ... of the wrapped learner stay reachable
-        return getattr(self.inner, name)
+        self._prev_x = _unpack_f64(state["prev_x"], shapes)
+        self._prev_g = _unpack_f64(state["prev_g"], shapes)
 
 
-def with_drift_correction(learner: Learner, *, mode: str, lazy: bool = True) -> Learner:
-    """`learner` itself for mode "none", wrapped for "d2"; anything else is a ValueError."""
-    if mode == "none":
-        return learner
-    if mode == "d2":
-        return D2Learner(learner, lazy=lazy)
-    raise ValueError(f"unknown drift correction {mode!r}; choose one of {', '.join(DRIFT_MODES)}")
+DriftWrap = Callable[[Learner], Learner]
+
+DRIFT: Registry[Spec[DriftWrap]] = Registry("drift correction")
+DRIFT.register(
+    "none", Spec(name="none", build=lambda _p: lambda learner: learner, summary="plain gossip")
+)
+DRIFT.register(
+    "d2",
+    Spec(
+        name="d2",
+        build=lambda _p: lambda learner: D2Learner(learner),
+        params=NoParams,
+        summary="D² exact diffusion: removes the non-IID bias of gossip with local steps",
+    ),
+)
+DRIFT_MODES = DRIFT.names()
+
+
+def with_drift_correction(learner: Learner, *, mode: str) -> Learner:
+    """`learner` itself for mode "none", wrapped for "d2"; anything else is a ConfigError."""
+    return DRIFT.get(mode).build(NoParams())(learner)
 
 
 def _pack_f64(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:

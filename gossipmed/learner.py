@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from gossipmed.ledger import PrivacyLedger
 
 AdapterState = dict[str, torch.Tensor]
 """Flat name -> CPU tensor of exactly the parameters that train and travel."""
@@ -46,3 +50,18 @@ class Learner(Protocol):
     def evaluate(self) -> EvalStats:
         """Held-out loss and task accuracy of the current state."""
         ...
+
+    def save_adapter(self, out: str | Path) -> Path:
+        """The current state in the learner's own format (PEFT for language models)."""
+        ...
+
+    @property
+    def ledger(self) -> PrivacyLedger | None:
+        """The privacy ledger that training charges (None: no DP accounting)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Learner state besides the adapter that must survive a restart (None: none)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any], *, schema: Mapping[str, Any]) -> None: ...

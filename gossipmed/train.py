@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -149,6 +150,13 @@ class SiteLearner:
         """This site's adapter in PEFT format (loadable with PeftModel.from_pretrained)."""
         self.model.load_state(self._state)
         return self.model.save(out)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Nothing beyond the adapter today: Adam's moments restart after a resume."""
+        return None
+
+    def load_state_dict(self, state: Mapping[str, Any], *, schema: Mapping[str, Any]) -> None:
+        raise ModelError("this learner keeps no state besides its adapter")
 
 
 @dataclass

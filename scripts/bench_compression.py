@@ -32,10 +32,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     factory = BowFactory(n_sites=args.sites, alpha=args.alpha, seed=args.seed)
-    runs: list[tuple[str, dict[str, Any]]] = [(c, {"codec": c}) for c in args.codecs.split(",")]
+    runs: list[tuple[str, Any]] = [(c, c) for c in args.codecs.split(",")]
     runs += [
-        (f"topk {f}", {"codec": "topk", "topk_fraction": float(f)})
-        for f in args.fractions.split(",")
+        (f"topk {f}", {"name": "topk", "fraction": float(f)}) for f in args.fractions.split(",")
     ]
     rows = []
     base: dict[str, Any] | None = None
@@ -46,10 +45,12 @@ def main() -> None:
             "rounds": args.rounds,
             "eval_every": args.rounds,
             "seed": args.seed,
-            **codec,
         }
         row: dict[str, Any] = {"codec": label}
-        row.update(run_gossip(factory, sim=sim, sites=args.sites, local_steps=args.local_steps))
+        sections = {"sim": sim, "gossip": {"codec": codec}}
+        row.update(
+            run_gossip(factory, sections=sections, sites=args.sites, local_steps=args.local_steps)
+        )
         if base is None:
             base = row
         row["bytes_ratio_vs_raw"] = base["bytes_per_round_all"] / row["bytes_per_round_all"]

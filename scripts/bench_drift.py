@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_task import BowFactory, bench_parser, run_gossip, write_rows
 
+from node.quadratic import QuadraticFactory
 from node.sim_config import sim_config_from_mapping
-from node.simulate import QuadraticFactory, Simulation
+from node.simulate import Simulation
 
 
 def quadratic_row(drift: str, *, args: argparse.Namespace) -> dict[str, Any]:
@@ -36,8 +37,8 @@ def quadratic_row(drift: str, *, args: argparse.Namespace) -> dict[str, Any]:
                 "degree": args.degree,
                 "rounds": args.rounds,
                 "seed": args.seed,
-                "drift": drift,
             },
+            "gossip": {"drift": drift},
             "data": {"n_sites": args.sites},
             "train": {"steps_per_round": args.local_steps, "lr": 0.1},
         }
@@ -74,9 +75,13 @@ def main() -> None:
                 "rounds": args.rounds,
                 "eval_every": args.rounds,
                 "seed": args.seed,
-                "drift": drift,
             }
-            stats = run_gossip(factory, sim=sim, sites=args.sites, local_steps=args.local_steps)
+            stats = run_gossip(
+                factory,
+                sections={"sim": sim, "gossip": {"drift": drift}},
+                sites=args.sites,
+                local_steps=args.local_steps,
+            )
             row = {"task": f"icd10 bow alpha={alpha}", "drift": drift, **stats}
             rows.append(row)
             print(json.dumps(row), flush=True)

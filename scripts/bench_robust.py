@@ -8,14 +8,17 @@ simulator's real path (envelopes, peer, mixing rules, node.attacks).
     .venv/bin/python scripts/bench_robust.py --rounds 40 --json docs/bench/robust_raw.json
 
 `--rules` takes any name in gossipmed.aggregate.RULES (cosine-clipped included). For
-cosine-clipped, `--min-cosine` sets the gate threshold and `--trace-cosines` records, per
-round, the cosines the honest sites saw (honest vs attacker neighbours) in each row.
+cosine-clipped, `--min-cosine` sets the gate threshold (the rule's own parameter, passed
+through the run's [gossip] config) and `--trace-cosines` records, per round, the cosines the
+honest sites saw (honest vs attacker neighbours) in each row; the trace comes from a traced
+copy of the rule registered for the run under its own name.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import statistics
@@ -32,44 +35,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_task import BowFactory, bench_parser, run_gossip, write_rows
 
-import gossipmed.aggregate
+from gossipmed.aggregate import RULES, CosineClipParams
+from gossipmed.choice import Spec
 from gossipmed.learner import AdapterState
-from gossipmed.robust import cosines_to_self, with_params
+from gossipmed.robust import cosine_clipped_gossip, cosines_to_self
 
 CosineLog = dict[int, dict[str, dict[str, float | None]]]
 """round -> site -> neighbour -> cosine with the site's own state."""
+TRACED = "cosine-clipped-traced"
 
 
 @contextmanager
-def cosine_rule(*, min_cosine: float | None, log: CosineLog | None) -> Iterator[None]:
-    """Run `cosine-clipped` with this threshold and/or record what it saw, for this process
-    only: the simulator has no per-rule knobs, so the registry entry is swapped and put back."""
-    if min_cosine is None and log is None:
-        yield
-        return
-    rules = gossipmed.aggregate.RULES
-    original = rules["cosine-clipped"]
-    params = {} if min_cosine is None else {"min_cosine": min_cosine}
-    rule = with_params("cosine-clipped", **params)
-    calls: collections.Counter[str] = collections.Counter()
+def traced_cosine_rule(log: CosineLog) -> Iterator[str]:
+    """`cosine-clipped`, recording what every site saw, registered under its own name for the
+    duration of the block (the registry's public registration; removed again after)."""
 
-    def traced(
-        states: Mapping[str, Mapping[str, torch.Tensor]],
-        weights: Mapping[str, float],
-        *,
-        self_name: str,
-    ) -> AdapterState:
-        round_ = calls[self_name]  # every site mixes exactly once per round
-        calls[self_name] += 1
-        if log is not None:
+    def build(params: CosineClipParams) -> Any:
+        calls: collections.Counter[str] = collections.Counter()
+
+        def traced(
+            states: Mapping[str, Mapping[str, torch.Tensor]],
+            weights: Mapping[str, float],
+            *,
+            self_name: str,
+        ) -> AdapterState:
+            round_ = calls[self_name]  # every site mixes exactly once per round
+            calls[self_name] += 1
             log.setdefault(round_, {})[self_name] = cosines_to_self(states, self_name=self_name)
-        return rule(states, weights, self_name=self_name)
+            return cosine_clipped_gossip(
+                states,
+                weights,
+                self_name=self_name,
+                radius=params.radius,
+                min_cosine=params.min_cosine,
+            )
 
-    rules["cosine-clipped"] = traced  # type: ignore[assignment]  # mix() passes self_name
-    try:
-        yield
-    finally:
-        rules["cosine-clipped"] = original
+        return traced
+
+    with RULES.registered(TRACED, Spec(name=TRACED, build=build, params=CosineClipParams)):
+        yield TRACED
 
 
 def summarise_cosines(
@@ -114,16 +118,23 @@ def run_one(
         "degree": args.degree,
         "rounds": args.rounds,
         "eval_every": args.rounds,
-        "aggregation": rule,
-        "attack": attack,
-        "attackers": attackers,
-        "attack_scale": args.scale,
         "seed": args.seed,
     }
     log: CosineLog | None = {} if args.trace_cosines and rule == "cosine-clipped" else None
     min_cosine = args.min_cosine if rule == "cosine-clipped" else None
-    with cosine_rule(min_cosine=min_cosine, log=log):
-        stats = run_gossip(factory, sim=sim, sites=args.sites, local_steps=args.local_steps)
+    with contextlib.ExitStack() as stack:
+        name = stack.enter_context(traced_cosine_rule(log)) if log is not None else rule
+        aggregation: dict[str, Any] = {"rule": name}
+        if min_cosine is not None:
+            aggregation["min_cosine"] = min_cosine
+        sections: dict[str, dict[str, Any]] = {
+            "sim": sim,
+            "gossip": {"aggregation": aggregation},
+            "attack": {"kind": attack, "attackers": attackers, "scale": args.scale},
+        }
+        stats = run_gossip(
+            factory, sections=sections, sites=args.sites, local_steps=args.local_steps
+        )
     row: dict[str, Any] = {"rule": rule, "attack": attack, **stats}
     if min_cosine is not None:
         row["min_cosine"] = min_cosine

@@ -96,6 +96,17 @@ class BowLearner:
     def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
         self.state = {k: v.detach().to(torch.float32).clone() for k, v in state.items()}
 
+    ledger = None  # no DP accounting in this stand-in
+
+    def state_dict(self) -> None:
+        return None
+
+    def save_adapter(self, out: str | Path) -> Path:
+        from gossipmed.checkpoint import save_state
+
+        save_state(Path(out), self.state, {"learner": "bow"})
+        return Path(out)
+
     def flip_labels(self) -> None:
         """Data poisoning (node.attacks label-flip): label j becomes j + 1."""
         self.y = (self.y + 1) % self.n_classes
@@ -186,18 +197,25 @@ class BowFactory:
 
 
 def run_gossip(
-    factory: BowFactory, *, sim: dict[str, object], sites: int, local_steps: int
+    factory: BowFactory,
+    *,
+    sections: dict[str, dict[str, object]],
+    sites: int,
+    local_steps: int,
 ) -> dict[str, object]:
     """One simulated gossip run with the real peer path; honest-site accuracy, consensus
-    distance among honest sites, and bytes actually sent."""
+    distance among honest sites, and bytes actually sent. `sections` are sim.toml tables
+    ([sim], [consortium], [gossip], [attack])."""
     from node.sim_config import sim_config_from_mapping
     from node.simulate import Simulation
 
     config = sim_config_from_mapping(
         {
+            **sections,
             # problem is unused (the factory supplies learners); one exchange per round, as
-            # every result in BENCHMARKS.md section 'robust' was measured, unless `sim` says
-            "sim": {"problem": "quadratic", "gossip_steps": 1, **sim},
+            # every result in BENCHMARKS.md section 'robust' was measured, unless asked
+            "sim": {"problem": "quadratic", **sections.get("sim", {})},
+            "consortium": {"gossip_steps": 1, **sections.get("consortium", {})},
             "data": {"n_sites": sites},
             "train": {"steps_per_round": local_steps},
         }

@@ -11,12 +11,14 @@ import torch
 
 from gossipmed.aggregate import weighted_average
 from gossipmed.drift import D2Learner, with_drift_correction
-from gossipmed.errors import PrivacyBudgetExceeded
+from gossipmed.errors import ConfigError, PrivacyBudgetExceeded
 from gossipmed.learner import AdapterState, EvalStats, TrainStats
 
 
 class Quadratic:
     """Site objective 0.5||x - c||^2, `steps` gradient steps per round."""
+
+    ledger = None
 
     def __init__(self, target: torch.Tensor, *, lr: float = 0.1, budget: int = 10**9) -> None:
         self.x = torch.zeros_like(target)
@@ -113,12 +115,16 @@ def test_a_round_without_training_restarts_the_correction_instead_of_breaking() 
     assert float((xs - xs.mean(0)).norm(dim=1).max()) < 1e-2
 
 
-def test_wrapper_passes_extras_through_and_rejects_unknown_modes() -> None:
+def test_wrapper_exposes_the_learner_interface_and_rejects_unknown_modes() -> None:
+    """The wrapper forwards the Learner protocol explicitly (ledger, state, adapter saving),
+    not every attribute of what it wraps."""
     inner = Quadratic(torch.zeros(2))
     wrapped = with_drift_correction(inner, mode="d2")
-    assert wrapped.target is inner.target  # type: ignore[attr-defined]
+    assert isinstance(wrapped, D2Learner) and wrapped.inner is inner
+    assert wrapped.ledger is inner.ledger
+    assert not hasattr(wrapped, "target")
     assert with_drift_correction(inner, mode="none") is inner
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="prox"):
         with_drift_correction(inner, mode="prox")
 
 
@@ -131,13 +137,9 @@ def test_the_simulator_option_drift_d2_beats_plain_gossip_on_the_quadratic_probl
             {
                 # one exchange per round: with the auto 8 the ring mixes well enough that plain
                 # gossip reaches 0.98 too, and there is no drift left to correct
-                "sim": {
-                    "problem": "quadratic",
-                    "topology": "ring",
-                    "rounds": 40,
-                    "drift": drift,
-                    "gossip_steps": 1,
-                },
+                "sim": {"problem": "quadratic", "topology": "ring", "rounds": 40},
+                "consortium": {"gossip_steps": 1},
+                "gossip": {"drift": drift},
                 "data": {"n_sites": 8},
                 "train": {"lr": 0.1, "steps_per_round": 5},
             }
