@@ -5,8 +5,10 @@ exactly the same membership, keys and edges. Revocation therefore produces a *ne
 (new hash): a revoked site cannot keep talking under the old one to sites that updated.
 
 What the hash covers: the format version, every member's name, peer ID, keys and revoked
-flag, and the edge list. Addresses and the `topology`/`created` labels are deliberately left
-out: addresses are routing hints that may change without invalidating in-flight updates.
+flag, the edge list, and the gossip settings every site must share (the `[gossip]` table:
+gossipmed.consortium_settings; a version-1 file has none and loads with the defaults).
+Addresses and the `topology`/`created` labels are deliberately left out: addresses are
+routing hints that may change without invalidating in-flight updates.
 
 Validation policy: structural problems (duplicate names or peer IDs, a peer ID that does not
 match its key, edges naming non-members, self loops) are errors. A graph that is disconnected
@@ -29,10 +31,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from gossipmed.consortium_settings import ConsortiumSettings
 from gossipmed.crypto import KEY_BYTES, peer_id_from_ed25519
-from gossipmed.errors import IdentityError, RosterError
+from gossipmed.errors import ConfigError, IdentityError, RosterError
+from gossipmed.toml_writer import toml_value
 
-ROSTER_VERSION = 1
+ROSTER_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ROSTER_HASH_BYTES = 32
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HASH_PERSON = b"gossipmed-roster"
@@ -73,28 +78,6 @@ def decode_key(value: object, *, what: str) -> bytes:
     if len(raw) != KEY_BYTES:
         raise RosterError(f"{what} must be {KEY_BYTES} bytes, got {len(raw)}")
     return raw
-
-
-def toml_value(value: object) -> str:
-    """TOML literal for the few types our files hold (str, bool, int, list)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        out = ['"']
-        for ch in value:
-            if ch in '"\\':
-                out.append("\\" + ch)
-            elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-                out.append(f"\\u{ord(ch):04x}")
-            else:
-                out.append(ch)
-        out.append('"')
-        return "".join(out)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 @dataclass(frozen=True)
@@ -205,6 +188,7 @@ class Roster:
     edges: tuple[tuple[str, str], ...]
     topology: str = "custom"
     created: str = ""
+    settings: ConsortiumSettings = field(default_factory=ConsortiumSettings)
     _by_name: dict[str, Member] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -244,6 +228,7 @@ class Roster:
                 for m in self.members
             ],
             "edges": [list(e) for e in self.edges],
+            "gossip": self.settings.to_mapping(),
         }
         blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.blake2b(
@@ -337,6 +322,7 @@ class Roster:
             "hash": self.hash_hex,
             "members": [m.to_mapping() for m in self.members],
             "edges": [list(e) for e in self.edges],
+            "gossip": self.settings.to_mapping(),
         }
 
     def to_toml(self) -> str:
@@ -350,6 +336,10 @@ class Roster:
             "edges = [",
             *(f"  {toml_value(list(e))}," for e in self.edges),
             "]",
+            "",
+            "# gossip settings every site must share (they enter the hash)",
+            "[gossip]",
+            *(f"{k} = {toml_value(v)}" for k, v in self.settings.to_mapping().items()),
         ]
         for m in self.members:
             lines.append("")
@@ -359,13 +349,21 @@ class Roster:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Roster:
-        unknown = set(data) - {"version", "topology", "created", "members", "edges"}
+        unknown = set(data) - {"version", "topology", "created", "members", "edges", "gossip"}
         if unknown:
             raise RosterError(f"unknown roster key(s): {', '.join(sorted(unknown))}")
-        if data.get("version") != ROSTER_VERSION:
+        version = data.get("version")
+        if version not in READABLE_VERSIONS or type(version) is not int:
             raise RosterError(
-                f"unsupported roster version {data.get('version')!r} (expected {ROSTER_VERSION})"
+                f"unsupported roster version {version!r} (this gossipmed reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
             )
+        if version == 1 and "gossip" in data:
+            raise RosterError("a version-1 roster has no [gossip] table; set version = 2")
+        try:
+            settings = ConsortiumSettings.from_mapping(data.get("gossip", {}), where="[gossip]")
+        except ConfigError as exc:
+            raise RosterError(str(exc)) from None
         members = data.get("members")
         edges = data.get("edges", [])
         if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
@@ -380,6 +378,7 @@ class Roster:
             edges=_normalise_edges(edges),
             topology=topology,
             created=created,
+            settings=settings,
         )
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 from gossipmed.crypto import Identity, load_identity
 from gossipmed.errors import ConfigError, RosterError
-from gossipmed.roster import Roster, check_site_name, load_roster, toml_value
+from gossipmed.roster import Roster, check_site_name, load_roster
+from gossipmed.toml_writer import toml_value
 
 SITE_FILE = "site.toml"
 CARD_FILE = "card.toml"
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
-EXTENSION_SECTIONS = frozenset({"daemon", "data", "adapter", "dp", "train"})
+EXTENSION_SECTIONS = frozenset({"daemon", "gossip", "data", "adapter", "dp", "train"})
 """Tables that other readers of site.toml own (node.daemon_config validates their keys);
 SiteConfig skips them, but a misspelt table name is still an unknown key."""
 

@@ -1,18 +1,16 @@
 """A cluster of real daemons on one machine: N site folders, one consortium, N processes.
 
-`create_cluster` makes the site folders with the code of `gossipmed init`, builds the
-roster with the code of `gossipmed consortium build`, and writes each site's [daemon] and
-learning tables; `start_cluster` starts `python -m node.cli run --site ...` per site
-(stdout/stderr to SITE/daemon.log) and records the pids in DIR/cluster.json.
+`create_cluster` makes the site folders and the roster with the library functions behind
+`gossipmed init` and `gossipmed consortium build` (gossipmed.consortium_setup), and writes
+each site's [daemon], [gossip] and learning tables; `start_cluster` starts
+`python -m node.cli run --site ...` per site (stdout/stderr to SITE/daemon.log) and records
+the pids in DIR/cluster.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import json
-import math
 import os
 import signal
 import socket
@@ -25,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from gossipmed.checkpoint import atomic_write_json
+from gossipmed.consortium_settings import ConsortiumSettings
+from gossipmed.consortium_setup import build_consortium, create_site
 from gossipmed.errors import ConfigError, GossipmedError
-from gossipmed.roster import toml_value
-from gossipmed.site import SITE_FILE, SiteConfig
+from gossipmed.roster import Member, load_card, save_roster
+from gossipmed.site import CARD_FILE, SITE_FILE, SiteConfig
+from gossipmed.toml_writer import toml_document
 from node.control import DaemonNotRunning, fetch_status
 from node.daemon_config import CONTROL_FILE, LOG_FILE
 
@@ -54,52 +55,15 @@ def site_name(index: int, n: int) -> str:
     return f"site-{index:0{max(2, len(str(n - 1)))}d}"
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"cannot write {value} to TOML")
-        return repr(value)
-    return toml_value(value)
-
-
 def sections_toml(sections: Sections) -> str:
-    out = []
-    for table, values in sections.items():
-        out.append(f"\n[{table}]")
-        out.extend(f"{k} = {_toml(v)}" for k, v in values.items() if v is not None)
-    return "\n".join(out) + "\n"
+    return "\n" + toml_document(sections)
 
 
 def init_site(site_dir: Path, *, name: str, listen: Sequence[str]) -> dict[str, Any]:
-    """`gossipmed init` itself (its card, as JSON)."""
-    from node.cmd_init import run as init_run
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        init_run(argparse.Namespace(site_dir=site_dir, name=name, listen=list(listen), json=True))
-    card: dict[str, Any] = json.loads(out.getvalue())
+    """A new site folder (what `gossipmed init` makes); its card as a mapping."""
+    card = create_site(site_dir, name=name, listen=listen).to_mapping()
+    del card["revoked"]
     return card
-
-
-def build_consortium(
-    cards: Sequence[Path], *, out: Path, topology: str, degree: int | None = None, seed: int = 0
-) -> None:
-    """`gossipmed consortium build` itself."""
-    from node.cmd_consortium import run_build
-
-    args = argparse.Namespace(
-        cards=list(cards),
-        topology=topology,
-        degree=degree,
-        p=None,
-        seed=seed,
-        graph_file=None,
-        out=out,
-        force=False,
-        json=True,
-    )
-    with contextlib.redirect_stdout(io.StringIO()):
-        run_build(args)
 
 
 def write_site_toml(
@@ -120,12 +84,8 @@ def default_sections(
     steps: int,
 ) -> dict[str, dict[str, Any]]:
     return {
-        "daemon": {
-            "rounds": rounds,
-            "round_timeout_s": round_timeout_s,
-            "site_index": index,
-            "base_model": base_model or "",
-        },
+        "daemon": {"rounds": rounds, "site_index": index, "base_model": base_model or ""},
+        "gossip": {"round_timeout_s": round_timeout_s},
         "data": {"dataset": dataset, "n_sites": nodes},
         "train": {"steps_per_round": steps},
     }
@@ -141,11 +101,13 @@ def create_cluster(
     host: str = LOOPBACK,
     addresses: Sequence[str] | None = None,
     sections: Callable[[int], Sections],
+    settings: ConsortiumSettings | None = None,
 ) -> list[Path]:
     """Site folders DIR/site-XX and DIR/consortium.toml; returns the site folders.
 
     `addresses` gives each site its own IP (separate hosts); by default all use `host`
-    with a free port each. `sections(i)` gives site i's [daemon]/[data]/... tables.
+    with a free port each. `sections(i)` gives site i's [daemon]/[gossip]/[data]/...
+    tables; `settings` the consortium-wide gossip settings.
     """
     if nodes < 2:
         raise ConfigError("a cluster needs at least 2 nodes")
@@ -154,7 +116,8 @@ def create_cluster(
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / CONSORTIUM_FILE).exists():
         raise ClusterError(f"{directory} already holds a cluster; pick an empty folder")
-    sites, cards = [], []
+    sites: list[Path] = []
+    cards: list[Member] = []
     for i in range(nodes):
         name = site_name(i, nodes)
         site_dir = directory / name
@@ -170,10 +133,9 @@ def create_cluster(
             sections=sections(i),
         )
         sites.append(site_dir)
-        cards.append(site_dir / "card.toml")
-    build_consortium(
-        cards, out=directory / CONSORTIUM_FILE, topology=topology, degree=degree, seed=seed
-    )
+        cards.append(load_card(site_dir / CARD_FILE))
+    roster = build_consortium(cards, topology=topology, degree=degree, seed=seed, settings=settings)
+    save_roster(roster, directory / CONSORTIUM_FILE)
     write_cluster_file(directory, sites=sites, pids={}, topology=topology)
     return sites
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from gossipmed.errors import ConfigError, RosterError
+from gossipmed.errors import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -18,7 +17,8 @@ def register(sub: Any) -> None:
         help="build, show or revoke members of the consortium roster",
         description=(
             "The consortium file lists every member site (name, peer ID, public keys, "
-            "addresses) and the gossip edges between them. Its content hash travels in every "
+            "addresses), the gossip edges between them and the gossip settings every site "
+            "must share (exchanges per round, mixing weights). Its content hash travels in every "
             "update envelope: sites only accept updates made under the very same roster, so "
             "after any change (e.g. a revocation) every site needs the new file."
         ),
@@ -45,6 +45,18 @@ def register(sub: Any) -> None:
     b.add_argument("--seed", type=int, default=0, help="seed for random graphs (default 0)")
     b.add_argument(
         "--graph-file", type=Path, help="for --topology file: graph whose nodes are site names"
+    )
+    from topology.mixing import RULES as MIXING_RULES
+
+    b.add_argument(
+        "--gossip-steps",
+        type=int,
+        help="exchanges per round every site uses (default 0: auto from the graph's lambda2)",
+    )
+    b.add_argument(
+        "--mixing",
+        choices=MIXING_RULES,
+        help="how mixing weights follow from the graph (default metropolis-hastings)",
     )
     b.add_argument("--out", type=Path, required=True, help="roster file to write")
     b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -85,47 +97,37 @@ def _summary(roster: Any, path: Path) -> dict[str, Any]:
         "members": len(roster.members),
         "active": len(roster.active_names),
         "edges": len(roster.edges),
+        "gossip": roster.settings.to_mapping(),
         "warnings": roster.warnings(),
     }
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from gossipmed.roster import Roster, load_card, save_roster
-    from topology.graphs import build_graph
+    from gossipmed.consortium_settings import ConsortiumSettings
+    from gossipmed.consortium_setup import build_consortium
+    from gossipmed.roster import load_card, save_roster
 
     if args.out.exists() and not args.force:
         raise ConfigError(f"{args.out} exists (use --force to replace it)")
-    cards = sorted((load_card(path) for path in args.cards), key=lambda c: c.name)
-    names = [c.name for c in cards]
-    if len(set(names)) != len(names):
-        raise RosterError("two cards have the same site name")
-    if args.topology == "file":
-        if args.graph_file is None:
-            raise ConfigError("--topology file needs --graph-file")
-        graph = build_graph("file", path=args.graph_file)
-        node_names = {str(n) for n in graph.nodes}
-        if node_names != set(names):
-            raise RosterError(
-                f"graph nodes {sorted(node_names)} are not the card names {sorted(names)}"
-            )
-        edges = [(str(a), str(b)) for a, b in graph.edges]
-    else:
-        graph = build_graph(
-            args.topology, nodes=len(cards), degree=args.degree, p=args.p, seed=args.seed
-        )
-        edges = [(names[a], names[b]) for a, b in graph.edges]
-    created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    roster = Roster(
-        members=tuple(cards), edges=tuple(edges), topology=args.topology, created=created
+    settings = ConsortiumSettings(
+        gossip_steps=args.gossip_steps if args.gossip_steps is not None else 0,
+        mixing=args.mixing or ConsortiumSettings().mixing,
     )
-    if roster.warnings():
-        raise RosterError("; ".join(roster.warnings()))
+    roster = build_consortium(
+        [load_card(path) for path in args.cards],
+        topology=args.topology,
+        degree=args.degree,
+        p=args.p,
+        seed=args.seed,
+        graph_file=args.graph_file,
+        settings=settings,
+    )
     save_roster(roster, args.out)
     if args.json:
         print(json.dumps(_summary(roster, args.out)))
     else:
         print(
-            f"wrote {args.out}: {len(cards)} members, {len(roster.edges)} edges "
+            f"wrote {args.out}: {len(roster.members)} members, {len(roster.edges)} edges "
             f"({args.topology}), hash {roster.hash_hex}"
         )
     return 0
@@ -144,6 +146,9 @@ def run_show(args: argparse.Namespace) -> int:
     console = Console()
     console.print(f"[bold]{args.file}[/bold]  topology {roster.topology}  created {roster.created}")
     console.print(f"hash {roster.hash_hex}")
+    gossip = roster.settings
+    steps = "auto" if gossip.gossip_steps == 0 else str(gossip.gossip_steps)
+    console.print(f"gossip: {steps} exchanges per round, {gossip.mixing} mixing weights")
     table = Table("name", "peer id", "status", "neighbours", "addrs")
     for m in roster.members:
         table.add_row(

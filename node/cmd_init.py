@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gossipmed.errors import ConfigError, IdentityError
+from gossipmed.errors import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -44,41 +44,19 @@ def _check_multiaddr(addr: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gossipmed.crypto import generate_identity, save_identity
-    from gossipmed.roster import Member
-    from gossipmed.site import CARD_FILE, DEFAULT_LISTEN, SITE_FILE, Site, SiteConfig
+    from gossipmed.consortium_setup import create_site
+    from gossipmed.site import CARD_FILE, DEFAULT_LISTEN
 
     listen = tuple(args.listen) if args.listen else DEFAULT_LISTEN
     for addr in listen:
         _check_multiaddr(addr)
-    config = SiteConfig(name=args.name, listen=listen)
-    site_dir: Path = args.site_dir
-    site = Site(directory=site_dir, config=config)
-    site_file, card_file = site_dir / SITE_FILE, site_dir / CARD_FILE
-    for path in (site_file, site.sign_key_path, site.box_key_path):
-        if path.exists():
-            raise IdentityError(
-                f"{path} already exists: refusing to overwrite a site identity "
-                "(peers trust its keys); pick another folder"
-            )
-    site_dir.mkdir(parents=True, exist_ok=True)
-    identity = generate_identity()
-    save_identity(identity, sign_key_path=site.sign_key_path, box_key_path=site.box_key_path)
-    with site_file.open("x", encoding="utf-8") as f:
-        f.write(config.to_toml())
-    card = Member(
-        name=config.name,
-        peer_id=identity.peer_id,
-        sign_key=identity.sign_key,
-        box_key=identity.box_key,
-        addrs=listen,
-    )
-    card_file.write_text(card.card_toml(), encoding="utf-8")
+    card = create_site(args.site_dir, name=args.name, listen=listen)
+    card_file = args.site_dir / CARD_FILE
     if args.json:
         doc = card.to_mapping()
         del doc["revoked"]
         print(json.dumps(doc))
     else:
-        print(f"# card of site {config.name!r} (also saved to {card_file})")
+        print(f"# card of site {card.name!r} (also saved to {card_file})")
         print(card.card_toml(), end="")
     return 0

@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-_KINDS_HELP = (
-    "ring, torus, complete, star, hypercube, random-regular, erdos-renyi, small-world, "
-    "exponential, one-peer-exponential, file"
-)
-
 
 def register(sub: Any) -> None:
+    from gossipmed.aggregate import RULES
+    from gossipmed.compression import ENCODERS
+    from gossipmed.drift import DRIFT
+    from node.attacks import ATTACKS
+    from topology.graphs import KINDS
+    from topology.mixing import RULES as MIXING_RULES
+
     p = sub.add_parser(
         "simulate",
         help="simulate a gossip consortium in one process",
@@ -30,13 +32,22 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, metavar="SIM.toml", help="config file (see docs)")
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
     g = p.add_argument_group("topology")
-    g.add_argument("--topology", metavar="KIND", help=f"one of: {_KINDS_HELP} (default ring)")
+    g.add_argument(
+        "--topology",
+        choices=KINDS,
+        metavar="KIND",
+        help=f"one of: {', '.join(KINDS)} (default ring)",
+    )
     g.add_argument("--nodes", type=int, help="number of sites (default 4)")
     g.add_argument("--degree", type=int, help="degree for random-regular / small-world")
     g.add_argument("--p", type=float, help="edge / rewiring probability")
     g.add_argument("--topology-file", metavar="GRAPH", help="graph file for --topology file")
-    g.add_argument("--mixing", help="metropolis-hastings (default) or best-constant")
-    g.add_argument("--aggregation", help="mixing rule over neighbour states (default weighted)")
+    g.add_argument(
+        "--mixing",
+        choices=MIXING_RULES,
+        help="how mixing weights follow from the graph ([consortium] mixing; default "
+        "metropolis-hastings)",
+    )
     d = p.add_argument_group("data and learning")
     d.add_argument(
         "--problem",
@@ -66,16 +77,21 @@ def register(sub: Any) -> None:
     d.add_argument(
         "--gossip-steps",
         type=int,
-        help="send-and-mix exchanges per round after training (default 0: auto, the fewest "
-        "that shrink disagreement to 0.2 x per round given the topology's lambda2; 1: classic "
-        "one exchange per round)",
+        help="send-and-mix exchanges per round after training ([consortium] gossip_steps; "
+        "default 0: auto, the fewest that shrink disagreement to 0.2 x per round given the "
+        "topology's lambda2; 1: classic one exchange per round)",
     )
     d.add_argument(
         "--no-train",
         action="store_true",
         help="gossip only, no local steps: measures pure consensus contraction",
     )
-    d.add_argument("--seed", type=int, help="seed for graph, data, init and faults")
+    d.add_argument(
+        "--seed",
+        type=int,
+        help="seed for graph, data, init, faults AND the simulated DP noise: a simulation is "
+        "reproducible on purpose; real sites (run, train) draw noise from the OS",
+    )
     dp = p.add_argument_group("differential privacy")
     dp.add_argument("--epsilon", type=float, help="per-site privacy budget (target epsilon)")
     dp.add_argument("--noise", type=float, help="noise multiplier (default: calibrated)")
@@ -86,20 +102,34 @@ def register(sub: Any) -> None:
     f.add_argument("--churn", type=float, help="probability a site is offline in a round")
     f.add_argument("--straggler-prob", type=float, help="probability a site is slow in a round")
     f.add_argument("--straggler-delay", type=float, help="a slow site's delay (simulated s)")
-    f.add_argument("--round-timeout", type=float, help="how long sites wait (simulated s)")
-    r = p.add_argument_group("robustness and compression")
-    r.add_argument(
-        "--attack",
-        choices=("none", "sign-flip", "scale", "noise", "label-flip"),
-        help="poisoning behaviour of the attacker sites (default none)",
+    f.add_argument(
+        "--round-timeout",
+        type=float,
+        help="how long sites wait for a neighbour ([gossip] round_timeout_s, simulated s)",
     )
-    r.add_argument("--attackers", type=int, help="number of attacker sites, chosen by --seed")
-    r.add_argument("--attack-scale", type=float, help="factor of --attack scale (default 10)")
+    r = p.add_argument_group("mixing rule, codec, drift ([gossip]) and attacks ([attack])")
+    r.add_argument(
+        "--aggregation",
+        choices=RULES.names(),
+        metavar="RULE",
+        help="mixing rule over neighbour states: "
+        + "; ".join(f"{n}: {s.summary}" for n, s in RULES.items())
+        + " (default weighted)",
+    )
+    r.add_argument(
+        "--rule-param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a parameter of the mixing rule, repeatable (e.g. min_cosine=0.1, trim=0.2, "
+        "radius=1.5)",
+    )
     r.add_argument(
         "--codec",
-        choices=("raw", "fp16", "bf16", "int8", "topk"),
-        help="update encoding on the wire (default raw); topk sends sparse deltas with "
-        "error feedback",
+        choices=ENCODERS.names(),
+        metavar="CODEC",
+        help="update encoding on the wire: "
+        + "; ".join(f"{n}: {s.summary}" for n, s in ENCODERS.items())
+        + " (default raw)",
     )
     r.add_argument("--topk-fraction", type=float, help="share of entries topk sends (0.01)")
     r.add_argument(
@@ -109,9 +139,18 @@ def register(sub: Any) -> None:
     )
     r.add_argument(
         "--drift",
-        choices=("none", "d2"),
-        help="non-IID drift correction (d2: D² exact-diffusion; default none)",
+        choices=DRIFT.names(),
+        help="non-IID drift correction: "
+        + "; ".join(f"{n}: {s.summary}" for n, s in DRIFT.items())
+        + " (default none)",
     )
+    r.add_argument(
+        "--attack",
+        choices=ATTACKS,
+        help="poisoning behaviour of the attacker sites (default none)",
+    )
+    r.add_argument("--attackers", type=int, help="number of attacker sites, chosen by --seed")
+    r.add_argument("--attack-scale", type=float, help="factor of --attack scale (default 10)")
     o = p.add_argument_group("output")
     o.add_argument(
         "--baselines",
@@ -138,30 +177,26 @@ def build_config(args: argparse.Namespace) -> Any:
             "degree": args.degree,
             "p": args.p,
             "topology_file": args.topology_file,
-            "mixing": args.mixing,
-            "aggregation": args.aggregation,
             "rounds": args.rounds,
             "eval_every": args.eval_every,
-            "gossip_steps": args.gossip_steps,
             "train": False if args.no_train else None,
             "baselines": True if args.baselines else None,
             "sealing": args.sealing,
             "problem": args.problem,
             "seed": seed,
-            "attack": args.attack,
+        },
+        "consortium": {"gossip_steps": args.gossip_steps, "mixing": args.mixing},
+        "gossip": {"round_timeout_s": args.round_timeout, "drift": args.drift},
+        "attack": {
+            "kind": args.attack,
             "attackers": args.attackers,
-            "attack_scale": args.attack_scale,
-            "codec": args.codec,
-            "topk_fraction": args.topk_fraction,
-            "codec_refresh_every": args.codec_refresh_every,
-            "drift": args.drift,
+            "scale": args.attack_scale,
         },
         "faults": {
             "drop_prob": args.drop,
             "offline_prob": args.churn,
             "straggler_prob": args.straggler_prob,
             "straggler_delay": args.straggler_delay,
-            "round_timeout": args.round_timeout,
         },
         "data": {
             "dataset": args.dataset,
@@ -189,15 +224,63 @@ def build_config(args: argparse.Namespace) -> Any:
         },
     }
     merged = merge_overrides(raw, overrides)
+    gossip = merged.setdefault("gossip", {})
+    rule_params = parse_params(args.rule_param or [], flag="--rule-param")
+    if args.aggregation is not None or rule_params:
+        gossip["aggregation"] = override_choice(
+            gossip.get("aggregation"), name=args.aggregation, params=rule_params, name_key="rule"
+        )
+    codec_params = {"fraction": args.topk_fraction, "refresh_every": args.codec_refresh_every}
+    codec_params = {k: v for k, v in codec_params.items() if v is not None}
+    if args.codec is not None or codec_params:
+        gossip["codec"] = override_choice(
+            gossip.get("codec"), name=args.codec, params=codec_params, name_key="name"
+        )
     if args.base_model is not None:
         merged["base_model"] = args.base_model
     config: SimConfig = sim_config_from_mapping(merged)
     return config
 
 
+def parse_params(items: list[str], *, flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; values read as TOML scalars (numbers, true/false, quoted strings)."""
+    import tomllib
+
+    from gossipmed.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def override_choice(
+    current: Any, *, name: str | None, params: dict[str, Any], name_key: str
+) -> dict[str, Any]:
+    """A component table from the config file's value with the flags' name and parameters
+    applied (a new name drops the old component's parameters)."""
+    if isinstance(current, dict):
+        table = dict(current)
+    elif isinstance(current, str):
+        table = {name_key: current}
+    else:
+        table = {}
+    if name is not None and table.get(name_key) != name:
+        table = {name_key: name}
+    table.setdefault(name_key, "weighted" if name_key == "rule" else "raw")
+    table.update(params)
+    return table
+
+
 def run(args: argparse.Namespace) -> int:
     from node.inspect_run import json_safe, print_summary
-    from node.simulate import run_simulation
+    from node.sim_run import run_simulation
 
     config = build_config(args)
     if args.json:

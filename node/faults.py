@@ -20,15 +20,14 @@ class FaultConfig:
     """Probabilities are per message (drop) or per site and round (offline, straggler).
 
     A straggler's messages arrive `straggler_delay` simulated seconds after the round starts;
-    when that exceeds `round_timeout`, recipients have already mixed without them, so the
-    envelopes arrive during the next round and are rejected as stale.
+    when that exceeds the sites' `[gossip] round_timeout_s`, recipients have already mixed
+    without them, so the envelopes arrive during the next round and are rejected as stale.
     """
 
     drop_prob: float = 0.0
     offline_prob: float = 0.0
     straggler_prob: float = 0.0
     straggler_delay: float = 0.0  # simulated seconds
-    round_timeout: float = 30.0  # simulated seconds a site waits for its neighbours
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -36,7 +35,7 @@ class FaultConfig:
             value = getattr(self, name)
             if not (0.0 <= value < 1.0):
                 raise ConfigError(f"faults.{name} must be in [0, 1), got {value}")
-        for name in ("straggler_delay", "round_timeout"):
+        for name in ("straggler_delay",):
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):
                 raise ConfigError(f"faults.{name} must be a finite number >= 0, got {value}")
@@ -49,8 +48,9 @@ class FaultConfig:
 class FaultInjector:
     """Answers "is this site offline / slow, is this message lost" deterministically."""
 
-    def __init__(self, config: FaultConfig) -> None:
+    def __init__(self, config: FaultConfig, *, round_timeout: float) -> None:
         self.config = config
+        self.round_timeout = round_timeout
 
     def _uniform(self, *key: object) -> float:
         digest = hashlib.blake2b(repr((self.config.seed, *key)).encode(), digest_size=8).digest()
@@ -71,4 +71,4 @@ class FaultInjector:
         return 0.0
 
     def late(self, round: int, sender: str) -> bool:
-        return self.delay(round, sender) > self.config.round_timeout
+        return self.delay(round, sender) > self.round_timeout

@@ -1,12 +1,15 @@
-"""Configuration of one `gossipmed simulate` run: topology, rounds, faults, and the learning
-config every simulated site shares (gossipmed.config.LearningConfig).
+"""Configuration of one `gossipmed simulate` run. TOML layout (every key optional; command-line
+flags override the file):
 
-TOML layout (every key optional; command-line flags override the file):
-
-    [sim]      topology, degree, p, topology_file, mixing, aggregation, rounds, eval_every,
-               gossip_steps, train, baselines, sealing, problem, seed,
-               codec, topk_fraction, codec_refresh_every, drift, attack, attackers, attack_scale
-    [faults]   drop_prob, offline_prob, straggler_prob, straggler_delay, round_timeout
+    [sim]         topology, degree, p, topology_file, rounds, eval_every, train, baselines,
+                  sealing, problem, seed
+    [consortium]  gossip_steps, mixing -- what a deployment keeps in its consortium file
+                  (gossipmed.consortium_settings)
+    [gossip]      aggregation, codec, drift, round_timeout_s, max_future_rounds -- each
+                  site's own choices, the same table as in a daemon's site.toml
+                  (node.gossip_config)
+    [attack]      kind, attackers, scale, noise_std -- simulator only (node.attacks)
+    [faults]      drop_prob, offline_prob, straggler_prob, straggler_delay
     [data] [adapter] [dp] [train]   as in gossipmed.config (data.n_sites = number of sites)
 """
 
@@ -20,19 +23,46 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gossipmed.aggregate import RULES as AGGREGATION_RULES
 from gossipmed.config import LearningConfig, learning_config_from_mapping, section_from_mapping
+from gossipmed.consortium_settings import ConsortiumSettings
 from gossipmed.errors import ConfigError
+from gossipmed.toml_writer import toml_document
+from node.attacks import AttackConfig
 from node.faults import FaultConfig
-from node.peer import MAX_GOSSIP_STEPS
-from node.peer_options import options_from_sim
+from node.gossip_config import GossipConfig, reject_moved_keys
 from topology.graphs import KINDS
-from topology.mixing import RULES as MIXING_RULES
 
 SEALING_MODES = ("envelope", "plaintext")
 PROBLEMS = ("lm", "quadratic")
 """lm: the clinical language model (gossipmed.train); quadratic: a synthetic per-site
 least-squares problem that runs in milliseconds, for topology and fault experiments."""
+
+SECTIONS = (
+    "sim",
+    "consortium",
+    "gossip",
+    "attack",
+    "faults",
+    "data",
+    "adapter",
+    "dp",
+    "train",
+    "base_model",
+)
+MOVED = {
+    ("sim", "mixing"): "[consortium] mixing",
+    ("sim", "gossip_steps"): "[consortium] gossip_steps",
+    ("sim", "aggregation"): "[gossip] aggregation",
+    ("sim", "codec"): "[gossip] codec",
+    ("sim", "topk_fraction"): '[gossip] codec = { name = "topk", fraction = ... }',
+    ("sim", "codec_refresh_every"): '[gossip] codec = { name = "topk", refresh_every = ... }',
+    ("sim", "drift"): "[gossip] drift",
+    ("sim", "attack"): "[attack] kind",
+    ("sim", "attackers"): "[attack] attackers",
+    ("sim", "attack_scale"): "[attack] scale",
+    ("faults", "round_timeout"): "[gossip] round_timeout_s",
+}
+"""Keys of the layout before [consortium]/[gossip]/[attack] existed: refused, with the new key."""
 
 
 @dataclass(frozen=True)
@@ -41,50 +71,35 @@ class SimSection:
     degree: int | None = None
     p: float | None = None
     topology_file: str | None = None
-    mixing: str = "metropolis-hastings"
-    aggregation: str = "weighted"
     rounds: int = 20
     eval_every: int = 1
-    gossip_steps: int = 0  # exchanges per round; 0: auto from lambda2 (node.peer)
     train: bool = True  # false: gossip only (measures pure consensus contraction)
     baselines: bool = False
     sealing: str = "envelope"
     problem: str = "lm"
     seed: int = 0
-    # issue #7 options (node.peer_options): defaults keep plain gossip
-    codec: str = "raw"
-    topk_fraction: float = 0.01
-    codec_refresh_every: int = 0
-    drift: str = "none"
-    attack: str = "none"
-    attackers: int = 0
-    attack_scale: float = 10.0
 
     def __post_init__(self) -> None:
         if self.topology not in KINDS:
             raise ConfigError(f"sim.topology must be one of {', '.join(KINDS)}")
-        if self.mixing not in MIXING_RULES:
-            raise ConfigError(f"sim.mixing must be one of {', '.join(MIXING_RULES)}")
-        if self.aggregation not in AGGREGATION_RULES:
-            raise ConfigError(f"sim.aggregation must be one of {', '.join(AGGREGATION_RULES)}")
         if not 1 <= self.rounds <= 100_000:
             raise ConfigError("sim.rounds must be in 1..100000")
         if self.eval_every < 1:
             raise ConfigError("sim.eval_every must be >= 1")
-        if not 0 <= self.gossip_steps <= MAX_GOSSIP_STEPS:
-            raise ConfigError(f"sim.gossip_steps must be 0 (auto) or 1..{MAX_GOSSIP_STEPS}")
         if self.sealing not in SEALING_MODES:
             raise ConfigError(f"sim.sealing must be one of {', '.join(SEALING_MODES)}")
         if self.problem not in PROBLEMS:
             raise ConfigError(f"sim.problem must be one of {', '.join(PROBLEMS)}")
         if self.p is not None and not (0.0 <= self.p <= 1.0 and math.isfinite(self.p)):
             raise ConfigError("sim.p must be in [0, 1]")
-        options_from_sim(self)  # validates codec, drift and attack fields
 
 
 @dataclass(frozen=True)
 class SimConfig:
     sim: SimSection = field(default_factory=SimSection)
+    consortium: ConsortiumSettings = field(default_factory=ConsortiumSettings)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
 
@@ -96,6 +111,9 @@ class SimConfig:
         """The resolved config as TOML-shaped tables (None values left out)."""
         out: dict[str, Any] = {
             "sim": _table(self.sim),
+            "consortium": self.consortium.to_mapping(),
+            "gossip": self.gossip.to_mapping(),
+            "attack": _table(self.attack),
             "faults": _table(self.faults),
             "data": _table(self.learning.data),
             "adapter": _table(self.learning.adapter),
@@ -112,11 +130,15 @@ def _table(obj: Any) -> dict[str, Any]:
 
 
 def sim_config_from_mapping(raw: Mapping[str, Any]) -> SimConfig:
-    unknown = sorted(set(raw) - {"sim", "faults", "data", "adapter", "dp", "train", "base_model"})
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown config sections: {', '.join(unknown)}")
+    reject_moved_keys(raw, MOVED)
     return SimConfig(
         sim=section_from_mapping(SimSection, raw.get("sim", {}), section="sim"),
+        consortium=ConsortiumSettings.from_mapping(raw.get("consortium", {}), where="[consortium]"),
+        gossip=GossipConfig.from_mapping(raw.get("gossip", {})),
+        attack=section_from_mapping(AttackConfig, raw.get("attack", {}), section="attack"),
         faults=section_from_mapping(FaultConfig, raw.get("faults", {}), section="faults"),
         learning=learning_config_from_mapping(raw),
     )
@@ -146,33 +168,8 @@ def merge_overrides(
 
 
 def to_toml(mapping: Mapping[str, Any]) -> str:
-    """Enough TOML for a resolved config: scalars, strings, lists of scalars, one table level."""
-    lines: list[str] = []
-    for key, value in mapping.items():
-        if not isinstance(value, Mapping):
-            lines.append(f"{key} = {_toml_value(value)}")
-    for key, value in mapping.items():
-        if isinstance(value, Mapping):
-            lines.append(f"\n[{key}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None)
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"cannot write {value} to TOML")
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {type(value).__name__} to TOML")
+    """The resolved config as a file `--config` reads back."""
+    return toml_document(mapping)
 
 
 def with_changes(config: SimConfig, **sim_changes: Any) -> SimConfig:

@@ -31,23 +31,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 NODES = 4
 
 
-def learning_sections(
-    *, index: int, base: str, rounds: int, steps: int, gossip_steps: int
-) -> dict[str, Any]:
+def learning_sections(*, index: int, base: str, rounds: int, steps: int) -> dict[str, Any]:
     return {
-        "daemon": {
-            "rounds": rounds,
-            "round_timeout_s": 120.0,
-            "site_index": index,
-            "base_model": base,
-            "gossip_steps": gossip_steps,
-        },
+        "daemon": {"rounds": rounds, "site_index": index, "base_model": base},
+        "gossip": {"round_timeout_s": 120.0},
         "data": {"dataset": "notes", "n_sites": NODES, "max_train_examples": 2000},
         "train": {"steps_per_round": steps},
     }
 
 
 def bench_cluster(*, base: str, rounds: int, steps: int, gossip_steps: int) -> dict[str, Any]:
+    from gossipmed.consortium_settings import ConsortiumSettings
     from gossipmed.metrics import METRICS_FILE, read_metrics
     from node.cluster import create_cluster, start_cluster
 
@@ -57,9 +51,8 @@ def bench_cluster(*, base: str, rounds: int, steps: int, gossip_steps: int) -> d
             directory,
             nodes=NODES,
             topology="ring",
-            sections=lambda i: learning_sections(
-                index=i, base=base, rounds=rounds, steps=steps, gossip_steps=gossip_steps
-            ),
+            sections=lambda i: learning_sections(index=i, base=base, rounds=rounds, steps=steps),
+            settings=ConsortiumSettings(gossip_steps=gossip_steps),
         )
         started = time.perf_counter()
         procs = start_cluster(directory)
@@ -97,6 +90,7 @@ def bench_cluster(*, base: str, rounds: int, steps: int, gossip_steps: int) -> d
 
 def bench_simulator(*, base: str, rounds: int, steps: int, gossip_steps: int) -> dict[str, Any]:
     from gossipmed.config import DataConfig, LearningConfig, TrainConfig
+    from gossipmed.consortium_settings import ConsortiumSettings
     from node.sim_config import SimConfig, SimSection
     from node.simulate import Simulation
 
@@ -105,8 +99,9 @@ def bench_simulator(*, base: str, rounds: int, steps: int, gossip_steps: int) ->
         train=dataclasses.replace(TrainConfig(), steps_per_round=steps),
         base_model=base,
     )
-    sim = SimSection(topology="ring", rounds=rounds, gossip_steps=gossip_steps)
-    config = SimConfig(sim=sim, learning=learning)
+    sim = SimSection(topology="ring", rounds=rounds)
+    consortium = ConsortiumSettings(gossip_steps=gossip_steps)
+    config = SimConfig(sim=sim, consortium=consortium, learning=learning)
     result = Simulation(config).run_gossip()
     return {"round_wall_s": round(result.wall_seconds / rounds, 3)}
 
@@ -157,7 +152,7 @@ def bench_update(*, size_mib: int, repeats: int) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 data = await trio.to_thread.run_sync(
                     lambda r=r: sealers["a"].seal(
-                        update_tensors=state, round=r, recipient="b", n_examples=1, epsilon=0.0
+                        update_tensors=state, round=r, recipient="b", epsilon=0.0
                     )
                 )
                 await tx.send("b", data)

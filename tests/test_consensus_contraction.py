@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from gossipmed.config import DataConfig, LearningConfig
-from node.peer import AUTO_GOSSIP_STEPS
+from gossipmed.consortium_settings import AUTO_GOSSIP_STEPS, ConsortiumSettings
 from node.sim_config import SimConfig, SimSection
-from node.simulate import run_simulation
+from node.sim_run import run_simulation
 from topology.spectral import AUTO_CONTRACTION, gossip_steps_for
 
 
@@ -56,12 +56,12 @@ def _run_without_training(
         sim=SimSection(
             topology=kind,
             rounds=rounds,
-            gossip_steps=gossip_steps,
             train=False,
             problem="quadratic",
             sealing="plaintext",
             seed=3,
         ),
+        consortium=ConsortiumSettings(gossip_steps=gossip_steps),
         learning=LearningConfig(data=DataConfig(n_sites=nodes, dataset="notes")),
     )
     return run_simulation(config, out_dir=tmp_path)

@@ -7,13 +7,14 @@ import pytest
 from gossipmed.config import DataConfig, LearningConfig
 from gossipmed.errors import ConfigError
 from node.faults import FaultConfig, FaultInjector
+from node.gossip_config import GossipConfig
 from node.sim_config import SimConfig, SimSection
-from node.simulate import run_simulation
+from node.sim_run import run_simulation
 
 
 def test_fault_decisions_are_reproducible_and_near_their_rates() -> None:
-    a = FaultInjector(FaultConfig(drop_prob=0.2, offline_prob=0.1, seed=7))
-    b = FaultInjector(FaultConfig(drop_prob=0.2, offline_prob=0.1, seed=7))
+    a = FaultInjector(FaultConfig(drop_prob=0.2, offline_prob=0.1, seed=7), round_timeout=30.0)
+    b = FaultInjector(FaultConfig(drop_prob=0.2, offline_prob=0.1, seed=7), round_timeout=30.0)
     drops = [a.dropped(r, "x", "y") for r in range(4000)]
     assert drops == [b.dropped(r, "x", "y") for r in range(4000)]
     assert sum(drops) / len(drops) == pytest.approx(0.2, abs=0.03)
@@ -28,9 +29,10 @@ def test_invalid_probabilities_are_config_errors() -> None:
         FaultConfig(straggler_delay=-1)
 
 
-def _config(**faults: float) -> SimConfig:
+def _config(*, round_timeout: float = 30.0, **faults: float) -> SimConfig:
     return SimConfig(
         sim=SimSection(topology="ring", rounds=60, train=False, problem="quadratic", seed=1),
+        gossip=GossipConfig(round_timeout_s=round_timeout),
         faults=FaultConfig(**faults),  # type: ignore[arg-type]
         learning=LearningConfig(data=DataConfig(n_sites=8, dataset="notes")),
     )

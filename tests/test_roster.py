@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from gossipmed.consortium_settings import ConsortiumSettings
 from gossipmed.crypto import derive_identity
 from gossipmed.errors import RosterError
 from gossipmed.roster import (
@@ -133,7 +135,7 @@ def test_unknown_roster_keys_and_versions_are_errors(tmp_path: Path) -> None:
     path.write_text("colour = 'blue'\n" + text)
     with pytest.raises(RosterError, match="unknown roster key"):
         load_roster(path)
-    path.write_text(text.replace("version = 1", "version = 2"))
+    path.write_text(text.replace("version = 2", "version = 3"))
     with pytest.raises(RosterError, match="unsupported roster version"):
         load_roster(path)
     path.write_text("not [valid toml")
@@ -164,3 +166,48 @@ def test_disconnecting_revocation_is_allowed_but_warned() -> None:
     split = r.revoke("b").revoke("d")
     assert split.components() == [["a"], ["c"]]
     assert any("disconnected" in w for w in split.warnings())
+
+
+def test_a_version_1_roster_loads_with_the_default_gossip_settings(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    save_roster(ring(), path)
+    text = path.read_text()
+    old = text.replace("version = 2", "version = 1").split("[gossip]")[0]
+    old += "\n" + text.split("[gossip]")[1].split("\n", 3)[3]  # members, without [gossip]
+    path.write_text(old)
+    loaded = load_roster(path)
+    assert loaded.settings == ConsortiumSettings() and loaded.members == ring().members
+    path.write_text(text.replace("version = 2", "version = 1"))
+    with pytest.raises(RosterError, match="version-1 roster has no \\[gossip\\]"):
+        load_roster(path)
+
+
+def test_the_shared_gossip_settings_enter_the_hash_and_the_file(tmp_path: Path) -> None:
+    """Sites configured differently must disagree on the hash, so they refuse each other."""
+    base = ring()
+    steps = dataclasses.replace(base, settings=ConsortiumSettings(gossip_steps=3))
+    weights = dataclasses.replace(base, settings=ConsortiumSettings(mixing="best-constant"))
+    assert len({base.hash, steps.hash, weights.hash}) == 3
+    path = tmp_path / "c.toml"
+    save_roster(steps, path)
+    assert load_roster(path).settings.gossip_steps == 3
+    assert load_roster(path).hash == steps.hash
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("gossip_steps = 65", "gossip_steps"),
+        ('mixing = "loud"', "mixing"),
+        ("colour = 1", "colour"),
+    ],
+)
+def test_bad_gossip_settings_are_roster_errors(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    save_roster(ring(), path)
+    text = path.read_text().replace("[gossip]\n", f"[gossip]\n{table}\n")
+    text = text.replace("gossip_steps = 0\n", "") if "gossip_steps" in table else text
+    text = text.replace('mixing = "metropolis-hastings"\n', "") if "mixing" in table else text
+    path.write_text(text)
+    with pytest.raises(RosterError, match=message):
+        load_roster(path)
