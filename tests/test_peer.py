@@ -8,22 +8,21 @@ import pytest
 import torch
 
 from gossipmed.checkpoint import load_state
+from gossipmed.consortium_settings import AUTO_GOSSIP_STEPS, resolve_gossip_steps
 from gossipmed.errors import GossipmedError, PrivacyBudgetExceeded
 from gossipmed.learner import AdapterState, EvalStats, TrainStats
-from node.peer import (
-    AUTO_GOSSIP_STEPS,
-    ListAudit,
-    MixingSchedule,
-    Peer,
-    PlaintextSealer,
-    resolve_gossip_steps,
-)
+from gossipmed.plaintext import PlaintextSealer
+from node.audit_sinks import ListAudit
+from node.peer import Peer
 from node.simulate import build_sealers
 from topology.mixing import mixing_matrix
+from topology.schedule import MixingSchedule
 
 
 class StepLearner:
     """State w; a training round adds `step` to every entry; budget after `budget` rounds."""
+
+    ledger = None
 
     def __init__(self, value: float, *, step: float = 0.0, budget: int = 1000) -> None:
         self.w = torch.full((2, 3), value)
@@ -48,6 +47,9 @@ class StepLearner:
 
     def evaluate(self) -> EvalStats:
         return EvalStats(loss=float(self.w.mean()), accuracy=0.5)
+
+    def state_dict(self) -> None:
+        return None
 
 
 def _peers(graph: nx.Graph, *, sealing: str = "plaintext", **kwargs: object) -> dict[str, Peer]:
@@ -111,7 +113,6 @@ def test_bad_stale_duplicate_and_foreign_envelopes_are_audited_not_raised() -> N
         update_tensors={"w": torch.zeros(2, 3)},
         round=1,
         recipient="site-00",
-        n_examples=1,
         epsilon=0.0,
     )
     assert not a.receive(stranger)  # site-02 is not a neighbour of site-00
@@ -130,7 +131,6 @@ def test_early_envelopes_are_buffered_far_future_ones_refused() -> None:
         update_tensors={"w": torch.zeros(2, 3)},
         round=5,
         recipient="site-01",
-        n_examples=1,
         epsilon=0.0,
     )
     assert not b.receive(far)
@@ -142,7 +142,6 @@ def test_wrong_schema_is_rejected() -> None:
         update_tensors={"w": torch.zeros(3, 2)},
         round=0,
         recipient="site-01",
-        n_examples=1,
         epsilon=0.0,
     )
     assert not peers["site-01"].receive(bad)
@@ -276,8 +275,6 @@ def test_an_envelope_landing_while_its_exchange_is_mixed_is_refused_as_stale(
 ) -> None:
     """The receive pump runs in another thread than the mix: an envelope must be either mixed
     or refused, never accepted and then dropped."""
-    import node.peer as peer_module
-
     audit = ListAudit()
     peers = _peers(nx.path_graph(2), train=False, gossip_steps=gossip_steps, audit=audit)
     a, b = peers["site-00"], peers["site-01"]
@@ -285,14 +282,14 @@ def test_an_envelope_landing_while_its_exchange_is_mixed_is_refused_as_stale(
     b.train(0)
     late = b.seal_outgoing(0, 0)["site-00"]
     a.seal_outgoing(0, 0)
-    real_mix = peer_module.mix
+    real_mix = a.aggregator.mix
     outcome = []
 
     def mix_with_an_arrival(**kwargs: object) -> AdapterState:
         outcome.append(a.receive(late))
         return real_mix(**kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(peer_module, "mix", mix_with_an_arrival)
+    monkeypatch.setattr(a.aggregator, "mix", mix_with_an_arrival)
     if gossip_steps > 1:
         a.mix_step(0, 0)
     else:

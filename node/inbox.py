@@ -1,0 +1,107 @@
+"""What a site has heard: neighbours' updates buffered by exchange, and how far each got.
+
+Admission rules, in order, for an update that already passed the sealer's checks (membership,
+signature, freshness, schema):
+    stale            its exchange was already mixed (or is older)
+    not_a_neighbour  the sender has no edge to this site in that round's graph
+    too_early        more than `max_future_rounds` rounds ahead of this site
+    duplicate        this sender's update for that exchange is already buffered
+
+Progress (what round each neighbour is at) is learnt only from updates that passed the
+sealer's checks AND come from a graph neighbour -- including ones too far ahead to buffer,
+or a restarted site could never rejoin. A member with no edge to us cannot move our round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from gossipmed.errors import GossipmedError
+
+
+class Refused(GossipmedError):
+    """An authentic update this site does not take now (the reason names the rule)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class NeighbourStats:
+    last_heard: float | None = None  # wall-clock time of the last authentic update
+    last_round: int | None = None  # highest round of an authentic update
+    accepted: int = 0
+
+
+@dataclass
+class ExchangeBuffer:
+    states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    bytes_received: int = 0
+
+
+class Inbox:
+    """Not thread-safe by itself: the peer calls it under its own lock."""
+
+    def __init__(self, *, max_future_rounds: int, wall_clock: Callable[[], float] = time.time):
+        self.max_future_rounds = max_future_rounds
+        self._wall_clock = wall_clock
+        self._buffers: dict[tuple[int, int], ExchangeBuffer] = {}
+        self.neighbours: dict[str, NeighbourStats] = {}
+
+    def check(
+        self,
+        *,
+        sender: str,
+        exchange: tuple[int, int],
+        open_exchange: tuple[int, int],
+        current_round: int,
+        is_neighbour: bool,
+    ) -> None:
+        """Raise Refused unless the update may be buffered; learn progress either way."""
+        if exchange < open_exchange:
+            raise Refused("stale")
+        if not is_neighbour:
+            raise Refused("not_a_neighbour")
+        self._saw(sender, exchange[0])
+        if exchange[0] > current_round + self.max_future_rounds:
+            raise Refused("too_early")
+        buffer = self._buffers.get(exchange)
+        if buffer is not None and sender in buffer.states:
+            raise Refused("duplicate")
+
+    def put(
+        self, *, sender: str, exchange: tuple[int, int], state: dict[str, torch.Tensor], size: int
+    ) -> None:
+        buffer = self._buffers.setdefault(exchange, ExchangeBuffer())
+        buffer.states[sender] = state
+        buffer.bytes_received += size
+        self.neighbours.setdefault(sender, NeighbourStats()).accepted += 1
+
+    def heard(self, exchange: tuple[int, int]) -> set[str]:
+        buffer = self._buffers.get(exchange)
+        return set(buffer.states) if buffer else set()
+
+    def take(self, exchange: tuple[int, int]) -> ExchangeBuffer:
+        return self._buffers.pop(exchange, ExchangeBuffer())
+
+    def drop_before(self, exchange: tuple[int, int]) -> None:
+        for old in [k for k in self._buffers if k < exchange]:
+            del self._buffers[old]
+
+    def furthest_round(self) -> int | None:
+        rounds = [s.last_round for s in self.neighbours.values() if s.last_round is not None]
+        return max(rounds) if rounds else None
+
+    def moved_past(self, sender: str, round: int) -> bool:
+        stats = self.neighbours.get(sender)
+        return stats is not None and stats.last_round is not None and stats.last_round > round
+
+    def _saw(self, sender: str, round: int) -> None:
+        stats = self.neighbours.setdefault(sender, NeighbourStats())
+        stats.last_heard = self._wall_clock()
+        stats.last_round = round if stats.last_round is None else max(stats.last_round, round)
