@@ -26,8 +26,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.daemon import configure_logging, run_daemon
     from node.daemon_config import load_daemon_settings
+    from node.daemon_process import configure_logging, run_daemon
 
     settings = load_daemon_settings(args.site)
     configure_logging(args.log_file, verbose=args.verbose)

@@ -29,6 +29,12 @@ def _age(ts: Any) -> str:
     return "never" if not isinstance(ts, int | float) else f"{time.time() - ts:.1f} s ago"
 
 
+def _component(table: dict[str, Any], name_key: str) -> str:
+    name = str(table.pop(name_key, "?"))
+    params = ", ".join(f"{k} {v}" for k, v in table.items())
+    return f"{name} ({params})" if params else name
+
+
 def print_status(status: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -50,12 +56,17 @@ def print_status(status: dict[str, Any]) -> None:
         f"{traffic.get('received', 0) / 1e6:.2f} MB, rejected {status.get('rejected', 0)}, "
         f"listen {' '.join(status.get('listen') or [])}"
     )
-    options = status.get("options") or {}
-    if options or status.get("gossip_steps"):
+    gossip = status.get("gossip") or {}
+    if gossip or status.get("gossip_steps"):
+        codec = dict(gossip.get("codec") or {"name": "raw"})
+        rule = dict(gossip.get("aggregation") or {"rule": "weighted"})
         console.print(
             f"exchanges per round {status.get('gossip_steps', 1)}, codec "
-            f"{options.get('codec', 'raw')}, drift correction {options.get('drift', 'none')}"
+            f"{_component(codec, 'name')}, mixing rule {_component(rule, 'rule')}, drift "
+            f"correction {(gossip.get('drift') or {}).get('name', 'none')}"
         )
+        if status.get("restored"):
+            console.print(f"restored from the checkpoint: {', '.join(status['restored'])}")
     if status.get("resumed"):
         res = status["resumed"]
         console.print(f"resumed after round {res['round']} (epsilon {res['epsilon']:.3f})")

@@ -367,6 +367,14 @@ class Libp2pTransport:
         # unblock_peer lives on Swarm, not on the INetworkService interface.
         return self._host.get_network()
 
+    def connected(self, site: str) -> bool:
+        """Whether an open connection to `site` exists (status only; no I/O)."""
+        info = self._roster.by_site.get(site)
+        if info is None:
+            return False
+        conns = self._swarm().get_connections(ID.from_base58(info.peer_id))
+        return any(not c.is_closed for c in conns)
+
     def site_for_peer(self, peer_id: str) -> str | None:
         try:
             return self._roster.site_by_peer.get(ID.from_base58(peer_id))

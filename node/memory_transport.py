@@ -19,25 +19,28 @@ class MemoryNetwork:
 
     def __init__(self, *, inbox_size: int = DEFAULT_INBOX) -> None:
         self.inbox_size = inbox_size
-        self._inboxes: dict[str, trio.MemorySendChannel[bytes]] = {}
+        self._inboxes: dict[str, trio.MemorySendChannel[tuple[str, bytes]]] = {}
 
     def endpoint(self, name: str) -> MemoryTransport:
         if name in self._inboxes:
             raise TransportError(f"site {name!r} already has an endpoint")
-        send, receive = trio.open_memory_channel[bytes](self.inbox_size)
+        send, receive = trio.open_memory_channel[tuple[str, bytes]](self.inbox_size)
         self._inboxes[name] = send
         return MemoryTransport(name=name, network=self, inbox=receive)
 
-    def _deliver(self, recipient: str, data: bytes) -> None:
+    def _deliver(self, sender: str, recipient: str, data: bytes) -> None:
         channel = self._inboxes.get(recipient)
         if channel is None:
             raise TransportError(f"no site called {recipient!r} on this network")
         try:
-            channel.send_nowait(data)
+            channel.send_nowait((sender, data))
         except trio.WouldBlock:
             raise TransportError(f"inbox of {recipient!r} is full; message dropped") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise TransportError(f"site {recipient!r} has left the network") from None
+
+    def has(self, name: str) -> bool:
+        return name in self._inboxes
 
     def _leave(self, name: str) -> None:
         channel = self._inboxes.pop(name, None)
@@ -47,7 +50,11 @@ class MemoryNetwork:
 
 class MemoryTransport:
     def __init__(
-        self, *, name: str, network: MemoryNetwork, inbox: trio.MemoryReceiveChannel[bytes]
+        self,
+        *,
+        name: str,
+        network: MemoryNetwork,
+        inbox: trio.MemoryReceiveChannel[tuple[str, bytes]],
     ) -> None:
         self._name = name
         self._network = network
@@ -61,14 +68,20 @@ class MemoryTransport:
     async def send(self, recipient: str, data: bytes) -> None:
         if self._closed:
             raise TransportError(f"transport of {self._name!r} is closed")
-        self._network._deliver(recipient, bytes(data))
+        self._network._deliver(self._name, recipient, bytes(data))
         await trio.lowlevel.checkpoint()
 
-    async def receive(self) -> bytes:
+    async def receive_from(self) -> tuple[str, bytes]:
         try:
             return await self._inbox.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise TransportError(f"transport of {self._name!r} is closed") from None
+
+    async def receive(self) -> bytes:
+        return (await self.receive_from())[1]
+
+    def connected(self, site: str) -> bool:
+        return not self._closed and self._network.has(site)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -2,7 +2,9 @@
 
 Authenticity, confidentiality and freshness are the envelope's job (gossipmed.envelope), so a
 transport only has to deliver bytes best-effort; a lost message is handled by the round
-timeout, never by the transport retrying forever.
+timeout, never by the transport retrying forever. What the transport does vouch for is the
+*connection*: who is at the other end (libp2p: the Noise-authenticated peer ID), so it can
+refuse outsiders and non-neighbours before their bytes reach the envelope code.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ class Transport(Protocol):
         """
         ...
 
-    async def receive(self) -> bytes:
-        """Wait for the next inbound message from any sender (callers bound the wait)."""
+    async def receive_from(self) -> tuple[str, bytes]:
+        """The next inbound message and the site the connection belongs to (callers bound
+        the wait). Raises TransportError once the transport is closed."""
+        ...
+
+    def connected(self, site: str) -> bool:
+        """Whether an open connection to `site` exists (for status; no I/O)."""
         ...
 
     async def aclose(self) -> None:

@@ -83,7 +83,6 @@ async def attack(*, victim: Member, roster: Roster, mallory_identity: object) ->
             update_tensors={"x": torch.zeros(4)},
             round=1,
             recipient="site-00",
-            n_examples=1,
             epsilon=0.0,
         )
         outer = msgpack.unpackb(envelope, raw=False)

@@ -1,7 +1,8 @@
-"""The daemon takes the simulator's codec and drift options from site.toml's [daemon] table,
-wires them with the simulator's code, and checkpoints their state so a resume continues
-exactly. Daemons here solve the synthetic quadratic problem (no model, milliseconds a round)
-and run in this process: real libp2p transport on 127.0.0.1, real envelopes, real checkpoints.
+"""The daemon takes the simulator's codec and drift options from site.toml's [gossip] table
+(and the exchanges per round from the consortium file), composes them with the simulator's
+code, and checkpoints their state so a resume continues exactly. Daemons here solve the
+synthetic quadratic problem (no model, milliseconds a round) and run in this process: real
+libp2p transport on 127.0.0.1, real envelopes, real checkpoints.
 """
 
 from __future__ import annotations
@@ -17,40 +18,49 @@ import trio
 
 from gossipmed.audit import read_audit
 from gossipmed.checkpoint import META_FILE
+from gossipmed.compression import TopkEncoder
+from gossipmed.consortium_settings import AUTO_GOSSIP_STEPS, ConsortiumSettings
 from gossipmed.drift import D2Learner
-from gossipmed.error_feedback import FEEDBACK_FILE, CompressedSealer
 from gossipmed.errors import ConfigError
 from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
+from gossipmed.peer_state import component_file
 from node.cluster import LOOPBACK, create_cluster, free_port, init_site, write_site_toml
 from node.cmd_status import print_status
-from node.daemon import OPTION_STATE_KEY, SiteDaemon, resume_keyframes
+from node.daemon import SiteDaemon, resume_keyframes
 from node.daemon_config import STATE_DIR, load_daemon_settings
-from node.peer import AUTO_GOSSIP_STEPS
-from node.peer_options import DRIFT_FILE
+
+FEEDBACK_FILE = component_file("encoder")  # the top-k residual
+DRIFT_FILE = component_file("learner")  # D²'s memory
 
 ROUNDS = 4
 RUN_TIMEOUT_S = 60.0  # the whole in-process cluster, startup included
 
 
-def quadratic(i: int, *, rounds: int = ROUNDS, **options: Any) -> dict[str, dict[str, Any]]:
+def quadratic(
+    i: int,
+    *,
+    rounds: int = ROUNDS,
+    codec: str = "raw",
+    topk_fraction: float | None = None,
+    **gossip: Any,
+) -> dict[str, dict[str, Any]]:
+    topk = codec == "topk" and topk_fraction is not None
+    codec_table: Any = {"name": codec, "fraction": topk_fraction} if topk else codec
     return {
-        "daemon": {
-            "rounds": rounds,
-            "round_timeout_s": 20.0,
-            "site_index": i,
-            "problem": "quadratic",
-            "seed": 3,
-            **options,
-        },
+        "daemon": {"rounds": rounds, "site_index": i, "problem": "quadratic", "seed": 3},
+        "gossip": {"round_timeout_s": 20.0, "codec": codec_table, **gossip},
         "train": {"lr": 0.1},
     }
 
 
-def make_cluster(root: Path, *, nodes: int = 3, **options: Any) -> list[Path]:
+def make_cluster(
+    root: Path, *, nodes: int = 3, gossip_steps: int = AUTO_GOSSIP_STEPS, **options: Any
+) -> list[Path]:
     def sections(i: int) -> dict[str, dict[str, Any]]:
         return quadratic(i, **options)
 
-    return create_cluster(root, nodes=nodes, topology="ring", sections=sections)
+    settings = ConsortiumSettings(gossip_steps=gossip_steps)
+    return create_cluster(root, nodes=nodes, topology="ring", sections=sections, settings=settings)
 
 
 def run_in_process(sites: list[Path]) -> list[SiteDaemon]:
@@ -83,7 +93,9 @@ def total_bytes_sent(sites: list[Path]) -> int:
 # --- site.toml ------------------------------------------------------------------------------
 
 
-def site_with_daemon_table(root: Path, table: dict[str, Any]) -> Path:
+def site_with_tables(
+    root: Path, gossip: dict[str, Any], daemon: dict[str, Any] | None = None
+) -> Path:
     site = root / "site"
     listen = [f"/ip4/{LOOPBACK}/tcp/{free_port()}"]
     init_site(site, name="site", listen=listen)
@@ -92,46 +104,75 @@ def site_with_daemon_table(root: Path, table: dict[str, Any]) -> Path:
         name="site",
         listen=listen,
         consortium="consortium.toml",
-        sections={"daemon": {"problem": "quadratic", **table}},
+        sections={"daemon": {"problem": "quadratic", **(daemon or {})}, "gossip": gossip},
     )
     return site
 
 
+TOPK = {"name": "topk"}
+
+
 @pytest.mark.parametrize(
-    ("key", "value"),
+    ("key", "value", "named"),
     [
-        ("codec", "zip"),
-        ("drift", "x"),
-        ("topk_fraction", 0),
-        ("topk_fraction", 1.5),
-        ("topk_fraction", "all"),
-        ("codec_refresh_every", -1),
+        ("codec", "zip", "gossip.codec"),
+        ("drift", "x", "gossip.drift"),
+        ("codec", {**TOPK, "fraction": 0}, "fraction"),
+        ("codec", {**TOPK, "fraction": 1.5}, "fraction"),
+        ("codec", {**TOPK, "fraction": "all"}, "fraction"),
+        ("codec", {**TOPK, "refresh_every": -1}, "refresh_every"),
+        ("aggregation", {"rule": "cosine-clipped", "min_cosine": 2.0}, "min_cosine"),
+        ("aggregation", {"rule": "clipped", "min_cosine": 0.1}, "min_cosine"),
     ],
 )
 def test_a_bad_option_value_is_a_config_error_naming_the_key(
-    tmp_path: Path, key: str, value: Any
+    tmp_path: Path, key: str, value: Any, named: str
 ) -> None:
-    site = site_with_daemon_table(tmp_path, {key: value})
-    with pytest.raises(ConfigError, match=f"daemon\\.{key}"):
+    site = site_with_tables(tmp_path, {key: value})
+    with pytest.raises(ConfigError, match=f"gossip\\.{key}") as caught:
         load_daemon_settings(site)
+    assert named in str(caught.value)
 
 
-def test_unknown_daemon_keys_stay_errors(tmp_path: Path) -> None:
-    site = site_with_daemon_table(tmp_path, {"codecs": "int8"})
+def test_unknown_gossip_keys_stay_errors(tmp_path: Path) -> None:
+    site = site_with_tables(tmp_path, {"codecs": "int8"})
     with pytest.raises(ConfigError, match="unknown keys: codecs"):
         load_daemon_settings(site)
 
 
+@pytest.mark.parametrize(
+    ("key", "new"),
+    [("codec", "[gossip] codec"), ("gossip_steps", "consortium file"), ("aggregation", "[gossip]")],
+)
+def test_a_key_of_the_old_daemon_table_names_its_new_place(
+    tmp_path: Path, key: str, new: str
+) -> None:
+    site = site_with_tables(tmp_path, {}, daemon={key: "raw" if key != "gossip_steps" else 1})
+    with pytest.raises(ConfigError, match=f"\\[daemon\\] {key} has moved") as caught:
+        load_daemon_settings(site)
+    assert new in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_options_default_to_the_simulators_and_are_read_from_site_toml(tmp_path: Path) -> None:
-    plain = load_daemon_settings(site_with_daemon_table(tmp_path / "a", {}))
-    assert (plain.daemon.codec, plain.daemon.drift) == ("raw", "none")
-    assert (plain.daemon.topk_fraction, plain.daemon.codec_refresh_every) == (0.01, 0)
-    table = {"codec": "topk", "topk_fraction": 0.1, "codec_refresh_every": 5, "drift": "d2"}
-    chosen = load_daemon_settings(site_with_daemon_table(tmp_path / "b", table)).daemon
-    options = chosen.peer_options
-    assert (options.codec, options.topk_fraction) == ("topk", 0.1)
-    assert (options.codec_refresh_every, options.drift) == (5, "d2")
-    assert options.attack.kind == "none"  # attacks are a simulator-only option
+    from node.gossip_config import GossipConfig
+
+    plain = load_daemon_settings(site_with_tables(tmp_path / "a", {})).gossip
+    assert plain == GossipConfig()  # the simulator's defaults
+    assert (plain.codec.name, plain.drift.name, plain.aggregation.name) == (
+        "raw",
+        "none",
+        "weighted",
+    )
+    table = {
+        "codec": {"name": "topk", "fraction": 0.1, "refresh_every": 5},
+        "drift": "d2",
+        "aggregation": {"rule": "cosine-clipped", "min_cosine": 0.1},
+    }
+    chosen = load_daemon_settings(site_with_tables(tmp_path / "b", table)).gossip
+    assert (chosen.codec.name, chosen.codec.params.fraction) == ("topk", 0.1)
+    assert (chosen.codec.params.refresh_every, chosen.drift.name) == (5, "d2")
+    assert chosen.aggregation.params.min_cosine == 0.1
+    assert chosen.to_mapping()["aggregation"] == {"rule": "cosine-clipped", "min_cosine": 0.1}
 
 
 # --- clusters -------------------------------------------------------------------------------
@@ -146,7 +187,7 @@ def test_compressed_codecs_send_fewer_bytes_than_raw_on_a_real_cluster(tmp_path:
         daemons = run_in_process(sites)
         assert [len(records(s)) for s in sites] == [ROUNDS] * 3
         assert everyone_heard_everyone(sites), codec  # receivers decoded every envelope
-        assert all(d.status()["options"]["codec"] == codec for d in daemons)
+        assert all(d.status()["gossip"]["codec"]["name"] == codec for d in daemons)
         sent[codec] = total_bytes_sent(sites)
     assert sent["int8"] < sent["raw"] / 2
     assert sent["topk"] < sent["raw"] / 2
@@ -163,7 +204,8 @@ def test_a_d2_cluster_completes_its_rounds_and_checkpoints_the_drift_state(
     assert all(isinstance(d.peer.learner, D2Learner) for d in daemons)
     for s in sites:
         meta = json.loads((s / STATE_DIR / META_FILE).read_text())
-        assert set(meta[OPTION_STATE_KEY]) == {DRIFT_FILE}
+        assert set(meta["components"]) == {"learner"}  # D²'s memory, vouched by digest
+        assert (s / STATE_DIR / DRIFT_FILE).is_file()
 
 
 @pytest.mark.network
@@ -199,11 +241,12 @@ def test_a_dead_neighbour_costs_one_give_up_per_round_not_per_exchange(tmp_path:
     exchange, and every round still mixes the live neighbour three times."""
 
     def sections(i: int) -> dict[str, dict[str, Any]]:
-        s = quadratic(i, rounds=3, gossip_steps=3)
-        s["daemon"]["round_timeout_s"] = 1.5
+        s = quadratic(i, rounds=3)
+        s["gossip"]["round_timeout_s"] = 1.5
         return s
 
-    sites = create_cluster(tmp_path, nodes=3, topology="ring", sections=sections)
+    settings = ConsortiumSettings(gossip_steps=3)
+    sites = create_cluster(tmp_path, nodes=3, topology="ring", sections=sections, settings=settings)
     daemons = run_in_process(sites[:2])
     assert [d.state.failures for d in daemons] == [3, 3]
     for site in sites[:2]:
@@ -229,15 +272,23 @@ def lone_daemon() -> Iterator[Callable[[Path], SiteDaemon]]:
         d.metrics.close()
 
 
+def train_and_seal(daemon: SiteDaemon, r: int) -> dict[str, bytes]:
+    """What the daemon's round driver does before the first exchange of round r."""
+    daemon.peer.train(r)
+    envelopes = daemon.peer.seal_outgoing(r, 0)
+    daemon.mark_sealed(r, 0)
+    return envelopes
+
+
 def run_rounds(daemon: SiteDaemon, rounds: range) -> None:
     for r in rounds:
-        daemon._train_and_seal(r)
-        daemon._complete(r)
+        train_and_seal(daemon, r)
+        daemon.peer.complete_round(r)
 
 
-def sealer(daemon: SiteDaemon) -> CompressedSealer:
-    assert isinstance(daemon.peer.sealer, CompressedSealer)
-    return daemon.peer.sealer
+def encoder(daemon: SiteDaemon) -> TopkEncoder:
+    assert isinstance(daemon.peer.encoder, TopkEncoder)
+    return daemon.peer.encoder
 
 
 def same(a: dict[str, torch.Tensor] | None, b: dict[str, torch.Tensor] | None) -> bool:
@@ -255,17 +306,17 @@ def test_the_topk_residual_is_checkpointed_and_restored_on_restart(
 ) -> None:
     first = lone_daemon(topk_site)
     run_rounds(first, range(2))  # a keyframe, then a delta that leaves a residual behind
-    feedback = sealer(first).feedback
+    feedback = encoder(first).feedback
     assert feedback.residual_norm() > 0
     assert (topk_site / STATE_DIR / FEEDBACK_FILE).is_file()
 
     second = lone_daemon(topk_site)
-    restored = sealer(second).feedback
-    assert second.options_restored == [FEEDBACK_FILE]
+    restored = encoder(second).feedback
+    assert second.restored == ("encoder",)
     assert same(restored.residual, feedback.residual) and same(restored.last, feedback.last)
-    assert second.keyframes_due == 0  # nothing of round 2 left: the deltas go on
-    assert not sealer(second).is_keyframe(2)
-    assert second.status()["options"]["restored"] == [FEEDBACK_FILE]
+    assert encoder(second).keyframes_due == 0  # nothing of round 2 left: the deltas go on
+    assert not encoder(second).is_keyframe(2, 0)
+    assert second.status()["restored"] == ["encoder"]
 
 
 def test_a_resume_after_envelopes_of_its_round_left_sends_keyframes(
@@ -273,17 +324,17 @@ def test_a_resume_after_envelopes_of_its_round_left_sends_keyframes(
 ) -> None:
     first = lone_daemon(topk_site)
     run_rounds(first, range(2))
-    first._train_and_seal(2)  # sealed (and maybe sent) round 2, then killed before mixing
+    train_and_seal(first, 2)  # sealed (and maybe sent) round 2, then killed before mixing
 
     second = lone_daemon(topk_site)
     assert second.peer.round == 2
-    assert second.keyframes_due == resume_keyframes(second.peer.gossip_steps)
+    assert encoder(second).keyframes_due == resume_keyframes(second.peer.gossip_steps)
     for r in (2, 3):  # round 2 may be refused as a replay; round 3 is new to everyone
-        second._train_and_seal(r)
-        assert sealer(second).inner.codec == "raw", f"round {r} was not a keyframe"
-        second._complete(r)
-    second._train_and_seal(4)
-    assert sealer(second).inner.codec == "topk"
+        train_and_seal(second, r)
+        assert encoder(second).last_codec == "raw", f"round {r} was not a keyframe"
+        second.peer.complete_round(r)
+    train_and_seal(second, 4)
+    assert encoder(second).last_codec == "topk"
 
 
 def test_option_files_the_checkpoint_does_not_vouch_for_are_ignored(
@@ -298,8 +349,8 @@ def test_option_files_the_checkpoint_does_not_vouch_for_are_ignored(
     path.write_bytes(stale)  # as if a crash left the older file next to the newer metadata
 
     second = lone_daemon(topk_site)
-    assert second.options_restored == []
-    assert sealer(second).is_keyframe(3)  # a fresh residual: a keyframe, which owes nothing
+    assert second.restored == ()
+    assert encoder(second).is_keyframe(3, 0)  # a fresh residual: a keyframe, which owes nothing
 
 
 def test_a_resumed_topk_sender_continues_exactly_like_an_uninterrupted_one(
@@ -315,18 +366,18 @@ def test_a_resumed_topk_sender_continues_exactly_like_an_uninterrupted_one(
     after = lone_daemon(resumed)
     run_rounds(after, range(2, 4))
 
-    assert same(sealer(after).feedback.residual, sealer(uninterrupted).feedback.residual)
+    assert same(encoder(after).feedback.residual, encoder(uninterrupted).feedback.residual)
     assert same(after.learner.get_state(), uninterrupted.learner.get_state())
 
 
 def run_pair_rounds(a: SiteDaemon, b: SiteDaemon, rounds: range) -> None:
     """Two ring neighbours exchange envelopes by hand (the third site stays silent)."""
     for r in rounds:
-        from_a, from_b = a._train_and_seal(r), b._train_and_seal(r)
-        b._receive(from_a[b.name])
-        a._receive(from_b[a.name])
-        a._complete(r)
-        b._complete(r)
+        from_a, from_b = train_and_seal(a, r), train_and_seal(b, r)
+        assert b.peer.receive(from_a[b.name])
+        assert a.peer.receive(from_b[a.name])
+        a.peer.complete_round(r)
+        b.peer.complete_round(r)
 
 
 def test_a_resumed_d2_site_continues_exactly_and_would_not_without_its_drift_state(
@@ -345,7 +396,7 @@ def test_a_resumed_d2_site_continues_exactly_and_would_not_without_its_drift_sta
         if not keep_drift_state:
             (sites[0] / STATE_DIR / DRIFT_FILE).unlink()
         restarted = lone_daemon(sites[0])  # killed after round 1; its neighbour runs on
-        assert restarted.options_restored == ([DRIFT_FILE] if keep_drift_state else [])
+        assert restarted.restored == (("learner",) if keep_drift_state else ())
         run_pair_rounds(restarted, neighbour, range(2, 4))
         finals.append(restarted.learner.get_state())
 

@@ -10,10 +10,12 @@ import trio.testing
 from gossipmed.errors import TransportError
 from gossipmed.metrics import RoundRecord
 from node.memory_transport import MemoryNetwork
-from node.peer import MixingSchedule, Peer
+from node.peer import Peer
+from node.quadratic import QuadraticFactory
 from node.round_driver import RoundDriver, run_round
-from node.simulate import QuadraticFactory, build_sealers
+from node.simulate import build_sealers
 from topology.mixing import mixing_matrix
+from topology.schedule import MixingSchedule
 
 TIMEOUT = 10.0  # generous; rounds finish as soon as every neighbour is heard
 
