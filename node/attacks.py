@@ -27,6 +27,7 @@ import torch
 
 from gossipmed.errors import ConfigError
 from gossipmed.learner import AdapterState
+from gossipmed.update import Admit, Schema, Sealer, SealOne, Update
 
 ATTACKS = ("none", "sign-flip", "scale", "noise", "label-flip")
 MESSAGE_ATTACKS = frozenset({"sign-flip", "scale", "noise"})
@@ -34,6 +35,8 @@ MESSAGE_ATTACKS = frozenset({"sign-flip", "scale", "noise"})
 
 @dataclass(frozen=True)
 class AttackConfig:
+    """`[attack]` in sim.toml: which behaviour, how many attackers (chosen by the seed)."""
+
     kind: str = "none"
     attackers: int = 0
     scale: float = 10.0
@@ -41,15 +44,15 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ATTACKS:
-            raise ConfigError(f"attack must be one of {', '.join(ATTACKS)}")
+            raise ConfigError(f"attack.kind must be one of {', '.join(ATTACKS)}")
         if self.attackers < 0:
-            raise ConfigError("attackers must be >= 0")
+            raise ConfigError("attack.attackers must be an integer >= 0")
         if self.kind != "none" and self.attackers == 0:
-            raise ConfigError(f"attack {self.kind!r} needs attackers >= 1")
+            raise ConfigError(f"attack {self.kind!r} needs attack.attackers >= 1")
         if not math.isfinite(self.scale) or not math.isfinite(self.noise_std):
-            raise ConfigError("attack scale and noise_std must be finite")
+            raise ConfigError("attack.scale and attack.noise_std must be finite")
         if self.noise_std < 0:
-            raise ConfigError("attack noise_std must be >= 0")
+            raise ConfigError("attack.noise_std must be >= 0")
 
     @property
     def active(self) -> bool:
@@ -84,31 +87,45 @@ def poison_state(
     raise ConfigError(f"{kind!r} is not a message attack")
 
 
-class AttackingSealer:
+class AttackingSealer(SealOne):
     """Wraps a site's sealer so everything it sends is poisoned; receiving is untouched."""
 
-    def __init__(self, inner: Any, *, config: AttackConfig, seed: int) -> None:
+    def __init__(self, inner: Sealer, *, config: AttackConfig, seed: int) -> None:
         if config.kind not in MESSAGE_ATTACKS:
             raise ConfigError(f"{config.kind!r} is not a message attack")
         self.inner = inner
+        self.name = inner.name
         self.config = config
         self.generator = torch.Generator().manual_seed(seed)
 
-    def seal_many(self, *, update_tensors: Mapping[str, torch.Tensor], **kw: Any) -> Any:
+    def seal_many(
+        self,
+        *,
+        update_tensors: Mapping[str, torch.Tensor],
+        round: int,
+        step: int,
+        recipients: Sequence[str],
+        epsilon: float,
+        codec: str = "raw",
+    ) -> dict[str, bytes]:
         bad = poison_state(update_tensors, config=self.config, generator=self.generator)
-        seal_many = getattr(self.inner, "seal_many", None)
-        if callable(seal_many):
-            return seal_many(update_tensors=bad, **kw)
-        recipients = kw.pop("recipients")
-        return {r: self.inner.seal(update_tensors=bad, recipient=r, **kw) for r in recipients}
+        return self.inner.seal_many(
+            update_tensors=bad,
+            round=round,
+            step=step,
+            recipients=recipients,
+            epsilon=epsilon,
+            codec=codec,
+        )
 
-    def seal(self, *, update_tensors: Mapping[str, torch.Tensor], **kw: Any) -> bytes:
-        bad = poison_state(update_tensors, config=self.config, generator=self.generator)
-        data: bytes = self.inner.seal(update_tensors=bad, **kw)
-        return data
+    def open(self, data: bytes, *, expected_schema: Schema, admit: Admit | None = None) -> Update:
+        return self.inner.open(data, expected_schema=expected_schema, admit=admit)
 
-    def open(self, data: bytes, *, expected_schema: Any) -> Any:
-        return self.inner.open(data, expected_schema=expected_schema)
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any], *, schema: Schema) -> None:
+        self.inner.load_state_dict(state, schema=schema)
 
 
 # --- label flipping ----------------------------------------------------------------------
@@ -120,9 +137,7 @@ def flip_labels(learner: Any) -> None:
     Works for gossipmed.train.SiteLearner with labelled data and loss on the label (the
     candidate grid of its eval set gives every label's token sequence) and for the
     simulator's QuadraticLearner (its target is negated); a learner with its own
-    `flip_labels()` method does it itself. Wrappers (gossipmed.drift) are looked through."""
-    while "inner" in vars(learner):  # poison the wrapped learner, not the wrapper
-        learner = vars(learner)["inner"]
+    `flip_labels()` method does it itself. Call it before any wrapper (drift) is applied."""
     own = getattr(learner, "flip_labels", None)
     if callable(own):
         own()
@@ -163,21 +178,14 @@ def flip_labels(learner: Any) -> None:
     )
 
 
-def apply_attack(
-    *,
-    sealers: dict[str, Any],
-    learners: dict[str, Any],
-    config: AttackConfig,
-    seed: int,
-) -> list[str]:
-    """Turn the chosen sites into attackers (sealers wrapped / learners poisoned, in place);
-    returns their names."""
-    if not config.active:
-        return []
-    chosen = choose_attackers(sorted(sealers), count=config.attackers, seed=seed)
-    for index, name in enumerate(chosen):
-        if config.kind == "label-flip":
-            flip_labels(learners[name])
-        else:
-            sealers[name] = AttackingSealer(sealers[name], config=config, seed=seed + index)
-    return chosen
+def attack_sealer(sealer: Sealer, *, config: AttackConfig, index: int, seed: int) -> Sealer:
+    """The sealer an attacker sends through (message attacks; others send honestly)."""
+    if config.kind in MESSAGE_ATTACKS:
+        return AttackingSealer(sealer, config=config, seed=seed + index)
+    return sealer
+
+
+def attack_learner(learner: Any, *, config: AttackConfig) -> None:
+    """Poison an attacker's learner before it is wrapped or used (data attacks)."""
+    if config.kind == "label-flip":
+        flip_labels(learner)

@@ -268,8 +268,12 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         codec = robust["codec"]
         if robust.get("topk_fraction") is not None:
             codec += f" ({robust['topk_fraction']:.3g} of entries, error feedback)"
+        rule = robust["aggregation"]
+        params = robust.get("aggregation_params") or {}
+        if params:
+            rule += " (" + ", ".join(f"{k} {v}" for k, v in params.items()) + ")"
         console.print(
-            f"attack: {attack}; mixing rule: {robust['aggregation']}; codec: {codec}; "
+            f"attack: {attack}; mixing rule: {rule}; codec: {codec}; "
             f"drift correction: {robust['drift']}; honest sites' accuracy: "
             f"{_fmt(robust.get('honest_accuracy_mean'))}"
         )

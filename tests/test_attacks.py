@@ -11,16 +11,15 @@ import torch
 from gossipmed.data import EncodedSet
 from gossipmed.drift import D2Learner
 from gossipmed.errors import ConfigError
+from gossipmed.plaintext import PlaintextSealer
 from node.attacks import (
     AttackConfig,
     AttackingSealer,
-    apply_attack,
     choose_attackers,
     flip_labels,
     poison_state,
 )
-from node.peer import PlaintextSealer
-from node.simulate import QuadraticLearner
+from node.quadratic import QuadraticLearner
 
 NAMES = [f"site-{i:02d}" for i in range(16)]
 
@@ -63,7 +62,7 @@ def test_an_attacking_sealer_poisons_what_it_sends_and_nothing_else() -> None:
     bad = AttackingSealer(PlaintextSealer(identity="a"), config=cfg, seed=0)
     honest = PlaintextSealer(identity="b")
     state = {"x": torch.tensor([1.0, 2.0])}
-    out = bad.seal_many(update_tensors=state, round=0, recipients=["b"], n_examples=1, epsilon=0.0)
+    out = bad.seal_many(update_tensors=state, round=0, step=0, recipients=["b"], epsilon=0.0)
     got = honest.open(out["b"], expected_schema={"x": ("float32", (2,))})
     assert got.tensors["x"].tolist() == [3.0, 6.0]
     assert state["x"].tolist() == [1.0, 2.0]  # the attacker's own state is untouched
@@ -71,18 +70,26 @@ def test_an_attacking_sealer_poisons_what_it_sends_and_nothing_else() -> None:
         AttackingSealer(honest, config=AttackConfig(kind="label-flip", attackers=1), seed=0)
 
 
-def test_apply_attack_wraps_only_the_chosen_sites() -> None:
-    sealers = {n: PlaintextSealer(identity=n) for n in NAMES}
-    chosen = apply_attack(
-        sealers=sealers,
-        learners={},
-        config=AttackConfig(kind="sign-flip", attackers=2),
-        seed=3,
-    )
+def _quadratic_simulation(**sections: dict[str, object]) -> Any:
+    from node.sim_config import sim_config_from_mapping
+    from node.simulate import Simulation
+
+    raw: dict[str, Any] = {
+        "sim": {"problem": "quadratic", "rounds": 1, "seed": 3},
+        "data": {"n_sites": 16},
+        **sections,
+    }
+    return Simulation(sim_config_from_mapping(raw))
+
+
+def test_the_simulator_wraps_only_the_chosen_sites() -> None:
+    simulation = _quadratic_simulation(attack={"kind": "sign-flip", "attackers": 2})
+    chosen = simulation.attackers
     assert chosen == choose_attackers(NAMES, count=2, seed=3)
-    wrapped = {n for n, s in sealers.items() if isinstance(s, AttackingSealer)}
+    peers = simulation.build_peers()
+    wrapped = {n for n, p in peers.items() if isinstance(p.sealer, AttackingSealer)}
     assert wrapped == set(chosen)
-    assert apply_attack(sealers=sealers, learners={}, config=AttackConfig(), seed=0) == []
+    assert _quadratic_simulation().attackers == []
 
 
 def test_label_flip_on_the_quadratic_problem_negates_the_target() -> None:
@@ -97,11 +104,20 @@ def test_label_flip_on_the_quadratic_problem_negates_the_target() -> None:
 
 
 def test_label_flip_poisons_the_learner_inside_a_drift_wrapper() -> None:
-    inner = QuadraticLearner(
-        start=torch.zeros(1), target=torch.ones(1), consensus_target=torch.ones(1), lr=0.5
+    simulation = _quadratic_simulation(
+        attack={"kind": "label-flip", "attackers": 1}, gossip={"drift": "d2"}
     )
-    flip_labels(D2Learner(inner))
-    assert inner.target.tolist() == [-1.0]
+    (attacker,) = simulation.attackers
+    peers = simulation.build_peers()
+    honest = next(n for n in peers if n != attacker)
+    for name, flipped in ((attacker, True), (honest, False)):
+        learner = peers[name].learner
+        assert isinstance(learner, D2Learner)
+        inner = learner.inner
+        assert isinstance(inner, QuadraticLearner)
+        index = simulation.names.index(name)
+        target = simulation.factory.targets[index]  # type: ignore[attr-defined]
+        assert torch.equal(inner.target, -target if flipped else target)
 
 
 def test_label_flip_rewrites_each_training_target_to_the_next_label() -> None:
@@ -145,10 +161,13 @@ def _simulate(**sim: object) -> tuple[float, list[str]]:
 def _simulation(**sim: object) -> tuple[float, list[str], Any]:
     """One exchange per round unless `sim` says otherwise: an attacker gets one pull per
     exchange, so these are the rules' claims at one exchange (BENCHMARKS.md 1d has more)."""
-    from node.peer_options import options_from_sim, robustness_summary
     from node.sim_config import sim_config_from_mapping
+    from node.sim_run import robustness_summary
     from node.simulate import Simulation
 
+    attack = {k: sim.pop(k) for k in ("attack", "attackers") if k in sim}
+    consortium = {"gossip_steps": sim.pop("gossip_steps", 1)}
+    gossip = {"aggregation": sim.pop("aggregation")} if "aggregation" in sim else {}
     config = sim_config_from_mapping(
         {
             "sim": {
@@ -157,8 +176,13 @@ def _simulation(**sim: object) -> tuple[float, list[str], Any]:
                 "degree": 4,
                 "rounds": 30,
                 "seed": 0,
-                "gossip_steps": 1,
                 **sim,
+            },
+            "consortium": consortium,
+            "gossip": gossip,
+            "attack": {
+                "kind": attack.get("attack", "none"),
+                "attackers": attack.get("attackers", 0),
             },
             "data": {"n_sites": 16},
             "train": {"lr": 0.1, "steps_per_round": 5},
@@ -166,12 +190,7 @@ def _simulation(**sim: object) -> tuple[float, list[str], Any]:
     )
     simulation = Simulation(config)
     result = simulation.run_gossip()
-    summary = robustness_summary(
-        options=options_from_sim(config.sim),
-        aggregation=config.sim.aggregation,
-        attackers=simulation.attackers,
-        records=result.records,
-    )
+    summary = robustness_summary(config, attackers=simulation.attackers, records=result.records)
     return float(summary["honest_accuracy_mean"]), simulation.attackers, simulation
 
 
