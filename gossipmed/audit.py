@@ -3,7 +3,8 @@
 Operators need to see *why* a neighbour's updates are dropped (stale roster, clock skew, a
 revoked peer still sending) without a debugger, and a security review needs a record of
 every refusal. Lines are flushed but not fsynced: losing the last few lines in a power cut
-is acceptable, slowing every round down is not.
+is acceptable, slowing every round down is not. The file is 0600 (it names peers and when
+they spoke): created so, and tightened on the next record if an older version left it wider.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from gossipmed.files import open_private, private_dir
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
@@ -37,7 +40,7 @@ class AuditLog:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self._clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
 
     def record(
         self,
@@ -63,7 +66,7 @@ class AuditLog:
             "bytes": size,
         }
         line = json.dumps(entry, ensure_ascii=True, allow_nan=False) + "\n"
-        with self.path.open("a", encoding="ascii") as f:
+        with open_private(self.path, "a", encoding="ascii") as f:
             f.write(line)
             f.flush()
         return entry

@@ -1,7 +1,8 @@
 """Atomic checkpoint writes: temp file in the same directory, fsync, rename, fsync the dir.
 
 A site that dies mid-write must find either the old checkpoint or the new one on restart,
-never half of one; rename within one directory is atomic on POSIX.
+never half of one; rename within one directory is atomic on POSIX. Files are 0600 and the
+folders made for them 0700 (gossipmed.files): a checkpoint is derived from patient records.
 """
 
 from __future__ import annotations
@@ -16,16 +17,23 @@ from typing import Any
 import torch
 
 from gossipmed.errors import CheckpointError
+from gossipmed.files import PRIVATE_FILE_MODE, private_dir
 
 STATE_FILE = "state.safetensors"
 META_FILE = "checkpoint.json"
 CHECKPOINT_VERSION = 1
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so readers see the old or the new file, nothing between."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Replace `path` with `data` so readers see the old or the new file, nothing between.
+
+    The temporary file is created 0600 (mkstemp) and only then given `mode`, so a wider
+    `mode` never exposes a half-written file; missing folders are created 0700."""
+    try:
+        private_dir(path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -61,9 +69,14 @@ def _fsync_dir(directory: Path) -> None:
 
 def save_state(directory: Path, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     """Write a state (safetensors, never pickle) and its metadata; metadata goes last, so a
-    checkpoint.json always describes a complete state file."""
+    checkpoint.json always describes a complete state file. `directory` is the site's own,
+    so an existing one is tightened to 0700."""
     from safetensors.torch import save
 
+    try:
+        private_dir(directory, tighten=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot use {directory}: {exc.strerror or exc}") from exc
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     atomic_write_bytes(directory / STATE_FILE, save(tensors))
     atomic_write_json(directory / META_FILE, {"v": CHECKPOINT_VERSION, **meta})

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from gossipmed.errors import PrivacyBudgetExceeded, PrivacyError
+from gossipmed.files import PRIVATE_FILE_MODE, private_dir
 from gossipmed.privacy import HistoryEntry, epsilon_of
 
 LEDGER_VERSION = 1
@@ -96,12 +97,14 @@ class PrivacyLedger:
         }
 
     def save(self, path: str | Path) -> None:
-        """Atomic write (temp file + fsync + rename): a crash leaves the old or the new ledger."""
+        """Atomic write (temp file + fsync + rename): a crash leaves the old or the new ledger.
+        The file is 0600 (mkstemp's mode, made explicit) in a folder created 0700."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ledger-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
+                os.fchmod(fh.fileno(), PRIVATE_FILE_MODE)
                 json.dump(self.to_json(), fh, indent=1)
                 fh.flush()
                 os.fsync(fh.fileno())
