@@ -213,13 +213,22 @@ class Contributor:
             )
             seeds.append((seed, self.name < other))  # +PRG if I sort after the other, else -
         assert self._encoded is not None
-        masked, self._encoded = self._encoded, None
-        pr.apply_mask(masked, pr.self_seed(inst, name=self.name, b=self._b))
-        for seed, negate in seeds:
-            pr.apply_mask(masked, seed, negate=negate)
+        encoded, self._encoded = self._encoded, None
+        masked = self._mask(encoded, pr.self_seed(inst, name=self.name, b=self._b), seeds)
         self._held = held
         self.phase = Phase.MASK
         return MaskedInput(inst, self.name, masked.tobytes())
+
+    @staticmethod
+    def _mask(
+        encoded: np.ndarray, self_seed: bytes, pair_seeds: list[tuple[bytes, bool]]
+    ) -> np.ndarray:
+        """y = x + PRG(b) + sum of +-PRG(s_jk), in place (tests replace this to prove that
+        their checks fail without either kind of mask)."""
+        pr.apply_mask(encoded, self_seed)
+        for seed, negate in pair_seeds:
+            pr.apply_mask(encoded, seed, negate=negate)
+        return encoded
 
     def _on_survivors(self, msg: SurvivorList) -> ListSignature:
         if not set(msg.survivors) <= set(self._held):

@@ -9,7 +9,7 @@ from its own transport.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from nacl.signing import SigningKey
@@ -31,6 +31,8 @@ from gossipmed.secagg.params import (
 )
 
 Drops = Mapping[tuple[str, str], Phase]
+Tap = Callable[[str, str, Message], bool]
+"""Sees every message as (sender, recipient, message); returning False loses it in transit."""
 
 
 def _wire(message: Message, limits: MessageLimits) -> Message:
@@ -69,9 +71,11 @@ def run_instance(
     values: Mapping[str, Mapping[str, torch.Tensor]],
     drops: Mapping[str, Phase] | None = None,
     guards: Mapping[str, ContributionGuard] | None = None,
+    tap: Tap | None = None,
 ) -> AggregateResult | ExchangeAborted:
     """Run one receiver's exchange; `drops[j]` is the phase from which contributor j is
-    silent. Returns the result, or the ExchangeAborted that ended it."""
+    silent, `tap` sees (and may lose) every message. Returns the result, or the
+    ExchangeAborted that ended it."""
     drops = drops or {}
     limits = MessageLimits.of(config)
     receiver = config.instance.receiver
@@ -90,18 +94,22 @@ def run_instance(
     def silent(j: str, phase: Phase) -> bool:
         return j in drops and phase >= drops[j]
 
+    def delivered(sender: str, recipient: str, message: Message) -> bool:
+        return tap is None or tap(sender, recipient, message)
+
     outbox: list[tuple[str, Message]] = [
         (j, c.advertise()) for j, c in clients.items() if not silent(j, Phase.ADVERTISE)
     ]
     while not agg.finished:
         relayed: Outgoing = []
         for sender, message in outbox:
-            relayed += agg.receive(sender, _wire(message, limits))
+            if delivered(sender, receiver, message):
+                relayed += agg.receive(sender, _wire(message, limits))
         if not relayed and not agg.finished:
             relayed = agg.deadline()
         outbox = []
         for recipient, message in relayed:
-            if silent(recipient, agg.phase):
+            if silent(recipient, agg.phase) or not delivered(receiver, recipient, message):
                 continue
             reply = clients[recipient].handle(receiver, _wire(message, limits))
             outbox.append((recipient, reply))
