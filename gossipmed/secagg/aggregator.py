@@ -162,6 +162,14 @@ class Aggregator:
             pr.verify(cfg.sign_keys[sender], transcript, message.signature, who=sender)
             pr.check_public_key(message.c_pk)
             pr.check_public_key(message.s_pk)
+            seen = {
+                k
+                for m in self._sent[Phase.ADVERTISE].values()
+                if isinstance(m, AdvertiseKeys)
+                for k in (m.c_pk, m.s_pk)
+            }
+            if message.c_pk == message.s_pk or {message.c_pk, message.s_pk} & seen:
+                raise InconsistentView(f"{sender!r} advertised a key already in use")
         elif isinstance(message, SharedKeys):
             if set(message.ciphertexts) != set(self._sent[Phase.ADVERTISE]) - {sender}:
                 raise InconsistentView(f"{sender!r} did not encrypt shares to exactly U1")

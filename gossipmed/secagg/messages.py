@@ -25,7 +25,7 @@ from gossipmed.errors import ConfigError, WireError
 from gossipmed.secagg.errors import MalformedMessage
 from gossipmed.secagg.params import MAX_NAME_LEN, InstanceConfig, InstanceId, valid_name
 from gossipmed.secagg.primitives import KEY_BYTES, NONCE_BYTES, SIG_BYTES, TAG_BYTES
-from gossipmed.secagg.shamir import SHARE_BYTES
+from gossipmed.secagg.shamir import SHARE_BYTES, share_from_bytes
 from gossipmed.wire import require_int, require_map, unpack_bounded
 
 VERSION = 1
@@ -327,6 +327,8 @@ class UnmaskShares(_Message):
         own = _bin_map(m["self"], SHARE_BYTES, lim, what="self shares")
         if set(pair) & set(own):
             raise MalformedMessage("both kinds of share for one party")
+        for party, share in [*pair.items(), *own.items()]:
+            share_from_bytes(share, what=f"share of {party!r}")
         return cls(inst, _name(m["sender"], what="sender"), pair, own)
 
 
