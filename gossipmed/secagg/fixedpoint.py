@@ -34,20 +34,22 @@ def encode(
         )
     total = sum(math.prod(s) for s in schema.values())
     out = np.empty(total, dtype=fixed_point.word.newbyteorder("="))
-    signed = fixed_point.signed
+    as_signed = out.view(fixed_point.signed)
+    factor = weight * fixed_point.scale  # exact: the scale is a power of two
     offset = 0
     for name, shape in schema.items():
         tensor = values[name]
         if not tensor.is_floating_point() or tuple(tensor.shape) != shape:
             raise ValueError(f"tensor {name!r} must be floating point of shape {list(shape)}")
-        x = tensor.detach().to("cpu", torch.float64).reshape(-1).numpy()
-        if np.isnan(x).any():
+        if bool(torch.isnan(tensor).any()):
             raise NonFiniteInput(f"tensor {name!r} holds NaN")
-        x = np.clip(x, -fixed_point.range, fixed_point.range)
-        x *= weight
-        x *= fixed_point.scale
-        ints = np.rint(x).astype(np.int64)
-        out[offset : offset + x.size] = ints.astype(signed).view(out.dtype)
+        x = tensor.detach().to("cpu", torch.float64).reshape(-1).numpy()  # a fresh copy
+        np.clip(x, -fixed_point.range, fixed_point.range, out=x)
+        np.multiply(x, factor, out=x)
+        np.rint(x, out=x)
+        # |x| <= range * scale < 2**(B-1) (checked by FixedPoint), so the cast is exact;
+        # two's complement then makes it the residue mod 2**B.
+        np.copyto(as_signed[offset : offset + x.size], x, casting="unsafe")
         offset += x.size
     return out
 
