@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -142,6 +142,8 @@ class Aggregator:
         if kind_phase > self.phase:
             raise OutOfPhase(f"{message.KIND} refused in phase {self.phase.name}")
         self._accept(sender, message)
+        if isinstance(message, MaskedInput):  # already in the running sum: keep no copy
+            message = replace(message, masked=b"")
         self._sent[self.phase][sender] = message
         if set(self._sent[self.phase]) >= self._expected:
             return self._close()

@@ -54,8 +54,9 @@ class _Keys:
 
 class Contributor:
     """Client state machine. `advertise()` starts it; then feed each message the receiver
-    relays to `handle()` and send back what it returns. Errors refuse the message and leave
-    the state unchanged; the integration gives up at its deadline with `abort()`."""
+    relays to `handle()` and send back what it returns. A ProtocolViolation, or BelowThreshold
+    when the receiver relays fewer than t parties, refuses the message and leaves the state
+    unchanged; the integration gives up at its deadline with `abort()`."""
 
     def __init__(
         self,
