@@ -50,3 +50,7 @@ class TransportError(GossipmedError):
 
 class CheckpointError(GossipmedError):
     """A checkpoint cannot be written or read back."""
+
+
+class SecAggError(GossipmedError):
+    """Secure aggregation refused a message or could not complete an exchange."""
