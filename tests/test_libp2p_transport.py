@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import multiaddr
@@ -22,6 +22,7 @@ from node.framing import encode_frame, encode_uvarint
 from node.libp2p_transport import (
     ACK_ACCEPTED,
     PROTOCOL_ID,
+    Libp2pLimits,
     Libp2pTimeouts,
     Libp2pTransport,
     PeerInfo,
@@ -75,20 +76,25 @@ class Rejections:
 @asynccontextmanager
 async def open_site(
     name: str,
-    peers: Mapping[str, PeerInfo],
+    members: Mapping[str, PeerInfo],
     *,
+    neighbours: Collection[str] | None = None,
     on_reject: Rejections | None = None,
     timeouts: Libp2pTimeouts = FAST,
+    limits: Libp2pLimits | None = None,
     listen: list[str] = LISTEN,
 ) -> AsyncIterator[Libp2pTransport]:
+    """A site whose neighbours are, unless given, all the other members."""
     async with Libp2pTransport.open(
         local_name=name,
         seed=seed(name),
-        peers=peers,
+        members=members,
+        neighbours=[m for m in members if m != name] if neighbours is None else neighbours,
         listen=listen,
         max_bytes=MAX_BYTES,
         on_reject=on_reject,
         timeouts=timeouts,
+        limits=limits,
     ) as transport:
         yield transport
 
@@ -131,7 +137,7 @@ def test_three_sites_exchange_messages_both_ways_including_8_mib() -> None:
             ):
                 data = payload(8 << 20 if src == "a" and dst == "b" else 1000 + i, i)
                 await sites[src].send(dst, data)
-                sent[dst].add((sites[src].peer_id, data))
+                sent[dst].add((src, data))
             for name, site in sites.items():
                 got = {await site.receive_from() for _ in sent[name]}
                 assert got == sent[name]
@@ -208,7 +214,6 @@ def test_garbage_from_a_member_is_dropped_and_later_messages_still_arrive() -> N
             raw_member_host("eve", a) as eve,
         ):
             introduce(a, b)
-            eve_id = eve.get_id().to_base58()
             hostile = [
                 (b"\xff" * 12, "varint longer"),
                 (encode_uvarint(2**40) + b"x" * 100, "limit is"),
@@ -218,20 +223,20 @@ def test_garbage_from_a_member_is_dropped_and_later_messages_still_arrive() -> N
             ]
             for data, reason in hostile:
                 await send_raw_and_close(eve, a, data)
-                await rejections.wait_for(eve_id, reason)
+                await rejections.wait_for("eve", reason)
 
             stalled = await open_protocol_stream(eve, a)
             await stalled.write(encode_uvarint(50) + b"z")  # then nothing, stream left open
-            await rejections.wait_for(eve_id, "stalled")
+            await rejections.wait_for("eve", "too slow")
 
             legit = await open_protocol_stream(eve, a)
             await legit.write(encode_frame(b"eve, well-formed"))
             assert await legit.read(1) == ACK_ACCEPTED
             await legit.close()
-            assert await a.receive_from() == (eve_id, b"eve, well-formed")
+            assert await a.receive_from() == ("eve", b"eve, well-formed")
 
             await b.send("a", b"b is unaffected")
-            assert await a.receive_from() == (b.peer_id, b"b is unaffected")
+            assert await a.receive_from() == ("b", b"b is unaffected")
             assert len(rejections.items) == len(hostile) + 1
 
     run(main)
@@ -300,18 +305,83 @@ def test_transport_peer_id_is_the_one_gossipmed_identity_derives() -> None:
     run(main)
 
 
-def test_concurrent_envelopes_from_several_neighbours_all_arrive() -> None:
+def test_neighbours_sending_at_once_within_their_share_all_arrive() -> None:
+    lanes = Libp2pLimits().streams_per_neighbour  # concurrent sends each neighbour may make
+
     async def main() -> None:
         async with open_sites(["a", "b", "c"]) as sites:
-            expected = set()
+            expected: set[tuple[str, bytes]] = set()
+            got: set[tuple[str, bytes]] = set()
+
+            async def sender(src: str, lane: int) -> None:
+                for i in range(5):
+                    data = payload(300_000, 1000 * ord(src) + 10 * lane + i)
+                    expected.add((src, data))
+                    await sites[src].send("a", data)
+
             async with trio.open_nursery() as nursery:
                 for src in ("b", "c"):
-                    for i in range(10):  # more than max_inbound_streams at once
-                        data = payload(300_000, 100 * ord(src) + i)
-                        expected.add((sites[src].peer_id, data))
-                        nursery.start_soon(sites[src].send, "a", data)
-            got = {await sites["a"].receive_from() for _ in expected}
+                    for lane in range(lanes):
+                        nursery.start_soon(sender, src, lane)
+                for _ in range(2 * lanes * 5):
+                    got.add(await sites["a"].receive_from())
             assert got == expected
+
+    run(main)
+
+
+def test_each_neighbour_has_its_own_share_of_the_inbox() -> None:
+    async def main() -> None:
+        rejections = Rejections()
+        peers = roster("a", "b", "c")
+        small = Libp2pLimits(queue_per_neighbour=2)
+        async with (
+            open_site("a", peers, on_reject=rejections, limits=small) as a,
+            open_site("b", peers) as b,
+            open_site("c", peers) as c,
+        ):
+            introduce(a, b, c)
+            await b.send("a", b"b1")
+            await b.send("a", b"b2")
+            with pytest.raises(TransportError):  # nobody took b's two envelopes yet
+                await b.send("a", b"b3")
+            await rejections.wait_for("b", "receive queue full")
+            await c.send("a", b"c1")  # b's full share does not touch c's
+            assert [await a.receive_from() for _ in range(3)] == [
+                ("b", b"b1"),
+                ("b", b"b2"),
+                ("c", b"c1"),
+            ]
+            await b.send("a", b"b4")  # b's share is free again
+            assert await a.receive_from() == ("b", b"b4")
+
+    run(main)
+
+
+def test_a_member_that_is_not_a_neighbour_is_refused_at_the_stream_and_reported() -> None:
+    async def main() -> None:
+        rejections = Rejections()
+        peers = roster("a", "b", "m")
+        async with (
+            open_site("a", peers, neighbours=["b"], on_reject=rejections) as a,
+            open_site("b", peers, neighbours=["a"]) as b,
+            open_site("m", peers, neighbours=["a"]) as m,  # m believes it has an edge to a
+        ):
+            introduce(a, b, m)
+            with pytest.raises(TransportError):
+                await m.send("a", b"from a member without an edge to a")
+            await rejections.wait_for("m", "not a neighbour")
+            with pytest.raises(TransportError, match="not a neighbour"):
+                await a.send("m", b"a never sends to a non-neighbour")
+            await b.send("a", b"b is a neighbour")
+            assert await a.receive_from() == ("b", b"b is a neighbour")
+
+            a.set_neighbours(["b", "m"])  # the graph changed (roster reload)
+            await m.send("a", b"now an edge")
+            assert await a.receive_from() == ("m", b"now an edge")
+            a.set_neighbours(["b"])
+            with pytest.raises(TransportError):
+                await m.send("a", b"edge removed again")
 
     run(main)
 
