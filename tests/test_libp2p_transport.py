@@ -7,125 +7,36 @@ synchronise on received messages / on_reject events, never on sleeps.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
 
-import multiaddr
 import pytest
 import trio
-from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
+from libp2p_support import (
+    FAST,
+    MAX_BYTES,
+    Rejections,
+    introduce,
+    open_protocol_stream,
+    open_site,
+    open_sites,
+    payload,
+    raw_member_host,
+    roster,
+    run,
+    seed,
+    send_raw_and_close,
+)
 
 from gossipmed.errors import TransportError
 from node.framing import encode_frame, encode_uvarint
 from node.libp2p_transport import (
     ACK_ACCEPTED,
-    PROTOCOL_ID,
     Libp2pLimits,
-    Libp2pTimeouts,
-    Libp2pTransport,
     PeerInfo,
-    build_host,
-    key_pair_from_seed,
     peer_id_from_seed,
 )
 
 pytestmark = pytest.mark.network
-
-LISTEN = ["/ip4/127.0.0.1/tcp/0"]
-MAX_BYTES = 16 << 20
-TEST_BOUND_S = 30
-FAST = Libp2pTimeouts(
-    dial_s=3,
-    stream_open_s=3,
-    io_s=3,
-    message_s=20,
-    send_attempts=3,
-    backoff_initial_s=0.05,
-    backoff_max_s=0.5,
-    negotiate_s=3,
-)
-
-
-def seed(name: str) -> bytes:
-    return hashlib.sha256(f"gossipmed-test-site-{name}".encode()).digest()
-
-
-def roster(*names: str) -> dict[str, PeerInfo]:
-    return {n: PeerInfo(peer_id_from_seed(seed(n))) for n in names}
-
-
-class Rejections:
-    """on_reject callback that tests can wait on."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-        self._changed = trio.Event()
-
-    def __call__(self, peer_id: str, reason: str) -> None:
-        self.items.append((peer_id, reason))
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, peer_id: str, reason_part: str) -> None:
-        while not any(p == peer_id and reason_part in r for p, r in self.items):
-            await self._changed.wait()
-
-
-@asynccontextmanager
-async def open_site(
-    name: str,
-    members: Mapping[str, PeerInfo],
-    *,
-    neighbours: Collection[str] | None = None,
-    on_reject: Rejections | None = None,
-    timeouts: Libp2pTimeouts = FAST,
-    limits: Libp2pLimits | None = None,
-    listen: list[str] = LISTEN,
-) -> AsyncIterator[Libp2pTransport]:
-    """A site whose neighbours are, unless given, all the other members."""
-    async with Libp2pTransport.open(
-        local_name=name,
-        seed=seed(name),
-        members=members,
-        neighbours=[m for m in members if m != name] if neighbours is None else neighbours,
-        listen=listen,
-        max_bytes=MAX_BYTES,
-        on_reject=on_reject,
-        timeouts=timeouts,
-        limits=limits,
-    ) as transport:
-        yield transport
-
-
-def introduce(*sites: Libp2pTransport) -> None:
-    """Tell every site the real (port-0 resolved) addresses of every other one."""
-    for site in sites:
-        for other in sites:
-            if other is not site:
-                site.update_peer(other.local_name, PeerInfo(other.peer_id, other.listen_addrs))
-
-
-@asynccontextmanager
-async def open_sites(names: list[str]) -> AsyncIterator[dict[str, Libp2pTransport]]:
-    peers = roster(*names)
-    async with AsyncExitStack() as stack:
-        sites = {n: await stack.enter_async_context(open_site(n, peers)) for n in names}
-        introduce(*sites.values())
-        yield sites
-
-
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    async def bounded() -> None:
-        with trio.fail_after(TEST_BOUND_S):
-            await test()
-
-    trio.run(bounded)
-
-
-def payload(n: int, salt: int) -> bytes:
-    return hashlib.shake_256(f"{salt}".encode()).digest(n)
 
 
 def test_three_sites_exchange_messages_both_ways_including_8_mib() -> None:
@@ -180,28 +91,6 @@ def test_peer_outside_the_roster_is_refused_and_reported() -> None:
                 pytest.fail("an envelope from a non-member was delivered")
 
     run(main)
-
-
-@asynccontextmanager
-async def raw_member_host(name: str, target: Libp2pTransport) -> AsyncIterator[IHost]:
-    """A bare libp2p host with a roster member's key, to write arbitrary bytes on the protocol."""
-    host = build_host(key_pair_from_seed(seed(name)), FAST)
-    async with host.run([multiaddr.Multiaddr(a) for a in LISTEN]):
-        target_id = ID.from_base58(target.peer_id)
-        addrs = [multiaddr.Multiaddr(a) for a in target.listen_addrs]
-        host.get_peerstore().add_addrs(target_id, addrs, 0)
-        await host.get_network().dial_peer(target_id)
-        yield host
-
-
-async def open_protocol_stream(host: IHost, target: Libp2pTransport) -> INetStream:
-    return await host.new_stream(ID.from_base58(target.peer_id), [PROTOCOL_ID])
-
-
-async def send_raw_and_close(host: IHost, target: Libp2pTransport, data: bytes) -> None:
-    stream = await open_protocol_stream(host, target)
-    await stream.write(data)
-    await stream.close()
 
 
 def test_garbage_from_a_member_is_dropped_and_later_messages_still_arrive() -> None:
