@@ -85,13 +85,27 @@ class RateDeadline:
     timeouts: Libp2pTimeouts
     received: int = 0
 
-    def next(self, now: float) -> float:
+    def _rate_deadline(self) -> float:
         t = self.timeouts
+        return self.start + t.rate_grace_s + self.received / t.min_rate_bps
+
+    def next(self, now: float) -> float:
         return min(
-            self.start + t.rate_grace_s + self.received / t.min_rate_bps,
-            self.start + t.message_s,
-            now + t.io_s,
+            self._rate_deadline(), self.start + self.timeouts.message_s, now + self.timeouts.io_s
         )
+
+    def why(self, now: float) -> str:
+        """The report for a stream cut at `now` (which limit it hit)."""
+        t = self.timeouts
+        got = f"{self.received} bytes in {now - self.start:.1f} s"
+        if now >= self.start + t.message_s:
+            return f"stream too slow: {got}, over the {t.message_s:.0f} s message limit"
+        if now >= self._rate_deadline():
+            return (
+                f"stream too slow: {got}, below the minimum rate of "
+                f"{t.min_rate_bps:.0f} B/s after {t.rate_grace_s:.0f} s"
+            )
+        return f"stream too slow: {got}, stalled for {t.io_s:.0f} s"
 
 
 class StreamTooSlow(TransportError):
@@ -163,10 +177,7 @@ class UpdateReceiver:
                     return b""
                 deadline.received += len(chunk)
                 return chunk
-            raise StreamTooSlow(
-                f"stream too slow: {deadline.received} bytes in "
-                f"{self._clock() - deadline.start:.1f} s"
-            )
+            raise StreamTooSlow(deadline.why(self._clock()))
 
         try:
             body = await read_frame(read_some, max_bytes=self._max_bytes)
@@ -174,7 +185,7 @@ class UpdateReceiver:
             self._reporter.report(site, f"bad frame: {exc}")
             return False
         except StreamTooSlow as exc:
-            self._reporter.report(site, f"{exc} (minimum {self._timeouts.min_rate_bps:.0f} B/s)")
+            self._reporter.report(site, str(exc))
             return False
         except Exception as exc:  # reset, connection lost: the peer's problem, not a crash
             self._reporter.report(site, f"stream failed: {type(exc).__name__}: {exc}")
