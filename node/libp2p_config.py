@@ -120,7 +120,9 @@ class Libp2pLimits:
       `handshakes_per_address` of them per address (IPv4 address or IPv6 /64).
     - `member_handshakes`: concurrent handshakes reserved for addresses of members (roster
       addresses and addresses a member authenticated from), so a flood from elsewhere does
-      not lock members out.
+      not lock members out; `member_handshakes_per_address` of them (or of the general pool)
+      per member address, so one address cannot hold them all (several hospitals behind one
+      NAT share this).
     - `outsider_burst` / `outsider_per_s`: token bucket per address, spent by each failed
       handshake or handshake of a peer outside the roster. An empty bucket refuses the
       address's next connections before any handshake; member addresses are never refused.
@@ -137,6 +139,7 @@ class Libp2pLimits:
     handshakes: int = 64
     handshakes_per_address: int = 4
     member_handshakes: int = 32
+    member_handshakes_per_address: int = 16
     outsider_burst: int = 10
     outsider_per_s: float = 0.5
     address_table: int = 4096
@@ -152,6 +155,7 @@ class Libp2pLimits:
             "handshakes",
             "handshakes_per_address",
             "member_handshakes",
+            "member_handshakes_per_address",
             "outsider_burst",
             "address_table",
             "reports_burst",

@@ -7,9 +7,12 @@ every new inbound connection, members included. `InboundGate.install` replaces t
 our swarm instance (the TCP listener calls it by attribute, per connection) with `_handle`:
 
 1. admission, before any byte is read: a connection from an address known to be a member's
-   takes a slot in a reserved pool; any other address needs a slot in the general pool, fewer
-   than `handshakes_per_address` handshakes in flight from its address, and a non-empty
-   outsider bucket for its address. Refused connections are closed at once (no handshake).
+   takes a slot in a reserved pool (or the general one when that is full), with at most
+   `member_handshakes_per_address` in flight from its address; any other address needs a
+   slot in the general pool, fewer than `handshakes_per_address` handshakes in flight from
+   its address, and a non-empty outsider bucket for its address. Refused connections are
+   closed at once (no handshake). The per-address caps are on concurrency, not rate: a
+   member address is never refused for what came from it before.
 2. the Noise handshake (then yamux), bounded by `handshake_s`. The peer ID is known after
    Noise: a peer outside the roster is closed right there (never muxed, never registered in
    the swarm) and spends a token of its address's bucket, as does a failed or timed-out
@@ -66,6 +69,64 @@ async def close_quietly(conn: Any) -> None:
             log.debug("closing %s: %s: %s", type(conn).__name__, type(exc).__name__, exc)
 
 
+class Admission:
+    """Handshake slots: a reserved pool for member addresses, a general pool, per-address caps
+    on concurrency, and a per-address outsider bucket that only non-member addresses obey."""
+
+    def __init__(self, *, roster: Roster, limits: Libp2pLimits, clock: Callable[[], float]) -> None:
+        self._roster = roster
+        self._limits = limits
+        self.buckets = BucketTable(
+            size=limits.address_table,
+            burst=limits.outsider_burst,
+            per_s=limits.outsider_per_s,
+            clock=clock,
+        )
+        self._in_flight: dict[str, int] = {}  # handshakes per address key
+        self.general = 0
+        self.reserved = 0
+
+    def admit(self, key: str) -> str | None:
+        """The pool the handshake may use ("member" or "general"), or None if refused."""
+        member = self._roster.is_member_address(key)
+        limits = self._limits
+        per_address = (
+            limits.member_handshakes_per_address if member else limits.handshakes_per_address
+        )
+        if self._in_flight.get(key, 0) >= per_address:
+            return None
+        if member and self.reserved < limits.member_handshakes:
+            pool = "member"
+            self.reserved += 1
+        elif self.general < limits.handshakes and (member or not self.buckets.empty(key)):
+            pool = "general"
+            self.general += 1
+        else:
+            return None
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        return pool
+
+    def release(self, key: str, pool: str) -> None:
+        if pool == "member":
+            self.reserved -= 1
+        else:
+            self.general -= 1
+        left = self._in_flight[key] - 1
+        if left:
+            self._in_flight[key] = left
+        else:
+            del self._in_flight[key]
+
+    def charge(self, key: str) -> None:
+        """An outsider's or a failed handshake from `key`: one token less for the address."""
+        self.buckets.spend(key)
+
+    def refusal_reason(self, key: str) -> str:
+        if self.buckets.empty(key) and not self._roster.is_member_address(key):
+            return "too many outsider or failed handshakes from this address"
+        return "too many handshakes in progress"
+
+
 class InboundGate:
     def __init__(
         self,
@@ -80,17 +141,8 @@ class InboundGate:
         self._swarm = swarm
         self._roster = roster
         self._reporter = reporter
-        self._limits = limits
         self._timeouts = timeouts
-        self._buckets = BucketTable(
-            size=limits.address_table,
-            burst=limits.outsider_burst,
-            per_s=limits.outsider_per_s,
-            clock=clock,
-        )
-        self._in_flight: dict[str, int] = {}  # general-pool handshakes per address key
-        self._general = 0
-        self._reserved = 0
+        self._admission = Admission(roster=roster, limits=limits, clock=clock)
         self._established = 0
         self._outsiders = 0
         self._failed = 0
@@ -101,50 +153,16 @@ class InboundGate:
         self._swarm._handle_inbound_connection = self._handle
 
     def stats(self) -> GateStats:
+        a = self._admission
         return GateStats(
-            handshakes_in_progress=self._general + self._reserved,
-            member_handshakes_in_progress=self._reserved,
+            handshakes_in_progress=a.general + a.reserved,
+            member_handshakes_in_progress=a.reserved,
             established=self._established,
             outsiders_closed=self._outsiders,
             failed_handshakes=self._failed,
             refused_before_handshake=self._refused,
-            addresses_tracked=len(self._buckets),
+            addresses_tracked=len(a.buckets),
         )
-
-    # ---- admission ---------------------------------------------------------------------
-
-    def _admit(self, key: str) -> str | None:
-        """The pool the handshake may use ("member" or "general"), or why it is refused."""
-        member = self._roster.is_member_address(key)
-        if member and self._reserved < self._limits.member_handshakes:
-            self._reserved += 1
-            return "member"
-        if self._general >= self._limits.handshakes:
-            return None
-        if not member:
-            if self._in_flight.get(key, 0) >= self._limits.handshakes_per_address:
-                return None
-            if self._buckets.empty(key):
-                return None
-        self._general += 1
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        return "general"
-
-    def _release(self, key: str, pool: str) -> None:
-        if pool == "member":
-            self._reserved -= 1
-            return
-        self._general -= 1
-        left = self._in_flight[key] - 1
-        if left:
-            self._in_flight[key] = left
-        else:
-            del self._in_flight[key]
-
-    def _refusal_reason(self, key: str) -> str:
-        if self._buckets.empty(key) and not self._roster.is_member_address(key):
-            return "too many outsider or failed handshakes from this address"
-        return "too many handshakes in progress"
 
     # ---- one inbound connection --------------------------------------------------------
 
@@ -155,12 +173,12 @@ class InboundGate:
             remote = None
         host = str(remote[0]) if remote else UNKNOWN_ADDRESS
         key = address_key(host) or UNKNOWN_ADDRESS
-        pool = self._admit(key)
+        pool = self._admission.admit(key)
         if pool is None:
             self._refused += 1
             self._reporter.report(
                 host,
-                f"connection refused before the handshake: {self._refusal_reason(key)}",
+                f"connection refused before the handshake: {self._admission.refusal_reason(key)}",
                 key=("refused", key),
             )
             await close_quietly(read_write_closer)
@@ -168,7 +186,7 @@ class InboundGate:
         try:
             conn = await self._upgrade(RawConnection(read_write_closer, False), key, host)
         finally:
-            self._release(key, pool)
+            self._admission.release(key, pool)
         if conn is None:
             return
         self._established += 1
@@ -185,7 +203,7 @@ class InboundGate:
                 secured = await upgrader.upgrade_security(raw, False)
         except Exception as exc:  # garbage, wrong protocol, timeout: all "not a handshake"
             self._failed += 1
-            self._buckets.spend(key)
+            self._admission.charge(key)
             log.debug("inbound handshake from %s failed: %s: %s", host, type(exc).__name__, exc)
             await close_quietly(raw)
             return None
@@ -193,7 +211,7 @@ class InboundGate:
         site = self._roster.site_of(pid)
         if site is None:
             self._outsiders += 1
-            self._buckets.spend(key)
+            self._admission.charge(key)
             self._reporter.report(
                 pid.to_base58(),
                 f"connection from a peer not in the roster (address {host})",
