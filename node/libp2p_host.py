@@ -9,7 +9,10 @@ Why each knob (all measured on py-libp2p 0.8.1):
   pools with a circuit breaker and "graceful degradation" that lowers the limits for
   everyone under load. Any one peer can drain a global pool, so we detach it and enforce
   per-peer and per-address limits ourselves (node.libp2p_gate, node.libp2p_guard,
-  node.libp2p_inbound). Detaching it also removes the swarm-wide inbound stream semaphore.
+  node.libp2p_inbound). Detaching it also removes the swarm-wide inbound stream semaphore;
+- the swarm's auto-connector dials every peer in the peerstore (all members) to keep ~150
+  connections: it would connect sites that are not neighbours, whose identify streams the
+  other side then refuses and audits. We dial neighbours on demand, so it is switched off.
 """
 
 from __future__ import annotations
@@ -46,11 +49,16 @@ def build_host(key_pair: KeyPair, timeouts: Libp2pTimeouts) -> IHost:
     network: Any = host.get_network()
     network.retry_config = RetryConfig(max_retries=0)
     network.set_resource_manager(None)
+    network.auto_connector.maybe_connect = _no_auto_connect
     # Inbound protocol negotiation: bounded by our timeout, not libp2p's 10 s default.
     network.connection_config.inbound_stream_protocol_negotiation_timeout = float(
         timeouts.negotiate_s
     )
     return host
+
+
+async def _no_auto_connect() -> None:
+    return None
 
 
 def refuse_ports_in_use(listen_addrs: Sequence[multiaddr.Multiaddr]) -> None:

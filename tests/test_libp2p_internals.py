@@ -11,6 +11,7 @@ from importlib.metadata import version
 import pytest
 import trio
 import trio._highlevel_serve_listeners as serve_listeners
+from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.connection.swarm_connection import SwarmConn
 from libp2p.network.swarm import Swarm
 from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, Yamux, YamuxStream
@@ -94,6 +95,13 @@ def test_the_host_has_no_shared_resource_pools() -> None:
     assert network._resource_manager is None  # type: ignore[attr-defined]
     assert network._stream_semaphore is None  # type: ignore[attr-defined]
     assert network.retry_config.max_retries == 0  # type: ignore[attr-defined]
+
+
+def test_the_host_never_dials_members_on_its_own() -> None:
+    assert "await self.maybe_connect()" in inspect.getsource(AutoConnector._periodic_check_task)
+    assert "self.auto_connector.maybe_connect" in inspect.getsource(Swarm._schedule_auto_connect)
+    network = build_host(key_pair_from_seed(seed("a")), FAST).get_network()
+    assert "maybe_connect" in vars(network.auto_connector)  # type: ignore[attr-defined]
 
 
 # ---- buckets and reports -------------------------------------------------------------------

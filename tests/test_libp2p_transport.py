@@ -7,6 +7,7 @@ synchronise on received messages / on_reject events, never on sleeps.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AsyncExitStack
 
 import pytest
 import trio
@@ -215,6 +216,30 @@ def test_neighbours_sending_at_once_within_their_share_all_arrive() -> None:
                 for _ in range(2 * lanes * 5):
                     got.add(await sites["a"].receive_from())
             assert got == expected
+
+    run(main)
+
+
+def test_an_honest_line_of_sites_rejects_nothing() -> None:
+    async def main() -> None:
+        peers = roster("a", "b", "c")
+        edges = {"a": ["b"], "b": ["a", "c"], "c": ["b"]}
+        rejections = {n: Rejections() for n in peers}
+        async with AsyncExitStack() as stack:
+            sites = {
+                n: await stack.enter_async_context(
+                    open_site(n, peers, neighbours=edges[n], on_reject=rejections[n])
+                )
+                for n in peers
+            }
+            introduce(*sites.values())
+            for r in range(3):
+                for src, dst in (("a", "b"), ("c", "b"), ("b", "a"), ("b", "c")):
+                    await sites[src].send(dst, payload(1000, r))
+                    assert await sites[dst].receive_from() == (src, payload(1000, r))
+            assert sites["b"].connected("a") and sites["b"].connected("c")
+            assert not sites["a"].connected("c")  # nothing dials a non-neighbour
+        assert {n: r.items for n, r in rejections.items()} == {n: [] for n in peers}
 
     run(main)
 
