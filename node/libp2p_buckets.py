@@ -10,7 +10,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+# Under the transport's logger, so one level setting (the daemon's) covers all of it.
+log = logging.getLogger("node.libp2p_transport").getChild("reports")
 
 Clock = Callable[[], float]
 RejectCallback = Callable[[str, str], None]

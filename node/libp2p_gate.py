@@ -41,7 +41,8 @@ from node.libp2p_buckets import BucketTable, Reporter
 from node.libp2p_config import Libp2pLimits, Libp2pTimeouts
 from node.libp2p_roster import Roster, address_key
 
-log = logging.getLogger(__name__)
+# Under the transport's logger, so one level setting (the daemon's) covers all of it.
+log = logging.getLogger("node.libp2p_transport").getChild("gate")
 
 CLOSE_WAIT_S = 1.0
 UNKNOWN_ADDRESS = "?"  # a transport without IP addresses: one shared (untrusted) key

@@ -33,7 +33,8 @@ from node.libp2p_config import Libp2pLimits
 from node.libp2p_gate import close_quietly
 from node.libp2p_roster import Roster
 
-log = logging.getLogger(__name__)
+# Under the transport's logger, so one level setting (the daemon's) covers all of it.
+log = logging.getLogger("node.libp2p_transport").getChild("guard")
 
 # Beyond the sum of the windows we granted: a frame already in flight when a window shrank,
 # or a stream we just reset. Honest peers never come near it.

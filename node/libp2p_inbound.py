@@ -26,7 +26,8 @@ from node.libp2p_buckets import Reporter
 from node.libp2p_config import ACK_ACCEPTED, Libp2pLimits, Libp2pTimeouts
 from node.libp2p_roster import Roster
 
-log = logging.getLogger(__name__)
+# Under the transport's logger, so one level setting (the daemon's) covers all of it.
+log = logging.getLogger("node.libp2p_transport").getChild("inbound")
 
 CLOSE_WAIT_S = 1.0
 
