@@ -199,8 +199,9 @@ class InboundGate:
     async def _upgrade(self, raw: RawConnection, key: str, host: str) -> Any:
         """Noise, the roster check, yamux and registration; None if the connection was closed."""
         upgrader = self._swarm.upgrader
+        deadline = trio.current_time() + self._timeouts.handshake_s  # Noise and yamux together
         try:
-            with trio.fail_after(self._timeouts.handshake_s):
+            with trio.fail_at(deadline):
                 secured = await upgrader.upgrade_security(raw, False)
         except Exception as exc:  # garbage, wrong protocol, timeout: all "not a handshake"
             self._failed += 1
@@ -222,7 +223,7 @@ class InboundGate:
             return None
         self._roster.saw(site, key)
         try:
-            with trio.fail_after(self._timeouts.handshake_s):
+            with trio.fail_at(deadline):
                 muxed = await upgrader.upgrade_connection(secured, pid)
             return await self._swarm.add_conn(muxed, direction="inbound")
         except Exception as exc:

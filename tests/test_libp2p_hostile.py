@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import multiaddr
 import pytest
 import trio
 import trio.testing
@@ -144,6 +145,40 @@ def test_outsiders_are_throttled_per_address_before_any_handshake() -> None:
             assert await v.receive_from() == ("n", b"member at 127.0.0.1")
 
     run(main, bound_s=120)
+
+
+def test_stalled_handshakes_hold_a_slot_for_a_bounded_time_and_count_against_the_address() -> None:
+    timeouts = dataclasses.replace(FAST, handshake_s=1.0)
+    limits = Libp2pLimits()
+
+    async def drained(stream: trio.SocketStream) -> None:
+        while await stream.receive_some():
+            pass
+
+    async def main() -> None:
+        async with open_site("v", roster("v"), timeouts=timeouts, limits=limits) as v:
+            addr = multiaddr.Multiaddr(v.listen_addrs[0])
+            host, port = str(addr.value_for_protocol("ip4")), int(addr.value_for_protocol("tcp"))
+            stalled = []
+            for _ in range(limits.handshakes_per_address):  # connect, then say nothing
+                stalled.append(await trio.open_tcp_stream(host, port, local_address="127.0.0.3"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert v.stats().handshakes_in_progress == limits.handshakes_per_address
+
+            one_more = await trio.open_tcp_stream(host, port, local_address="127.0.0.3")
+            await drained(one_more)  # closed at once: the address has no slot left
+            assert v.stats().refused_before_handshake == 1
+
+            for stream in stalled:
+                await drained(stream)  # closed by v after handshake_s
+            await trio.testing.wait_all_tasks_blocked()
+            stats = v.stats()
+            assert stats.failed_handshakes == limits.handshakes_per_address
+            assert stats.handshakes_in_progress == 0
+            for stream in (*stalled, one_more):
+                await stream.aclose()
+
+    run(main)
 
 
 def test_a_member_sharing_an_address_with_outsiders_is_never_refused() -> None:
