@@ -110,7 +110,7 @@ class RateDeadline:
 
 
 class StreamTooSlow(TransportError):
-    pass
+    """An inbound stream fell below the minimum rate, stalled, or ran over `message_s`."""
 
 
 class UpdateReceiver:
