@@ -7,119 +7,37 @@ synchronise on received messages / on_reject events, never on sleeps.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 
-import multiaddr
 import pytest
 import trio
-from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
+from libp2p_support import (
+    FAST,
+    MAX_BYTES,
+    Rejections,
+    introduce,
+    open_protocol_stream,
+    open_site,
+    open_sites,
+    payload,
+    raw_member_host,
+    roster,
+    run,
+    seed,
+    send_raw_and_close,
+)
 
 from gossipmed.errors import TransportError
 from node.framing import encode_frame, encode_uvarint
 from node.libp2p_transport import (
     ACK_ACCEPTED,
-    PROTOCOL_ID,
-    Libp2pTimeouts,
-    Libp2pTransport,
+    Libp2pLimits,
     PeerInfo,
-    build_host,
-    key_pair_from_seed,
     peer_id_from_seed,
 )
 
 pytestmark = pytest.mark.network
-
-LISTEN = ["/ip4/127.0.0.1/tcp/0"]
-MAX_BYTES = 16 << 20
-TEST_BOUND_S = 30
-FAST = Libp2pTimeouts(
-    dial_s=3,
-    stream_open_s=3,
-    io_s=3,
-    message_s=20,
-    send_attempts=3,
-    backoff_initial_s=0.05,
-    backoff_max_s=0.5,
-    negotiate_s=3,
-)
-
-
-def seed(name: str) -> bytes:
-    return hashlib.sha256(f"gossipmed-test-site-{name}".encode()).digest()
-
-
-def roster(*names: str) -> dict[str, PeerInfo]:
-    return {n: PeerInfo(peer_id_from_seed(seed(n))) for n in names}
-
-
-class Rejections:
-    """on_reject callback that tests can wait on."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-        self._changed = trio.Event()
-
-    def __call__(self, peer_id: str, reason: str) -> None:
-        self.items.append((peer_id, reason))
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, peer_id: str, reason_part: str) -> None:
-        while not any(p == peer_id and reason_part in r for p, r in self.items):
-            await self._changed.wait()
-
-
-@asynccontextmanager
-async def open_site(
-    name: str,
-    peers: Mapping[str, PeerInfo],
-    *,
-    on_reject: Rejections | None = None,
-    timeouts: Libp2pTimeouts = FAST,
-    listen: list[str] = LISTEN,
-) -> AsyncIterator[Libp2pTransport]:
-    async with Libp2pTransport.open(
-        local_name=name,
-        seed=seed(name),
-        peers=peers,
-        listen=listen,
-        max_bytes=MAX_BYTES,
-        on_reject=on_reject,
-        timeouts=timeouts,
-    ) as transport:
-        yield transport
-
-
-def introduce(*sites: Libp2pTransport) -> None:
-    """Tell every site the real (port-0 resolved) addresses of every other one."""
-    for site in sites:
-        for other in sites:
-            if other is not site:
-                site.update_peer(other.local_name, PeerInfo(other.peer_id, other.listen_addrs))
-
-
-@asynccontextmanager
-async def open_sites(names: list[str]) -> AsyncIterator[dict[str, Libp2pTransport]]:
-    peers = roster(*names)
-    async with AsyncExitStack() as stack:
-        sites = {n: await stack.enter_async_context(open_site(n, peers)) for n in names}
-        introduce(*sites.values())
-        yield sites
-
-
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    async def bounded() -> None:
-        with trio.fail_after(TEST_BOUND_S):
-            await test()
-
-    trio.run(bounded)
-
-
-def payload(n: int, salt: int) -> bytes:
-    return hashlib.shake_256(f"{salt}".encode()).digest(n)
 
 
 def test_three_sites_exchange_messages_both_ways_including_8_mib() -> None:
@@ -131,7 +49,7 @@ def test_three_sites_exchange_messages_both_ways_including_8_mib() -> None:
             ):
                 data = payload(8 << 20 if src == "a" and dst == "b" else 1000 + i, i)
                 await sites[src].send(dst, data)
-                sent[dst].add((sites[src].peer_id, data))
+                sent[dst].add((src, data))
             for name, site in sites.items():
                 got = {await site.receive_from() for _ in sent[name]}
                 assert got == sent[name]
@@ -176,28 +94,6 @@ def test_peer_outside_the_roster_is_refused_and_reported() -> None:
     run(main)
 
 
-@asynccontextmanager
-async def raw_member_host(name: str, target: Libp2pTransport) -> AsyncIterator[IHost]:
-    """A bare libp2p host with a roster member's key, to write arbitrary bytes on the protocol."""
-    host = build_host(key_pair_from_seed(seed(name)), FAST)
-    async with host.run([multiaddr.Multiaddr(a) for a in LISTEN]):
-        target_id = ID.from_base58(target.peer_id)
-        addrs = [multiaddr.Multiaddr(a) for a in target.listen_addrs]
-        host.get_peerstore().add_addrs(target_id, addrs, 0)
-        await host.get_network().dial_peer(target_id)
-        yield host
-
-
-async def open_protocol_stream(host: IHost, target: Libp2pTransport) -> INetStream:
-    return await host.new_stream(ID.from_base58(target.peer_id), [PROTOCOL_ID])
-
-
-async def send_raw_and_close(host: IHost, target: Libp2pTransport, data: bytes) -> None:
-    stream = await open_protocol_stream(host, target)
-    await stream.write(data)
-    await stream.close()
-
-
 def test_garbage_from_a_member_is_dropped_and_later_messages_still_arrive() -> None:
     async def main() -> None:
         rejections = Rejections()
@@ -208,7 +104,6 @@ def test_garbage_from_a_member_is_dropped_and_later_messages_still_arrive() -> N
             raw_member_host("eve", a) as eve,
         ):
             introduce(a, b)
-            eve_id = eve.get_id().to_base58()
             hostile = [
                 (b"\xff" * 12, "varint longer"),
                 (encode_uvarint(2**40) + b"x" * 100, "limit is"),
@@ -218,20 +113,20 @@ def test_garbage_from_a_member_is_dropped_and_later_messages_still_arrive() -> N
             ]
             for data, reason in hostile:
                 await send_raw_and_close(eve, a, data)
-                await rejections.wait_for(eve_id, reason)
+                await rejections.wait_for("eve", reason)
 
             stalled = await open_protocol_stream(eve, a)
             await stalled.write(encode_uvarint(50) + b"z")  # then nothing, stream left open
-            await rejections.wait_for(eve_id, "stalled")
+            await rejections.wait_for("eve", "too slow")
 
             legit = await open_protocol_stream(eve, a)
             await legit.write(encode_frame(b"eve, well-formed"))
             assert await legit.read(1) == ACK_ACCEPTED
             await legit.close()
-            assert await a.receive_from() == (eve_id, b"eve, well-formed")
+            assert await a.receive_from() == ("eve", b"eve, well-formed")
 
             await b.send("a", b"b is unaffected")
-            assert await a.receive_from() == (b.peer_id, b"b is unaffected")
+            assert await a.receive_from() == ("b", b"b is unaffected")
             assert len(rejections.items) == len(hostile) + 1
 
     run(main)
@@ -300,18 +195,109 @@ def test_transport_peer_id_is_the_one_gossipmed_identity_derives() -> None:
     run(main)
 
 
-def test_concurrent_envelopes_from_several_neighbours_all_arrive() -> None:
+def test_neighbours_sending_at_once_within_their_share_all_arrive() -> None:
+    lanes = Libp2pLimits().streams_per_neighbour  # concurrent sends each neighbour may make
+
     async def main() -> None:
         async with open_sites(["a", "b", "c"]) as sites:
-            expected = set()
+            expected: set[tuple[str, bytes]] = set()
+            got: set[tuple[str, bytes]] = set()
+
+            async def sender(src: str, lane: int) -> None:
+                for i in range(5):
+                    data = payload(300_000, 1000 * ord(src) + 10 * lane + i)
+                    expected.add((src, data))
+                    await sites[src].send("a", data)
+
             async with trio.open_nursery() as nursery:
                 for src in ("b", "c"):
-                    for i in range(10):  # more than max_inbound_streams at once
-                        data = payload(300_000, 100 * ord(src) + i)
-                        expected.add((sites[src].peer_id, data))
-                        nursery.start_soon(sites[src].send, "a", data)
-            got = {await sites["a"].receive_from() for _ in expected}
+                    for lane in range(lanes):
+                        nursery.start_soon(sender, src, lane)
+                for _ in range(2 * lanes * 5):
+                    got.add(await sites["a"].receive_from())
             assert got == expected
+
+    run(main)
+
+
+def test_an_honest_line_of_sites_rejects_nothing() -> None:
+    async def main() -> None:
+        peers = roster("a", "b", "c")
+        edges = {"a": ["b"], "b": ["a", "c"], "c": ["b"]}
+        rejections = {n: Rejections() for n in peers}
+        async with AsyncExitStack() as stack:
+            sites = {
+                n: await stack.enter_async_context(
+                    open_site(n, peers, neighbours=edges[n], on_reject=rejections[n])
+                )
+                for n in peers
+            }
+            introduce(*sites.values())
+            for r in range(3):
+                for src, dst in (("a", "b"), ("c", "b"), ("b", "a"), ("b", "c")):
+                    await sites[src].send(dst, payload(1000, r))
+                    assert await sites[dst].receive_from() == (src, payload(1000, r))
+            assert sites["b"].connected("a") and sites["b"].connected("c")
+            for site in sites.values():  # what libp2p runs every 30 s and on disconnects
+                await site.host.get_network().auto_connector.maybe_connect()  # type: ignore[attr-defined]
+            assert not sites["a"].connected("c")  # nothing dials a non-neighbour
+        assert {n: r.items for n, r in rejections.items()} == {n: [] for n in peers}
+
+    run(main)
+
+
+def test_each_neighbour_has_its_own_share_of_the_inbox() -> None:
+    async def main() -> None:
+        rejections = Rejections()
+        peers = roster("a", "b", "c")
+        small = Libp2pLimits(queue_per_neighbour=2)
+        async with (
+            open_site("a", peers, on_reject=rejections, limits=small) as a,
+            open_site("b", peers) as b,
+            open_site("c", peers) as c,
+        ):
+            introduce(a, b, c)
+            await b.send("a", b"b1")
+            await b.send("a", b"b2")
+            with pytest.raises(TransportError):  # nobody took b's two envelopes yet
+                await b.send("a", b"b3")
+            await rejections.wait_for("b", "receive queue full")
+            await c.send("a", b"c1")  # b's full share does not touch c's
+            assert [await a.receive_from() for _ in range(3)] == [
+                ("b", b"b1"),
+                ("b", b"b2"),
+                ("c", b"c1"),
+            ]
+            await b.send("a", b"b4")  # b's share is free again
+            assert await a.receive_from() == ("b", b"b4")
+
+    run(main)
+
+
+def test_a_member_that_is_not_a_neighbour_is_refused_at_the_stream_and_reported() -> None:
+    async def main() -> None:
+        rejections = Rejections()
+        peers = roster("a", "b", "m")
+        async with (
+            open_site("a", peers, neighbours=["b"], on_reject=rejections) as a,
+            open_site("b", peers, neighbours=["a"]) as b,
+            open_site("m", peers, neighbours=["a"]) as m,  # m believes it has an edge to a
+        ):
+            introduce(a, b, m)
+            with pytest.raises(TransportError):
+                await m.send("a", b"from a member without an edge to a")
+            await rejections.wait_for("m", "not a neighbour")
+            with pytest.raises(TransportError, match="not a neighbour"):
+                await a.send("m", b"a never sends to a non-neighbour")
+            await b.send("a", b"b is a neighbour")
+            assert await a.receive_from() == ("b", b"b is a neighbour")
+
+            a.set_neighbours(["b", "m"])  # the graph changed (roster reload)
+            await m.send("a", b"now an edge")
+            assert await a.receive_from() == ("m", b"now an edge")
+            a.set_neighbours(["b"])
+            with pytest.raises(TransportError):
+                await m.send("a", b"edge removed again")
 
     run(main)
 
