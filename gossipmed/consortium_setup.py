@@ -13,6 +13,7 @@ from pathlib import Path
 from gossipmed.consortium_settings import ConsortiumSettings
 from gossipmed.crypto import generate_identity, save_identity
 from gossipmed.errors import ConfigError, IdentityError, RosterError
+from gossipmed.files import open_private, private_dir
 from gossipmed.roster import Member, Roster
 from gossipmed.site import CARD_FILE, DEFAULT_LISTEN, SITE_FILE, Site, SiteConfig
 from topology.graphs import build_graph
@@ -30,10 +31,10 @@ def create_site(site_dir: Path, *, name: str, listen: Sequence[str] = DEFAULT_LI
                 f"{path} already exists: refusing to overwrite a site identity "
                 "(peers trust its keys); pick another folder"
             )
-    site_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(site_dir, tighten=True)
     identity = generate_identity()
     save_identity(identity, sign_key_path=site.sign_key_path, box_key_path=site.box_key_path)
-    with site_file.open("x", encoding="utf-8") as f:
+    with open_private(site_file, "x") as f:
         f.write(config.to_toml())
     card = Member(
         name=config.name,
@@ -42,7 +43,8 @@ def create_site(site_dir: Path, *, name: str, listen: Sequence[str] = DEFAULT_LI
         box_key=identity.box_key,
         addrs=tuple(listen),
     )
-    card_file.write_text(card.card_toml(), encoding="utf-8")
+    with open_private(card_file, "w") as f:
+        f.write(card.card_toml())
     return card
 
 

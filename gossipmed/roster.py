@@ -396,7 +396,8 @@ def load_roster(path: Path) -> Roster:
 
 
 def save_roster(roster: Roster, path: Path) -> None:
-    """Atomic replace, so a site never reads a half-written roster."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(roster.to_toml(), encoding="utf-8")
-    tmp.replace(path)
+    """Atomic replace, so a site never reads a half-written roster (0600, like every file a
+    site writes)."""
+    from gossipmed.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, roster.to_toml().encode("utf-8"))

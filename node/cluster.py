@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gossipmed.checkpoint import atomic_write_json
+from gossipmed.checkpoint import atomic_write_bytes, atomic_write_json
 from gossipmed.consortium_settings import ConsortiumSettings
 from gossipmed.consortium_setup import build_consortium, create_site
 from gossipmed.errors import ConfigError, GossipmedError
+from gossipmed.files import open_private, private_dir
 from gossipmed.roster import Member, load_card, save_roster
 from gossipmed.site import CARD_FILE, SITE_FILE, SiteConfig
 from gossipmed.toml_writer import toml_document
@@ -70,7 +71,8 @@ def write_site_toml(
     site_dir: Path, *, name: str, listen: Sequence[str], consortium: str, sections: Sections
 ) -> None:
     config = SiteConfig(name=name, listen=tuple(listen), consortium=consortium)
-    (site_dir / SITE_FILE).write_text(config.to_toml() + sections_toml(sections), encoding="utf-8")
+    text = config.to_toml() + sections_toml(sections)
+    atomic_write_bytes(site_dir / SITE_FILE, text.encode("utf-8"))
 
 
 def default_sections(
@@ -113,7 +115,7 @@ def create_cluster(
         raise ConfigError("a cluster needs at least 2 nodes")
     if addresses is not None and len(addresses) != nodes:
         raise ConfigError("give one address per node")
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     if (directory / CONSORTIUM_FILE).exists():
         raise ClusterError(f"{directory} already holds a cluster; pick an empty folder")
     sites: list[Path] = []
@@ -188,7 +190,7 @@ def start_daemon(site_dir: Path, *, prefix: Sequence[str] = ()) -> subprocess.Po
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    with (site_dir / LOG_FILE).open("ab") as logf:
+    with open_private(site_dir / LOG_FILE, "ab") as logf:
         return subprocess.Popen(
             daemon_command(site_dir, prefix=prefix),
             stdout=logf,

@@ -42,6 +42,7 @@ from gossipmed.consortium_settings import resolve_gossip_steps
 from gossipmed.crypto import Identity
 from gossipmed.envelope import EnvelopeSealer
 from gossipmed.errors import ConfigError
+from gossipmed.files import private_dir
 from gossipmed.learner import Learner
 from gossipmed.metrics import METRICS_FILE, MetricsWriter
 from gossipmed.peer_state import has_checkpoint, read_checkpoint
@@ -165,7 +166,8 @@ class SiteDaemon:
                 f"site.toml names this site {site.config.name!r} but the roster knows its "
                 f"key as {self.name!r}"
             )
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.directory, tighten=True)  # older site folders were 0755
+        private_dir(settings.state_dir, tighten=True)
         self.audit = DaemonAudit(AuditLog(site.audit_path))
         learner = build_learner(settings, roster=self.roster)
         checkpoint = None
@@ -246,7 +248,7 @@ class SiteDaemon:
         from node.libp2p_transport import Libp2pTimeouts, Libp2pTransport, PeerInfo
 
         d = self.settings.daemon
-        peers = {
+        members = {
             m.name: PeerInfo(peer_id=m.peer_id, addrs=m.addrs)
             for m in self.roster.members
             if not m.revoked and m.name != self.name
@@ -255,7 +257,8 @@ class SiteDaemon:
             Libp2pTransport.open(
                 local_name=self.name,
                 seed=self.identity.ed25519_seed,
-                peers=peers,
+                members=members,
+                neighbours=self.peer.schedule.neighbours(self.peer.round, self.name),
                 listen=list(self.settings.site.config.listen),
                 max_bytes=d.max_bytes,
                 on_reject=self.audit.transport_reject,

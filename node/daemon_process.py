@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 from gossipmed.errors import GossipmedError
+from gossipmed.files import open_private
 from node.daemon import SiteDaemon
 from node.daemon_config import DaemonSettings
 
@@ -45,7 +46,9 @@ def check_not_running(settings: DaemonSettings) -> None:
 def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
     """Log to stderr (or a file); libp2p's logger does not propagate, so attach it too."""
     handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file is not None else logging.StreamHandler()
+        logging.StreamHandler(open_private(log_file, "a"))  # 0600: logs name sites and rounds
+        if log_file is not None
+        else logging.StreamHandler()
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -173,26 +173,17 @@ class Libp2pTransport:
         *,
         local_name: str,
         seed: bytes,
-        members: Mapping[str, PeerInfo] | None = None,
-        neighbours: Collection[str] | None = None,
+        members: Mapping[str, PeerInfo],
+        neighbours: Collection[str],
         listen: Sequence[str],
         max_bytes: int,
         on_reject: RejectCallback | None = None,
         timeouts: Libp2pTimeouts | None = None,
         limits: Libp2pLimits | None = None,
-        peers: Mapping[str, PeerInfo] | None = None,
     ) -> AsyncIterator[Libp2pTransport]:
         """Start the host listening on `listen` and yield the transport; closes on exit.
-
-        `peers` is the interface before issue #13 (every member a neighbour), kept only until
-        the daemon passes `members` and `neighbours`; it cannot be combined with them.
-        """
-        if peers is not None:
-            if members is not None or neighbours is not None:
-                raise ConfigError("pass members and neighbours, or peers, not both")
-            members, neighbours = peers, [s for s in peers if s != local_name]
-        if members is None or neighbours is None:
-            raise ConfigError("members and neighbours are required")
+        `members` are the other active roster members, `neighbours` the graph neighbours
+        among them (the only ones whose update streams are accepted)."""
         try:
             listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
         except Exception as exc:
@@ -292,14 +283,6 @@ class Libp2pTransport:
     def _swarm(self) -> Any:
         # unblock_peer and the methods our gate replaces live on Swarm, not on INetwork.
         return self._host.get_network()
-
-    def connected(self, site: str) -> bool:
-        """Whether an open connection to `site` exists (status only; no I/O)."""
-        info = self._roster.by_site.get(site)
-        if info is None:
-            return False
-        conns = self._swarm().get_connections(ID.from_base58(info.peer_id))
-        return any(not c.is_closed for c in conns)
 
     def site_for_peer(self, peer_id: str) -> str | None:
         try:

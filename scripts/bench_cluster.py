@@ -138,11 +138,13 @@ def bench_update(*, size_mib: int, repeats: int) -> dict[str, Any]:
         listen = ["/ip4/127.0.0.1/tcp/0"]
         async with (
             Libp2pTransport.open(
-                local_name="b", seed=ids["b"].ed25519_seed, peers=peers, listen=listen,
+                local_name="b", seed=ids["b"].ed25519_seed, members=peers, neighbours=["a"],
+                listen=listen,
                 max_bytes=max_bytes,
             ) as rx,
             Libp2pTransport.open(
-                local_name="a", seed=ids["a"].ed25519_seed, peers=peers, listen=listen,
+                local_name="a", seed=ids["a"].ed25519_seed, members=peers, neighbours=["b"],
+                listen=listen,
                 max_bytes=max_bytes,
             ) as tx,
         ):  # fmt: skip

@@ -78,12 +78,18 @@ async def bench_in_process(payload: bytes, repeats: int) -> dict[str, Any]:
         Libp2pTransport.open(
             local_name=RECEIVER,
             seed=seed(RECEIVER),
-            peers=peers,
+            members=peers,
+            neighbours=[SENDER],
             listen=LISTEN,
             max_bytes=max_bytes,
         ) as receiver,
         Libp2pTransport.open(
-            local_name=SENDER, seed=seed(SENDER), peers=peers, listen=LISTEN, max_bytes=max_bytes
+            local_name=SENDER,
+            seed=seed(SENDER),
+            members=peers,
+            neighbours=[RECEIVER],
+            listen=LISTEN,
+            max_bytes=max_bytes,
         ) as sender,
     ):
         sender.update_peer(RECEIVER, PeerInfo(receiver.peer_id, receiver.listen_addrs))
@@ -100,7 +106,12 @@ async def bench_in_process(payload: bytes, repeats: int) -> dict[str, Any]:
 async def serve(max_bytes: int) -> None:
     """Child-process receiver: announce address on stdout, drain envelopes until stdin closes."""
     async with Libp2pTransport.open(
-        local_name=RECEIVER, seed=seed(RECEIVER), peers=roster(), listen=LISTEN, max_bytes=max_bytes
+        local_name=RECEIVER,
+        seed=seed(RECEIVER),
+        members=roster(),
+        neighbours=[SENDER],
+        listen=LISTEN,
+        max_bytes=max_bytes,
     ) as receiver:
         print(json.dumps({"peer_id": receiver.peer_id, "addrs": receiver.listen_addrs}), flush=True)
         async with trio.open_nursery() as nursery:
@@ -128,7 +139,12 @@ async def bench_two_processes(payload: bytes, repeats: int) -> dict[str, Any]:
             line = await trio.to_thread.run_sync(child.stdout.readline)
         announced = json.loads(line)
         async with Libp2pTransport.open(
-            local_name=SENDER, seed=seed(SENDER), peers=roster(), listen=LISTEN, max_bytes=max_bytes
+            local_name=SENDER,
+            seed=seed(SENDER),
+            members=roster(),
+            neighbours=[RECEIVER],
+            listen=LISTEN,
+            max_bytes=max_bytes,
         ) as sender:
             sender.update_peer(RECEIVER, PeerInfo(announced["peer_id"], announced["addrs"]))
 

@@ -111,11 +111,11 @@ def test_a_daemon_with_256_files_survives_a_control_flood_and_keeps_checkpointin
         return {
             "daemon": {
                 "rounds": 0,  # until stopped
-                "round_timeout_s": 0.5,
                 "site_index": i,
                 "problem": "quadratic",
                 "seed": 3,
             },
+            "gossip": {"round_timeout_s": 0.5},
         }
 
     site = create_cluster(tmp_path / "c", nodes=2, topology="ring", sections=sections)[0]
