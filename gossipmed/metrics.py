@@ -24,7 +24,7 @@ from typing import IO, Any
 import torch
 
 from gossipmed.errors import GossipmedError
-from gossipmed.files import open_private
+from gossipmed.storage.files import open_private
 
 METRICS_FILE = "metrics.jsonl"
 METRICS_VERSION = 1

@@ -1,6 +1,6 @@
 """`gossipmed` console entry point.
 
-Each subcommand lives in its own `node/cmd_*.py` module exposing
+Each subcommand lives in its own `node/commands/*.py` module exposing
 `register(subparsers) -> None`; modules are discovered, so adding a command never edits this
 file. Command modules must import heavy libraries (torch, transformers, libp2p) inside their
 handlers, not at module level, so `gossipmed --help` and light commands stay fast.
@@ -14,7 +14,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-import node
+import node.commands
 from gossipmed import __version__
 from gossipmed.errors import GossipmedError
 from topology.errors import TopologyError
@@ -23,8 +23,8 @@ EXIT_USAGE = 2
 
 
 def _command_modules() -> list[str]:
-    names = [m.name for m in pkgutil.iter_modules(node.__path__) if m.name.startswith("cmd_")]
-    return [f"node.{n}" for n in sorted(names)]
+    names = [m.name for m in pkgutil.iter_modules(node.commands.__path__)]
+    return [f"node.commands.{n}" for n in sorted(names)]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -41,9 +41,9 @@ def learning_sections(*, index: int, base: str, rounds: int, steps: int) -> dict
 
 
 def bench_cluster(*, base: str, rounds: int, steps: int, gossip_steps: int) -> dict[str, Any]:
-    from gossipmed.consortium_settings import ConsortiumSettings
+    from gossipmed.consortium.settings import ConsortiumSettings
     from gossipmed.metrics import METRICS_FILE, read_metrics
-    from node.cluster import create_cluster, start_cluster
+    from node.daemon.cluster import create_cluster, start_cluster
 
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         directory = Path(tmp) / "cluster"
@@ -89,10 +89,10 @@ def bench_cluster(*, base: str, rounds: int, steps: int, gossip_steps: int) -> d
 
 
 def bench_simulator(*, base: str, rounds: int, steps: int, gossip_steps: int) -> dict[str, Any]:
-    from gossipmed.config import DataConfig, LearningConfig, TrainConfig
-    from gossipmed.consortium_settings import ConsortiumSettings
-    from node.sim_config import SimConfig, SimSection
-    from node.simulate import Simulation
+    from gossipmed.consortium.settings import ConsortiumSettings
+    from gossipmed.learn.config import DataConfig, LearningConfig, TrainConfig
+    from node.sim.config import SimConfig, SimSection
+    from node.sim.simulation import Simulation
 
     learning = LearningConfig(
         data=DataConfig(dataset="notes", n_sites=NODES, max_train_examples=2000),
@@ -111,10 +111,10 @@ def bench_update(*, size_mib: int, repeats: int) -> dict[str, Any]:
     import torch
     import trio
 
-    from gossipmed.crypto import generate_identity
-    from gossipmed.envelope import EnvelopeSealer
-    from gossipmed.roster import Member, Roster
-    from node.libp2p_transport import Libp2pTransport, PeerInfo
+    from gossipmed.consortium.crypto import generate_identity
+    from gossipmed.consortium.roster import Member, Roster
+    from gossipmed.wire.envelope import EnvelopeSealer
+    from node.net.libp2p.transport import Libp2pTransport, PeerInfo
 
     ids = {n: generate_identity() for n in ("a", "b")}
     roster = Roster(
@@ -200,7 +200,7 @@ def main() -> int:
         if args.base_model:
             base = args.base_model
         else:
-            from gossipmed.base_model import ensure_base_model
+            from gossipmed.learn.base_model import ensure_base_model
 
             base = str(ensure_base_model(progress=False))
         out["cluster"] = bench_cluster(

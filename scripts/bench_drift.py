@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_task import BowFactory, bench_parser, run_gossip, write_rows
 
-from node.quadratic import QuadraticFactory
-from node.sim_config import sim_config_from_mapping
-from node.simulate import Simulation
+from node.sim.config import sim_config_from_mapping
+from node.sim.quadratic import QuadraticFactory
+from node.sim.simulation import Simulation
 
 
 def quadratic_row(drift: str, *, args: argparse.Namespace) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from nacl.public import Box, PrivateKey, PublicKey
 
-from gossipmed.crypto import derive_identity
-from gossipmed.envelope import EnvelopeSealer, ReplayGuard
-from gossipmed.roster import Member, Roster
-from gossipmed.wire import encode_payload, schema_of
+from gossipmed.consortium.crypto import derive_identity
+from gossipmed.consortium.roster import Member, Roster
+from gossipmed.wire.envelope import EnvelopeSealer, ReplayGuard
+from gossipmed.wire.tensors import encode_payload, schema_of
 
 MIB = 1 << 20
 SECRET = b"bench-envelope-secret-0123456789"

@@ -15,7 +15,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gossipmed.config import (
+from gossipmed.learn.config import (
     DEFAULT_CLIP_NORM,
     AdapterConfig,
     DataConfig,
@@ -23,7 +23,7 @@ from gossipmed.config import (
     LearningConfig,
     TrainConfig,
 )
-from gossipmed.train import build_site_learners, load_shared_model
+from gossipmed.learn.train import build_site_learners, load_shared_model
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.libp2p_transport import Libp2pLimits, Libp2pTransport, PeerInfo, peer_id_from_seed
+from node.net.libp2p.transport import Libp2pLimits, Libp2pTransport, PeerInfo, peer_id_from_seed
 
 VICTIM = "bench-victim"
 SOURCE = "127.0.0.2"

@@ -3,11 +3,11 @@
 16 sites on a random 4-regular graph, 2 attackers (chosen by the seed), every attack x every
 mixing rule, against the clean run of the same rule. Learner: scripts/bench_task.py (softmax
 regression on hashed n-grams of icd10 chapters, Dirichlet split); everything else is the
-simulator's real path (envelopes, peer, mixing rules, node.attacks).
+simulator's real path (envelopes, peer, mixing rules, node.sim.attacks).
 
     .venv/bin/python scripts/bench_robust.py --rounds 40 --json docs/bench/robust_raw.json
 
-`--rules` takes any name in gossipmed.aggregate.RULES (cosine-clipped included). For
+`--rules` takes any name in gossipmed.mixing.rules.RULES (cosine-clipped included). For
 cosine-clipped, `--min-cosine` sets the gate threshold (the rule's own parameter, passed
 through the run's [gossip] config) and `--trace-cosines` records, per round, the cosines the
 honest sites saw (honest vs attacker neighbours) in each row; the trace comes from a traced
@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_task import BowFactory, bench_parser, run_gossip, write_rows
 
-from gossipmed.aggregate import RULES, CosineClipParams
 from gossipmed.choice import Spec
-from gossipmed.learner import AdapterState
-from gossipmed.robust import cosine_clipped_gossip, cosines_to_self
+from gossipmed.learn.learner import AdapterState
+from gossipmed.mixing.robust import cosine_clipped_gossip, cosines_to_self
+from gossipmed.mixing.rules import RULES, CosineClipParams
 
 CosineLog = dict[int, dict[str, dict[str, float | None]]]
 """round -> site -> neighbour -> cosine with the site's own state."""

@@ -2,8 +2,8 @@
 
 The language model costs ~40 s per simulated round for 16 sites on the 2-core sandbox, too
 slow for the dozens of runs these benchmarks need. This learner keeps everything else real:
-the same dataset loader and Dirichlet partitioner as gossipmed.train, the same Peer, envelope
-sealing, codecs, mixing rules and attackers (it is handed to node.simulate.Simulation as its
+the same dataset loader and Dirichlet partitioner as gossipmed.learn.train, the same Peer, envelope
+sealing, codecs, mixing rules and attackers (it is handed to node.sim.simulation.Simulation as its
 LearnerFactory). The model is a softmax regression on hashed unigram+bigram counts, trained
 with plain minibatch SGD; its state is two float32 tensors (about the size of the tiny
 base's LoRA adapter), so byte counts are comparable.
@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from gossipmed.config import DataConfig
-from gossipmed.datasets import Example, load_dataset
-from gossipmed.learner import AdapterState, EvalStats, TrainStats
-from gossipmed.partition import partition
+from gossipmed.learn.config import DataConfig
+from gossipmed.learn.datasets import Example, load_dataset
+from gossipmed.learn.learner import AdapterState, EvalStats, TrainStats
+from gossipmed.learn.partition import partition
 
 FEATURES = 1024
 
@@ -67,7 +67,7 @@ def featurise(examples: Sequence[Example]) -> torch.Tensor:
 
 
 class BowLearner:
-    """gossipmed.learner.Learner: softmax regression, SGD with Poisson-free fixed batches."""
+    """gossipmed.learn.learner.Learner: softmax regression, SGD with Poisson-free fixed batches."""
 
     def __init__(
         self,
@@ -102,13 +102,13 @@ class BowLearner:
         return None
 
     def save_adapter(self, out: str | Path) -> Path:
-        from gossipmed.checkpoint import save_state
+        from gossipmed.storage.checkpoint import save_state
 
         save_state(Path(out), self.state, {"learner": "bow"})
         return Path(out)
 
     def flip_labels(self) -> None:
-        """Data poisoning (node.attacks label-flip): label j becomes j + 1."""
+        """Data poisoning (node.sim.attacks label-flip): label j becomes j + 1."""
         self.y = (self.y + 1) % self.n_classes
 
     def train_round(self, *, steps: int) -> TrainStats:
@@ -141,7 +141,7 @@ class BowLearner:
 
 
 class BowFactory:
-    """node.simulate.LearnerFactory over a real dataset and the project's partitioner."""
+    """node.sim.simulation.LearnerFactory over a real dataset and the project's partitioner."""
 
     def __init__(
         self,
@@ -206,8 +206,8 @@ def run_gossip(
     """One simulated gossip run with the real peer path; honest-site accuracy, consensus
     distance among honest sites, and bytes actually sent. `sections` are sim.toml tables
     ([sim], [consortium], [gossip], [attack])."""
-    from node.sim_config import sim_config_from_mapping
-    from node.simulate import Simulation
+    from node.sim.config import sim_config_from_mapping
+    from node.sim.simulation import Simulation
 
     config = sim_config_from_mapping(
         {

@@ -27,7 +27,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.libp2p_transport import Libp2pTransport, PeerInfo, peer_id_from_seed
+from node.net.libp2p.transport import Libp2pTransport, PeerInfo, peer_id_from_seed
 
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]
 SENDER, RECEIVER = "bench-sender", "bench-receiver"

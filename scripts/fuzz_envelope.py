@@ -30,12 +30,12 @@ import msgpack
 import torch
 from nacl.public import Box, PrivateKey, PublicKey
 
-from gossipmed.crypto import derive_identity
-from gossipmed.envelope import EnvelopeSealer, ReplayGuard
-from gossipmed.envelope_format import signed_message
+from gossipmed.consortium.crypto import derive_identity
+from gossipmed.consortium.roster import Member, Roster
 from gossipmed.errors import GossipmedError
-from gossipmed.roster import Member, Roster
-from gossipmed.wire import encode_payload, schema_of
+from gossipmed.wire.envelope import EnvelopeSealer, ReplayGuard
+from gossipmed.wire.envelope_format import signed_message
+from gossipmed.wire.tensors import encode_payload, schema_of
 
 SECRET = b"fuzz-envelope-secret-0123456789"
 NOW = 1_700_000_000.0

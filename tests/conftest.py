@@ -27,7 +27,7 @@ TOY_BASE_SPEC = {
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a toy Llama base (HF folder: config, weights, tokenizer)."""
-    from gossipmed.base_model import BaseSpec, build_base
+    from gossipmed.learn.base_model import BaseSpec, build_base
 
     out = tmp_path_factory.mktemp("base") / "tiny"
     return build_base(BaseSpec(**TOY_BASE_SPEC), out)  # type: ignore[arg-type]

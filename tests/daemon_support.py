@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
-from node.cluster import ensure_toy_base, site_status
+from node.daemon.cluster import ensure_toy_base, site_status
 
 STARTUP_S = 120.0  # several processes importing torch on two busy cores
 

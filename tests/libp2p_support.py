@@ -23,7 +23,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.upgrader import TransportUpgrader
 
-from node.libp2p_transport import (
+from node.net.libp2p.transport import (
     PROTOCOL_ID,
     Libp2pLimits,
     Libp2pTimeouts,

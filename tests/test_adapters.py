@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossipmed.config import AdapterConfig
-from gossipmed.model import AdapterModel, expected_schema
+from gossipmed.learn.config import AdapterConfig
+from gossipmed.learn.model import AdapterModel, expected_schema
 
 KINDS = ["lora", "ffa_lora", "prompt", "full"]
 

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from gossipmed.aggregate import (
+from gossipmed.errors import ConfigError
+from gossipmed.mixing.rules import (
     AggregationError,
     fold_silent_weight,
     get_rule,
     mix,
     weighted_average,
 )
-from gossipmed.errors import ConfigError
 
 
 def test_silent_neighbours_weight_goes_to_self() -> None:

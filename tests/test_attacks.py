@@ -8,18 +8,18 @@ from typing import Any
 import pytest
 import torch
 
-from gossipmed.data import EncodedSet
-from gossipmed.drift import D2Learner
 from gossipmed.errors import ConfigError
-from gossipmed.plaintext import PlaintextSealer
-from node.attacks import (
+from gossipmed.learn.data import EncodedSet
+from gossipmed.mixing.drift import D2Learner
+from gossipmed.wire.plaintext import PlaintextSealer
+from node.sim.attacks import (
     AttackConfig,
     AttackingSealer,
     choose_attackers,
     flip_labels,
     poison_state,
 )
-from node.quadratic import QuadraticLearner
+from node.sim.quadratic import QuadraticLearner
 
 NAMES = [f"site-{i:02d}" for i in range(16)]
 
@@ -71,8 +71,8 @@ def test_an_attacking_sealer_poisons_what_it_sends_and_nothing_else() -> None:
 
 
 def _quadratic_simulation(**sections: dict[str, object]) -> Any:
-    from node.sim_config import sim_config_from_mapping
-    from node.simulate import Simulation
+    from node.sim.config import sim_config_from_mapping
+    from node.sim.simulation import Simulation
 
     raw: dict[str, Any] = {
         "sim": {"problem": "quadratic", "rounds": 1, "seed": 3},
@@ -161,9 +161,9 @@ def _simulate(**sim: object) -> tuple[float, list[str]]:
 def _simulation(**sim: object) -> tuple[float, list[str], Any]:
     """One exchange per round unless `sim` says otherwise: an attacker gets one pull per
     exchange, so these are the rules' claims at one exchange (BENCHMARKS.md 1d has more)."""
-    from node.sim_config import sim_config_from_mapping
-    from node.sim_run import robustness_summary
-    from node.simulate import Simulation
+    from node.sim.config import sim_config_from_mapping
+    from node.sim.run import robustness_summary
+    from node.sim.simulation import Simulation
 
     attack = {k: sim.pop(k) for k in ("attack", "attackers") if k in sim}
     consortium = {"gossip_steps": sim.pop("gossip_steps", 1)}

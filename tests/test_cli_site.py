@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gossipmed.consortium.roster import load_card, load_roster
+from gossipmed.consortium.site import SiteConfig, load_site
 from gossipmed.errors import ConfigError
-from gossipmed.roster import load_card, load_roster
-from gossipmed.site import SiteConfig, load_site
 from node.cli import main
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from node.cluster import cluster_status, read_cluster, stop_cluster, wait_until
+from node.daemon.cluster import cluster_status, read_cluster, stop_cluster, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 

@@ -13,10 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gossipmed.codecs  # noqa: F401  (registers the codecs)
-from gossipmed.codecs import CODEC_NAMES, topk_sparsify
+import gossipmed.wire.codecs  # noqa: F401  (registers the codecs)
 from gossipmed.errors import WireError
-from gossipmed.wire import (
+from gossipmed.wire.codecs import CODEC_NAMES, topk_sparsify
+from gossipmed.wire.tensors import (
     DtypeNotAllowed,
     NonFiniteTensor,
     PayloadSchemaError,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gossipmed.config import DataConfig, LearningConfig
-from gossipmed.consortium_settings import AUTO_GOSSIP_STEPS, ConsortiumSettings
-from node.sim_config import SimConfig, SimSection
-from node.sim_run import run_simulation
+from gossipmed.consortium.settings import AUTO_GOSSIP_STEPS, ConsortiumSettings
+from gossipmed.learn.config import DataConfig, LearningConfig
+from node.sim.config import SimConfig, SimSection
+from node.sim.run import run_simulation
 from topology.spectral import AUTO_CONTRACTION, gossip_steps_for
 
 

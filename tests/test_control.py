@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from node.control import (
+from node.daemon.control import (
     ControlLimits,
     ControlServer,
     connection_cap,
@@ -27,8 +27,8 @@ from node.control import (
     handle_request,
     serve_control,
 )
-from node.control_routes import Response, StatusProvider, text
-from node.control_server import FD_RESERVE, MAX_CONNECTIONS_CEILING, parse_head, respond
+from node.daemon.control_routes import Response, StatusProvider, text
+from node.daemon.control_server import FD_RESERVE, MAX_CONNECTIONS_CEILING, parse_head, respond
 
 pytestmark = pytest.mark.network
 
@@ -50,7 +50,7 @@ def request(host: str | None, path: str = "/status", method: str = "GET") -> byt
 
 def answer(head: bytes, provider: StatusProvider = status) -> tuple[str, bytes]:
     """(status line, body) of the endpoint's answer to one request head."""
-    from node.control_routes import DEFAULT_ROUTES
+    from node.daemon.control_routes import DEFAULT_ROUTES
 
     raw = respond(head, port=PORT, status=provider, routes=DEFAULT_ROUTES).encode()
     return split(raw)

@@ -21,9 +21,9 @@ import pytest
 import trio
 from daemon_support import STARTUP_S
 
-from gossipmed.checkpoint import META_FILE
-from node.cluster import create_cluster, site_status, start_daemon, wait_until
-from node.daemon_config import CONTROL_FILE, LOG_FILE, STATE_DIR
+from gossipmed.storage.checkpoint import META_FILE
+from node.daemon.cluster import create_cluster, site_status, start_daemon, wait_until
+from node.daemon.config import CONTROL_FILE, LOG_FILE, STATE_DIR
 
 pytest_plugins = ["daemon_support"]  # fixtures: processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
-from gossipmed.crypto import (
+from gossipmed.consortium.crypto import (
     Identity,
     base58btc_encode,
     derive_identity,

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from daemon_support import STARTUP_S, rounds_done
 
-from gossipmed.audit import read_audit
-from gossipmed.roster import Member, Roster, save_roster
-from node.cluster import (
+from gossipmed.consortium.audit import read_audit
+from gossipmed.consortium.roster import Member, Roster, save_roster
+from node.daemon.cluster import (
     LOOPBACK,
     create_cluster,
     free_port,
@@ -29,7 +29,7 @@ from node.cluster import (
     wait_until,
     write_site_toml,
 )
-from node.daemon_config import CONTROL_FILE
+from node.daemon.config import CONTROL_FILE
 
 pytest_plugins = ["daemon_support"]  # fixtures: toy_base, processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]

@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 from daemon_support import STARTUP_S, completed, rounds_done
 
-from gossipmed.checkpoint import META_FILE, load_state
-from node.cluster import (
+from gossipmed.storage.checkpoint import META_FILE, load_state
+from node.daemon.cluster import (
     create_cluster,
     site_status,
     start_daemon,
     toy_sections,
     wait_until,
 )
-from node.daemon import LEDGER_FILE, state_digest
-from node.daemon_config import STATE_DIR
+from node.daemon.config import STATE_DIR
+from node.daemon.site_daemon import LEDGER_FILE, state_digest
 
 pytest_plugins = ["daemon_support"]  # fixtures: toy_base, processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]

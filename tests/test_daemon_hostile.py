@@ -20,13 +20,13 @@ import torch
 import trio
 from daemon_support import STARTUP_S, completed
 
-from gossipmed.audit import read_audit
-from gossipmed.crypto import generate_identity
-from gossipmed.envelope import EnvelopeSealer
+from gossipmed.consortium.audit import read_audit
+from gossipmed.consortium.crypto import generate_identity
+from gossipmed.consortium.roster import Member, Roster, load_roster, save_roster
 from gossipmed.errors import TransportError
 from gossipmed.metrics import METRICS_FILE, read_metrics
-from gossipmed.roster import Member, Roster, load_roster, save_roster
-from node.cluster import (
+from gossipmed.wire.envelope import EnvelopeSealer
+from node.daemon.cluster import (
     CONSORTIUM_FILE,
     create_cluster,
     site_status,
@@ -34,8 +34,8 @@ from node.cluster import (
     toy_sections,
     wait_until,
 )
-from node.framing import encode_uvarint
-from node.libp2p_transport import PROTOCOL_ID, Libp2pTransport, PeerInfo
+from node.net.framing import encode_uvarint
+from node.net.libp2p.transport import PROTOCOL_ID, Libp2pTransport, PeerInfo
 
 pytest_plugins = ["daemon_support"]  # fixtures: toy_base, processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]

@@ -14,7 +14,7 @@ import pytest
 from daemon_support import STARTUP_S
 
 from gossipmed.metrics import METRICS_FILE, read_metrics
-from node.cluster import create_cluster, start_daemon, toy_sections
+from node.daemon.cluster import create_cluster, start_daemon, toy_sections
 
 pytest_plugins = ["daemon_support"]  # fixtures: toy_base, processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]

@@ -16,18 +16,18 @@ import pytest
 import torch
 import trio
 
-from gossipmed.audit import read_audit
-from gossipmed.checkpoint import META_FILE
-from gossipmed.compression import TopkEncoder
-from gossipmed.consortium_settings import AUTO_GOSSIP_STEPS, ConsortiumSettings
-from gossipmed.drift import D2Learner
+from gossipmed.consortium.audit import read_audit
+from gossipmed.consortium.settings import AUTO_GOSSIP_STEPS, ConsortiumSettings
 from gossipmed.errors import ConfigError
 from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
-from gossipmed.peer_state import component_file
-from node.cluster import LOOPBACK, create_cluster, free_port, init_site, write_site_toml
-from node.cmd_status import print_status
-from node.daemon import SiteDaemon, resume_keyframes
-from node.daemon_config import STATE_DIR, load_daemon_settings
+from gossipmed.mixing.drift import D2Learner
+from gossipmed.storage.checkpoint import META_FILE
+from gossipmed.storage.peer_state import component_file
+from gossipmed.wire.compression import TopkEncoder
+from node.commands.status import print_status
+from node.daemon.cluster import LOOPBACK, create_cluster, free_port, init_site, write_site_toml
+from node.daemon.config import STATE_DIR, load_daemon_settings
+from node.daemon.site_daemon import SiteDaemon, resume_keyframes
 
 FEEDBACK_FILE = component_file("encoder")  # the top-k residual
 DRIFT_FILE = component_file("learner")  # D²'s memory
@@ -154,7 +154,7 @@ def test_a_key_of_the_old_daemon_table_names_its_new_place(
 
 
 def test_options_default_to_the_simulators_and_are_read_from_site_toml(tmp_path: Path) -> None:
-    from node.gossip_config import GossipConfig
+    from node.round.config import GossipConfig
 
     plain = load_daemon_settings(site_with_tables(tmp_path / "a", {})).gossip
     assert plain == GossipConfig()  # the simulator's defaults

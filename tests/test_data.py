@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gossipmed.config import DataConfig
-from gossipmed.datasets import load_dataset
-from gossipmed.datasets.icd10 import is_icd10_test_code
 from gossipmed.errors import ConfigError, DataError
+from gossipmed.learn.config import DataConfig
+from gossipmed.learn.datasets import load_dataset
+from gossipmed.learn.datasets.icd10 import is_icd10_test_code
 
 
 def test_icd10_is_balanced_chapter_classification_with_seed_free_test_set() -> None:

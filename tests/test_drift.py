@@ -9,10 +9,10 @@ from collections.abc import Mapping
 import pytest
 import torch
 
-from gossipmed.aggregate import weighted_average
-from gossipmed.drift import D2Learner, with_drift_correction
 from gossipmed.errors import ConfigError, PrivacyBudgetExceeded
-from gossipmed.learner import AdapterState, EvalStats, TrainStats
+from gossipmed.learn.learner import AdapterState, EvalStats, TrainStats
+from gossipmed.mixing.drift import D2Learner, with_drift_correction
+from gossipmed.mixing.rules import weighted_average
 
 
 class Quadratic:
@@ -129,8 +129,8 @@ def test_wrapper_exposes_the_learner_interface_and_rejects_unknown_modes() -> No
 
 
 def test_the_simulator_option_drift_d2_beats_plain_gossip_on_the_quadratic_problem() -> None:
-    from node.sim_config import sim_config_from_mapping
-    from node.simulate import Simulation
+    from node.sim.config import sim_config_from_mapping
+    from node.sim.simulation import Simulation
 
     def final_accuracy(drift: str) -> float:
         config = sim_config_from_mapping(

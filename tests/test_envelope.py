@@ -16,14 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.public import Box, PrivateKey, PublicKey
 
-from gossipmed.audit import AuditLog, read_audit
-from gossipmed.crypto import Identity, derive_identity
-from gossipmed.envelope import DEFAULT_SKEW_S, EnvelopeSealer, ReplayGuard
-from gossipmed.envelope_format import signed_message
+from gossipmed.consortium.audit import AuditLog, read_audit
+from gossipmed.consortium.crypto import Identity, derive_identity
+from gossipmed.consortium.roster import Member, NotAMember, RevokedMember, Roster, RosterMismatch
 from gossipmed.errors import GossipmedError, RosterError, WireError
-from gossipmed.roster import Member, NotAMember, RevokedMember, Roster, RosterMismatch
-from gossipmed.update import MAX_ROUND, MAX_STEPS_PER_ROUND, Update
-from gossipmed.wire import (
+from gossipmed.wire.envelope import DEFAULT_SKEW_S, EnvelopeSealer, ReplayGuard
+from gossipmed.wire.envelope_format import signed_message
+from gossipmed.wire.tensors import (
     BadSignature,
     DtypeNotAllowed,
     EnvelopeTooLarge,
@@ -40,6 +39,7 @@ from gossipmed.wire import (
     encode_payload,
     schema_of,
 )
+from gossipmed.wire.update import MAX_ROUND, MAX_STEPS_PER_ROUND, Update
 
 SECRET = b"envelope-test-secret-0123456789"
 NOW = 1_700_000_000.0
@@ -405,7 +405,7 @@ def test_extra_or_missing_tensors_are_refused(change: str) -> None:
 
 
 def test_payload_that_does_not_decrypt_is_refused() -> None:
-    from gossipmed.wire import DecryptionFailed
+    from gossipmed.wire.tensors import DecryptionFailed
 
     with pytest.raises(DecryptionFailed):
         open_b(forge(box_from="c"))  # signed by a, but encrypted with c's box key

@@ -9,13 +9,13 @@ import msgpack
 import pytest
 import torch
 
-from gossipmed.codecs import topk_sparsify
-from gossipmed.compression import ReplicaDecoder, TopkEncoder
-from gossipmed.crypto import generate_identity
-from gossipmed.envelope import EnvelopeSealer
-from gossipmed.error_feedback import DeltaOutOfSync, ErrorFeedback
+from gossipmed.consortium.crypto import generate_identity
+from gossipmed.consortium.roster import Member, Roster
 from gossipmed.errors import WireError
-from gossipmed.roster import Member, Roster
+from gossipmed.wire.codecs import topk_sparsify
+from gossipmed.wire.compression import ReplicaDecoder, TopkEncoder
+from gossipmed.wire.envelope import EnvelopeSealer
+from gossipmed.wire.error_feedback import DeltaOutOfSync, ErrorFeedback
 
 SCHEMA = {"w": ("float32", (32, 16)), "b": ("float32", (7,))}
 
@@ -199,8 +199,8 @@ def test_any_receiver_decodes_a_top_k_sender() -> None:
 
 
 def test_topk_through_the_simulator_cuts_bytes_sent_and_keeps_every_replica() -> None:
-    from node.sim_config import sim_config_from_mapping
-    from node.simulate import Simulation
+    from node.sim.config import sim_config_from_mapping
+    from node.sim.simulation import Simulation
 
     def run(**gossip: object) -> tuple[int, int]:
         config = sim_config_from_mapping(
@@ -222,7 +222,7 @@ def test_topk_through_the_simulator_cuts_bytes_sent_and_keeps_every_replica() ->
 
 
 def test_the_residual_survives_a_checkpoint_on_disk(tmp_path: Path) -> None:
-    from gossipmed.peer_state import component_file, read_checkpoint, save_checkpoint
+    from gossipmed.storage.peer_state import component_file, read_checkpoint, save_checkpoint
 
     encoder = TopkEncoder(fraction=0.05)
     encoder.encode(_state(0), round=0, step=0)

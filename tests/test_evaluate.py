@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossipmed.config import AdapterConfig, DataConfig, DPConfig, LearningConfig
-from gossipmed.evaluate import evaluate, packed_label_scores, pairwise_label_scores
-from gossipmed.train import build_site_learners
+from gossipmed.learn.config import AdapterConfig, DataConfig, DPConfig, LearningConfig
+from gossipmed.learn.evaluate import evaluate, packed_label_scores, pairwise_label_scores
+from gossipmed.learn.train import build_site_learners
 
 
 def _setup(base: Path, kind: str) -> object:
@@ -67,7 +67,7 @@ def test_logits_post_processed_by_the_lm_keep_the_full_forward(tiny_base: Path) 
 
     from torch import nn
 
-    from gossipmed.model import _TargetLogits, load_base_model
+    from gossipmed.learn.model import _TargetLogits, load_base_model
 
     llama, _ = load_base_model(tiny_base)
 

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from gossipmed.config import DataConfig, LearningConfig
 from gossipmed.errors import ConfigError
-from node.faults import FaultConfig, FaultInjector
-from node.gossip_config import GossipConfig
-from node.sim_config import SimConfig, SimSection
-from node.sim_run import run_simulation
+from gossipmed.learn.config import DataConfig, LearningConfig
+from node.round.config import GossipConfig
+from node.sim.config import SimConfig, SimSection
+from node.sim.faults import FaultConfig, FaultInjector
+from node.sim.run import run_simulation
 
 
 def test_fault_decisions_are_reproducible_and_near_their_rates() -> None:

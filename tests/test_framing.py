@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossipmed.errors import WireError
-from node.framing import (
+from node.net.framing import (
     MAX_VARINT_BYTES,
     FrameError,
     FrameTooLarge,

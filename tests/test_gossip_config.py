@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from gossipmed.aggregate import RULES
-from gossipmed.compression import ENCODERS
-from gossipmed.drift import DRIFT
 from gossipmed.errors import ConfigError
+from gossipmed.mixing.drift import DRIFT
+from gossipmed.mixing.rules import RULES
+from gossipmed.wire.compression import ENCODERS
 from node.cli import main
-from node.gossip_config import GossipConfig
-from node.sim_config import sim_config_from_mapping
+from node.round.config import GossipConfig
+from node.sim.config import sim_config_from_mapping
 
 QUICK = ["--problem", "quadratic", "--nodes", "4", "--rounds", "2", "--json"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gossipmed.errors import PrivacyBudgetExceeded, PrivacyError
-from gossipmed.ledger import PrivacyLedger
-from gossipmed.privacy import epsilon_for
+from gossipmed.privacy.dp import epsilon_for
+from gossipmed.privacy.ledger import PrivacyLedger
 
 MECH = {"noise_multiplier": 1.0, "sample_rate": 0.05}
 

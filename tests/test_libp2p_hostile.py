@@ -34,8 +34,8 @@ from libp2p_support import (
     seed,
 )
 
-from node.framing import encode_uvarint
-from node.libp2p_transport import Libp2pLimits, Libp2pTransport, PeerInfo, key_pair_from_seed
+from node.net.framing import encode_uvarint
+from node.net.libp2p.transport import Libp2pLimits, Libp2pTransport, PeerInfo, key_pair_from_seed
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

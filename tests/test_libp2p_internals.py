@@ -18,15 +18,15 @@ from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, Yamux, YamuxStr
 from libp2p.transport.upgrader import TransportUpgrader
 from libp2p_support import FAST, Rejections, introduce, open_site, roster, run, seed
 
-import node.libp2p_guard as guard
+import node.net.libp2p.guard as guard
 from gossipmed.errors import ConfigError, TransportError
-from node.libp2p_buckets import BucketTable, Reporter
-from node.libp2p_config import Libp2pLimits, Libp2pTimeouts, PeerInfo
-from node.libp2p_gate import Admission
-from node.libp2p_host import build_host
-from node.libp2p_inbound import Inbox, QueueFull, RateDeadline
-from node.libp2p_roster import Roster, address_key
-from node.libp2p_transport import key_pair_from_seed, peer_id_from_seed
+from node.net.libp2p.buckets import BucketTable, Reporter
+from node.net.libp2p.config import Libp2pLimits, Libp2pTimeouts, PeerInfo
+from node.net.libp2p.gate import Admission
+from node.net.libp2p.host import build_host
+from node.net.libp2p.inbound import Inbox, QueueFull, RateDeadline
+from node.net.libp2p.roster import Roster, address_key
+from node.net.libp2p.transport import key_pair_from_seed, peer_id_from_seed
 
 
 def params(fn: object) -> list[str]:

@@ -29,8 +29,8 @@ from libp2p_support import (
 )
 
 from gossipmed.errors import TransportError
-from node.framing import encode_frame, encode_uvarint
-from node.libp2p_transport import (
+from node.net.framing import encode_frame, encode_uvarint
+from node.net.libp2p.transport import (
     ACK_ACCEPTED,
     Libp2pLimits,
     PeerInfo,
@@ -183,7 +183,7 @@ def test_peer_that_restarts_on_the_same_address_is_redialled_without_help() -> N
 
 
 def test_transport_peer_id_is_the_one_gossipmed_identity_derives() -> None:
-    from gossipmed.crypto import Identity
+    from gossipmed.consortium.crypto import Identity
 
     identity = Identity(ed25519_seed=seed("a"), x25519_secret=seed("a-box"))
     assert peer_id_from_seed(identity.ed25519_seed) == identity.peer_id

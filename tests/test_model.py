@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossipmed.base_model import BaseSpec, build_base, cache_root, pretraining_corpus
-from gossipmed.datasets.icd10 import CHAPTER_LABELS
 from gossipmed.errors import ModelError
-from gossipmed.model import load_base_model
+from gossipmed.learn.base_model import BaseSpec, build_base, cache_root, pretraining_corpus
+from gossipmed.learn.datasets.icd10 import CHAPTER_LABELS
+from gossipmed.learn.model import load_base_model
 
 
 def test_base_loads_through_from_pretrained(tiny_base: Path) -> None:

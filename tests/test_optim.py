@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossipmed.config import AdapterConfig, DataConfig, DPConfig, LearningConfig, TrainConfig
-from gossipmed.optim import SiteOptimizer
-from gossipmed.train import build_site_learners
+from gossipmed.learn.config import AdapterConfig, DataConfig, DPConfig, LearningConfig, TrainConfig
+from gossipmed.learn.optim import SiteOptimizer
+from gossipmed.learn.train import build_site_learners
 
 
 def test_site_adam_matches_torch_adam() -> None:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossipmed.datasets import Example
 from gossipmed.errors import DataError
-from gossipmed.partition import partition
+from gossipmed.learn.datasets import Example
+from gossipmed.learn.partition import partition
 
 
 def _examples(n: int, n_labels: int = 5) -> list[Example]:

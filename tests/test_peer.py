@@ -7,14 +7,14 @@ import networkx as nx
 import pytest
 import torch
 
-from gossipmed.checkpoint import load_state
-from gossipmed.consortium_settings import AUTO_GOSSIP_STEPS, resolve_gossip_steps
+from gossipmed.consortium.settings import AUTO_GOSSIP_STEPS, resolve_gossip_steps
 from gossipmed.errors import GossipmedError, PrivacyBudgetExceeded
-from gossipmed.learner import AdapterState, EvalStats, TrainStats
-from gossipmed.plaintext import PlaintextSealer
-from node.audit_sinks import ListAudit
-from node.peer import Peer
-from node.simulate import build_sealers
+from gossipmed.learn.learner import AdapterState, EvalStats, TrainStats
+from gossipmed.storage.checkpoint import load_state
+from gossipmed.wire.plaintext import PlaintextSealer
+from node.round.audit import ListAudit
+from node.round.peer import Peer
+from node.sim.simulation import build_sealers
 from topology.mixing import mixing_matrix
 from topology.schedule import MixingSchedule
 

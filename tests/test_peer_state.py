@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from gossipmed.checkpoint import save_state
 from gossipmed.errors import CheckpointError
-from gossipmed.peer_state import component_file, read_checkpoint, save_checkpoint
+from gossipmed.storage.checkpoint import save_state
+from gossipmed.storage.peer_state import component_file, read_checkpoint, save_checkpoint
 from node.cli import main
-from node.cluster import create_cluster
+from node.daemon.cluster import create_cluster
 
 STATE = {"x": torch.arange(4, dtype=torch.float32)}
 

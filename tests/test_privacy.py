@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gossipmed.errors import PrivacyError
-from gossipmed.privacy import calibrate_noise, clip_and_noise, epsilon_for, poisson_sample
+from gossipmed.privacy.dp import calibrate_noise, clip_and_noise, epsilon_for, poisson_sample
 from node.cli import main
 
 

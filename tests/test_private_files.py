@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossipmed import files
-from gossipmed.audit import ACCEPTED, AuditLog, read_audit
-from gossipmed.checkpoint import META_FILE, STATE_FILE, atomic_write_bytes, save_state
-from gossipmed.files import open_private, private_dir
-from gossipmed.ledger import PrivacyLedger
+from gossipmed.storage import files
+from gossipmed.consortium.audit import ACCEPTED, AuditLog, read_audit
 from gossipmed.metrics import MetricsWriter, RoundRecord, read_metrics
+from gossipmed.privacy.ledger import PrivacyLedger
+from gossipmed.storage.checkpoint import META_FILE, STATE_FILE, atomic_write_bytes, save_state
+from gossipmed.storage.files import open_private, private_dir
 
 
 @pytest.fixture(autouse=True)

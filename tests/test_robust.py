@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gossipmed.aggregate import RULES, mix
-from gossipmed.robust import (
+from gossipmed.mixing.robust import (
     ROBUST_RULES,
     SELF_CENTRED_RULES,
     RobustAggregationError,
@@ -19,6 +18,7 @@ from gossipmed.robust import (
     trimmed_mean,
     with_params,
 )
+from gossipmed.mixing.rules import RULES, mix
 
 
 def _states(values: dict[str, list[float]]) -> dict[str, dict[str, torch.Tensor]]:

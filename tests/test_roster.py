@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gossipmed.consortium_settings import ConsortiumSettings
-from gossipmed.crypto import derive_identity
-from gossipmed.errors import RosterError
-from gossipmed.roster import (
+from gossipmed.consortium.crypto import derive_identity
+from gossipmed.consortium.roster import (
     Member,
     NotAMember,
     RevokedMember,
@@ -20,6 +18,8 @@ from gossipmed.roster import (
     load_roster,
     save_roster,
 )
+from gossipmed.consortium.settings import ConsortiumSettings
+from gossipmed.errors import RosterError
 
 SECRET = b"roster-test-secret-0123456789"
 

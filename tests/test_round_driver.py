@@ -9,11 +9,11 @@ import trio.testing
 
 from gossipmed.errors import TransportError
 from gossipmed.metrics import RoundRecord
-from node.memory_transport import MemoryNetwork
-from node.peer import Peer
-from node.quadratic import QuadraticFactory
-from node.round_driver import RoundDriver, run_round
-from node.simulate import build_sealers
+from node.net.memory import MemoryNetwork
+from node.round.driver import RoundDriver, run_round
+from node.round.peer import Peer
+from node.sim.quadratic import QuadraticFactory
+from node.sim.simulation import build_sealers
 from topology.mixing import mixing_matrix
 from topology.schedule import MixingSchedule
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from nacl.signing import SigningKey
 
-from gossipmed.secagg import (
+from gossipmed.mixing.secagg import (
     AdvertiseKeys,
     AggregateResult,
     Aggregator,
@@ -43,8 +43,8 @@ from gossipmed.secagg import (
     UnmaskShares,
     WrongInstance,
 )
-from gossipmed.secagg import primitives as pr
-from gossipmed.secagg.shamir import SHARE_BYTES
+from gossipmed.mixing.secagg import primitives as pr
+from gossipmed.mixing.secagg.shamir import SHARE_BYTES
 
 ROSTER = b"\x33" * 32
 RECEIVER = "hub"

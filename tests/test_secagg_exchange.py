@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gossipmed.errors import ConfigError
-from gossipmed.secagg import (
+from gossipmed.mixing.secagg import (
     AggregateResult,
     BelowThreshold,
     FixedPoint,

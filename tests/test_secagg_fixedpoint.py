@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gossipmed.errors import ConfigError
-from gossipmed.secagg.errors import NonFiniteInput, SumOutOfRange
-from gossipmed.secagg.fixedpoint import decode, encode, sum_bound, to_tensors
-from gossipmed.secagg.params import MAX_CONTRIBUTORS, FixedPoint
+from gossipmed.mixing.secagg.errors import NonFiniteInput, SumOutOfRange
+from gossipmed.mixing.secagg.fixedpoint import decode, encode, sum_bound, to_tensors
+from gossipmed.mixing.secagg.params import MAX_CONTRIBUTORS, FixedPoint
 
 SCHEMA = {"a": (2, 3), "b": (4,)}
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from nacl.signing import SigningKey
 
-from gossipmed.secagg import (
+from gossipmed.mixing.secagg import (
     AdvertiseKeys,
     AggregateResult,
     ContributionGuard,
@@ -32,9 +32,9 @@ from gossipmed.secagg import (
     UnmaskShares,
     run_instance,
 )
-from gossipmed.secagg import primitives as pr
-from gossipmed.secagg.fixedpoint import encode
-from gossipmed.secagg.shamir import reconstruct, share_from_bytes
+from gossipmed.mixing.secagg import primitives as pr
+from gossipmed.mixing.secagg.fixedpoint import encode
+from gossipmed.mixing.secagg.shamir import reconstruct, share_from_bytes
 
 ROSTER = b"\x17" * 32
 COORDS = 1 << 14

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from gossipmed.secagg import primitives as pr
-from gossipmed.secagg.errors import ForgedMessage, MalformedMessage
-from gossipmed.secagg.params import InstanceId
-from gossipmed.secagg.shamir import (
+from gossipmed.mixing.secagg import primitives as pr
+from gossipmed.mixing.secagg.errors import ForgedMessage, MalformedMessage
+from gossipmed.mixing.secagg.params import InstanceId
+from gossipmed.mixing.secagg.shamir import (
     PRIME,
     SHARE_BYTES,
     reconstruct,

@@ -14,7 +14,7 @@ import torch
 from nacl.signing import SigningKey
 
 from gossipmed.errors import SecAggError, WireError
-from gossipmed.secagg import (
+from gossipmed.mixing.secagg import (
     Aggregator,
     ContributionGuard,
     Contributor,
@@ -27,7 +27,7 @@ from gossipmed.secagg import (
     MessageLimits,
     decode_message,
 )
-from gossipmed.secagg.messages import (
+from gossipmed.mixing.secagg.messages import (
     AdvertiseKeys,
     ForwardedShares,
     KeyRoster,

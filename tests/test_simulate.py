@@ -8,7 +8,7 @@ import pytest
 
 from gossipmed.metrics import read_metrics
 from node.cli import main
-from node.sim_config import load_toml, sim_config_from_mapping
+from node.sim.config import load_toml, sim_config_from_mapping
 
 QUICK = ["--problem", "quadratic", "--nodes", "6", "--topology", "ring", "--rounds", "5"]
 
@@ -123,7 +123,7 @@ def test_bad_settings_are_one_line_errors(
 
 def test_pretrain_flag_selects_full_parameter_gossip(tmp_path: Path) -> None:
     from node.cli import build_parser
-    from node.cmd_simulate import build_config
+    from node.commands.simulate import build_config
 
     args = build_parser().parse_args(
         ["simulate", "--pretrain", "--dataset", "notes", "--out", str(tmp_path)]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossipmed.config import AdapterConfig, DataConfig, DPConfig, LearningConfig, TrainConfig
 from gossipmed.errors import PrivacyBudgetExceeded
-from gossipmed.learner import Learner
-from gossipmed.model import expected_schema
-from gossipmed.train import build_site_learners
+from gossipmed.learn.config import AdapterConfig, DataConfig, DPConfig, LearningConfig, TrainConfig
+from gossipmed.learn.learner import Learner
+from gossipmed.learn.model import expected_schema
+from gossipmed.learn.train import build_site_learners
 from node.cli import main
 
 

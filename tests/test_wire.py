@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossipmed.wire import (
+from gossipmed.wire.tensors import (
     CODECS,
     DtypeNotAllowed,
     MalformedEnvelope,

@@ -1,0 +1,1 @@
+"""Who takes part: site identities, the roster and its shared settings, site folders, audit."""

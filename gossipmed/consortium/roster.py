@@ -1,0 +1,403 @@
+"""The consortium roster: who is a member, with which keys, and who gossips with whom.
+
+Every envelope carries the roster's content hash, so two sites only talk when they agree on
+exactly the same membership, keys and edges. Revocation therefore produces a *new* roster
+(new hash): a revoked site cannot keep talking under the old one to sites that updated.
+
+What the hash covers: the format version, every member's name, peer ID, keys and revoked
+flag, the edge list, and the gossip settings every site must share (the `[gossip]` table:
+gossipmed.consortium.settings; a version-1 file has none and loads with the defaults).
+Addresses and the `topology`/`created` labels are deliberately left out: addresses are
+routing hints that may change without invalidating in-flight updates.
+
+Validation policy: structural problems (duplicate names or peer IDs, a peer ID that does not
+match its key, edges naming non-members, self loops) are errors. A graph that is disconnected
+among non-revoked members is only a *warning* (`Roster.warnings()`): revoking a compromised
+member must always be possible, even when that splits the graph; `consortium build` refuses
+to create a disconnected roster in the first place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from gossipmed.consortium.crypto import KEY_BYTES, peer_id_from_ed25519
+from gossipmed.consortium.settings import ConsortiumSettings
+from gossipmed.errors import ConfigError, IdentityError, RosterError
+from gossipmed.toml_writer import toml_value
+
+ROSTER_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+ROSTER_HASH_BYTES = 32
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HASH_PERSON = b"gossipmed-roster"
+
+
+class NotAMember(RosterError):
+    """The claimed sender (or a requested name) is not in the roster."""
+
+
+class RevokedMember(RosterError):
+    """The party is in the roster but has been revoked."""
+
+
+class RosterMismatch(RosterError):
+    """An envelope was made under a different roster (hash) than this site's."""
+
+
+def check_site_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise RosterError(
+            f"invalid site name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def decode_key(value: object, *, what: str) -> bytes:
+    """32-byte public key from hex (64 chars) or base64 (44 chars)."""
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        try:
+            raw = bytes.fromhex(value) if len(value) == 2 * KEY_BYTES else base64.b64decode(value)
+        except (ValueError, binascii.Error) as exc:
+            raise RosterError(f"{what} is neither hex nor base64") from exc
+    else:
+        raise RosterError(f"{what} must be a hex or base64 string")
+    if len(raw) != KEY_BYTES:
+        raise RosterError(f"{what} must be {KEY_BYTES} bytes, got {len(raw)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class Member:
+    """One site as the consortium knows it; a site's *card* is a Member that is not revoked."""
+
+    name: str
+    peer_id: str
+    sign_key: bytes  # Ed25519 public key
+    box_key: bytes  # X25519 public key
+    addrs: tuple[str, ...] = ()
+    revoked: bool = False
+
+    def __post_init__(self) -> None:
+        check_site_name(self.name)
+        for what, key in (("sign_key", self.sign_key), ("box_key", self.box_key)):
+            if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+                raise RosterError(f"{self.name}: {what} must be {KEY_BYTES} raw bytes")
+        try:
+            expected = peer_id_from_ed25519(self.sign_key)
+        except IdentityError as exc:
+            raise RosterError(str(exc)) from exc
+        if self.peer_id != expected:
+            raise RosterError(
+                f"{self.name}: peer_id {self.peer_id!r} does not match its sign_key "
+                f"(expected {expected})"
+            )
+        if not isinstance(self.addrs, tuple) or not all(
+            isinstance(a, str) and a.startswith("/") for a in self.addrs
+        ):
+            raise RosterError(f"{self.name}: addrs must be a list of multiaddr strings")
+        if not isinstance(self.revoked, bool):
+            raise RosterError(f"{self.name}: revoked must be true or false")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, allow_revoked: bool = True) -> Member:
+        allowed = {"name", "peer_id", "sign_key", "box_key", "addrs"}
+        if allow_revoked:
+            allowed.add("revoked")
+        unknown = set(data) - allowed
+        if unknown:
+            raise RosterError(f"unknown member key(s): {', '.join(sorted(unknown))}")
+        missing = {"name", "peer_id", "sign_key", "box_key"} - set(data)
+        if missing:
+            raise RosterError(f"member is missing: {', '.join(sorted(missing))}")
+        name = check_site_name(data["name"])
+        addrs = data.get("addrs", [])
+        if not isinstance(addrs, list):
+            raise RosterError(f"{name}: addrs must be a list")
+        return cls(
+            name=name,
+            peer_id=str(data["peer_id"]),
+            sign_key=decode_key(data["sign_key"], what=f"{name}: sign_key"),
+            box_key=decode_key(data["box_key"], what=f"{name}: box_key"),
+            addrs=tuple(addrs),
+            revoked=data.get("revoked", False),
+        )
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "peer_id": self.peer_id,
+            "sign_key": self.sign_key.hex(),
+            "box_key": self.box_key.hex(),
+            "addrs": list(self.addrs),
+            "revoked": self.revoked,
+        }
+
+    def card_toml(self) -> str:
+        """The public card a site hands to whoever builds the consortium file."""
+        m = self.to_mapping()
+        del m["revoked"]
+        return "".join(f"{k} = {toml_value(v)}\n" for k, v in m.items())
+
+
+def load_card(path: Path) -> Member:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RosterError(f"cannot read card {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RosterError(f"card {path} is not valid TOML: {exc}") from exc
+    try:
+        return Member.from_mapping(data, allow_revoked=False)
+    except RosterError as exc:
+        raise RosterError(f"card {path}: {exc}") from exc
+
+
+def _normalise_edges(edges: Iterable[Sequence[str]]) -> tuple[tuple[str, str], ...]:
+    out = set()
+    for edge in edges:
+        if (
+            not isinstance(edge, list | tuple)
+            or len(edge) != 2
+            or not all(isinstance(x, str) for x in edge)
+        ):
+            raise RosterError(f"edge {edge!r} must be a pair of member names")
+        a, b = edge
+        if a == b:
+            raise RosterError(f"self loop on {a!r} is not allowed")
+        out.add((a, b) if a < b else (b, a))
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class Roster:
+    members: tuple[Member, ...]
+    edges: tuple[tuple[str, str], ...]
+    topology: str = "custom"
+    created: str = ""
+    settings: ConsortiumSettings = field(default_factory=ConsortiumSettings)
+    _by_name: dict[str, Member] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        members = tuple(sorted(self.members, key=lambda m: m.name))
+        object.__setattr__(self, "members", members)
+        object.__setattr__(self, "edges", _normalise_edges(self.edges))
+        if not members:
+            raise RosterError("a roster needs at least one member")
+        by_name: dict[str, Member] = {}
+        peer_ids: set[str] = set()
+        for m in members:
+            if m.name in by_name:
+                raise RosterError(f"duplicate member name {m.name!r}")
+            if m.peer_id in peer_ids:
+                raise RosterError(f"duplicate peer_id {m.peer_id} ({m.name})")
+            by_name[m.name] = m
+            peer_ids.add(m.peer_id)
+        for a, b in self.edges:
+            for end in (a, b):
+                if end not in by_name:
+                    raise RosterError(f"edge ({a}, {b}) names {end!r}, which is not a member")
+        object.__setattr__(self, "_by_name", by_name)
+
+    @cached_property
+    def hash(self) -> bytes:
+        """BLAKE2b-256 over a canonical JSON encoding of version, members and edges."""
+        canonical = {
+            "v": ROSTER_VERSION,
+            "members": [
+                {
+                    "name": m.name,
+                    "peer_id": m.peer_id,
+                    "sign_key": m.sign_key.hex(),
+                    "box_key": m.box_key.hex(),
+                    "revoked": m.revoked,
+                }
+                for m in self.members
+            ],
+            "edges": [list(e) for e in self.edges],
+            "gossip": self.settings.to_mapping(),
+        }
+        blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.blake2b(
+            blob.encode("ascii"), digest_size=ROSTER_HASH_BYTES, person=_HASH_PERSON
+        ).digest()
+
+    @property
+    def hash_hex(self) -> str:
+        return self.hash.hex()
+
+    def get(self, name: str) -> Member | None:
+        return self._by_name.get(name)
+
+    def member(self, name: str) -> Member:
+        m = self._by_name.get(name)
+        if m is None:
+            raise NotAMember(f"{name!r} is not a member of this consortium")
+        return m
+
+    def active_member(self, name: str) -> Member:
+        """The member, or NotAMember / RevokedMember: the gate for every envelope."""
+        m = self.member(name)
+        if m.revoked:
+            raise RevokedMember(f"{name!r} has been revoked from this consortium")
+        return m
+
+    @property
+    def active_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.members if not m.revoked)
+
+    def neighbours(self, name: str) -> tuple[str, ...]:
+        """Non-revoked graph neighbours of `name` (sorted)."""
+        self.member(name)
+        out = set()
+        for a, b in self.edges:
+            if name in (a, b):
+                other = b if a == name else a
+                if not self._by_name[other].revoked:
+                    out.add(other)
+        return tuple(sorted(out))
+
+    def components(self) -> list[list[str]]:
+        """Connected components of the graph restricted to non-revoked members."""
+        active = set(self.active_names)
+        adj: dict[str, set[str]] = {n: set() for n in active}
+        for a, b in self.edges:
+            if a in active and b in active:
+                adj[a].add(b)
+                adj[b].add(a)
+        seen: set[str] = set()
+        comps = []
+        for start in sorted(active):
+            if start in seen:
+                continue
+            stack, comp = [start], []
+            seen.add(start)
+            while stack:
+                n = stack.pop()
+                comp.append(n)
+                for nb in adj[n] - seen:
+                    seen.add(nb)
+                    stack.append(nb)
+            comps.append(sorted(comp))
+        return comps
+
+    def warnings(self) -> list[str]:
+        out = []
+        comps = self.components()
+        if len(comps) > 1:
+            out.append(
+                f"graph among non-revoked members is disconnected ({len(comps)} components: "
+                + "; ".join(", ".join(c) for c in comps)
+                + "); those parts will not converge to one model"
+            )
+        if not self.active_names:
+            out.append("every member is revoked")
+        return out
+
+    def revoke(self, name: str) -> Roster:
+        m = self.member(name)
+        if m.revoked:
+            raise RevokedMember(f"{name!r} is already revoked")
+        members = tuple(replace(x, revoked=True) if x.name == name else x for x in self.members)
+        return replace(self, members=members)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {
+            "version": ROSTER_VERSION,
+            "topology": self.topology,
+            "created": self.created,
+            "hash": self.hash_hex,
+            "members": [m.to_mapping() for m in self.members],
+            "edges": [list(e) for e in self.edges],
+            "gossip": self.settings.to_mapping(),
+        }
+
+    def to_toml(self) -> str:
+        lines = [
+            "# gossipmed consortium roster. Edit with `gossipmed consortium`; any change",
+            "# (including revocation) changes the hash, and every site needs the new file.",
+            f"version = {ROSTER_VERSION}",
+            f"topology = {toml_value(self.topology)}",
+            f"created = {toml_value(self.created)}",
+            f"# content hash (informational; recomputed on load): {self.hash_hex}",
+            "edges = [",
+            *(f"  {toml_value(list(e))}," for e in self.edges),
+            "]",
+            "",
+            "# gossip settings every site must share (they enter the hash)",
+            "[gossip]",
+            *(f"{k} = {toml_value(v)}" for k, v in self.settings.to_mapping().items()),
+        ]
+        for m in self.members:
+            lines.append("")
+            lines.append("[[members]]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in m.to_mapping().items())
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Roster:
+        unknown = set(data) - {"version", "topology", "created", "members", "edges", "gossip"}
+        if unknown:
+            raise RosterError(f"unknown roster key(s): {', '.join(sorted(unknown))}")
+        version = data.get("version")
+        if version not in READABLE_VERSIONS or type(version) is not int:
+            raise RosterError(
+                f"unsupported roster version {version!r} (this gossipmed reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
+            )
+        if version == 1 and "gossip" in data:
+            raise RosterError("a version-1 roster has no [gossip] table; set version = 2")
+        try:
+            settings = ConsortiumSettings.from_mapping(data.get("gossip", {}), where="[gossip]")
+        except ConfigError as exc:
+            raise RosterError(str(exc)) from None
+        members = data.get("members")
+        edges = data.get("edges", [])
+        if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+            raise RosterError("roster needs a [[members]] array of tables")
+        if not isinstance(edges, list):
+            raise RosterError("edges must be a list of [a, b] pairs")
+        topology, created = data.get("topology", "custom"), data.get("created", "")
+        if not isinstance(topology, str) or not isinstance(created, str):
+            raise RosterError("topology and created must be strings")
+        return cls(
+            members=tuple(Member.from_mapping(m) for m in members),
+            edges=_normalise_edges(edges),
+            topology=topology,
+            created=created,
+            settings=settings,
+        )
+
+
+def load_roster(path: Path) -> Roster:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RosterError(f"cannot read roster {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RosterError(f"roster {path} is not valid TOML: {exc}") from exc
+    try:
+        return Roster.from_mapping(data)
+    except RosterError as exc:
+        raise RosterError(f"roster {path}: {exc}") from exc
+
+
+def save_roster(roster: Roster, path: Path) -> None:
+    """Atomic replace, so a site never reads a half-written roster (0600, like every file a
+    site writes)."""
+    from gossipmed.storage.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, roster.to_toml().encode("utf-8"))

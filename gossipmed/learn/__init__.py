@@ -1,0 +1,1 @@
+"""Learning one site's adapter: base model, adapters, data, DP-SGD training, evaluation."""

@@ -1,0 +1,86 @@
+"""Dataset types, the loader registry and the helpers every source shares."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gossipmed.errors import DataError
+from gossipmed.learn.config import DataConfig
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str | None  # None for plain (unlabelled) text
+    site: str | None = None  # natural site (hospital) when the source has one
+
+
+@dataclass(frozen=True)
+class TaskDataset:
+    name: str
+    label_prefix: str  # e.g. "Chapter:"; the label follows after one space
+    labels: tuple[str, ...]  # candidate answers (empty for plain text)
+    train: tuple[Example, ...]
+    test: tuple[Example, ...]
+    natural_sites: tuple[str, ...]  # empty when the source has no natural split
+
+    def __post_init__(self) -> None:
+        if not self.train:
+            raise DataError(f"dataset {self.name} has no training examples")
+        if not self.test:
+            raise DataError(f"dataset {self.name} has no test examples")
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.labels)
+
+
+def stable_fraction(key: str) -> float:
+    """A uniform number in [0, 1) fixed by `key` alone (used for seed-free test splits)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def balanced_take(examples: Sequence[Example], n: int, *, seed: int) -> list[Example]:
+    """Up to `n` examples, round-robin over labels so rare classes are not drowned out."""
+    rng = random.Random(seed)
+    by_label: dict[str | None, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_label[ex.label].append(ex)
+    pools = [by_label[k] for k in sorted(by_label, key=lambda x: "" if x is None else x)]
+    for pool in pools:
+        rng.shuffle(pool)
+    out: list[Example] = []
+    depth = 0
+    while len(out) < n and any(depth < len(p) for p in pools):
+        for pool in pools:
+            if depth < len(pool) and len(out) < n:
+                out.append(pool[depth])
+        depth += 1
+    rng.shuffle(out)
+    return out
+
+
+def load_dataset(config: DataConfig) -> TaskDataset:
+    """Load the configured dataset (no network)."""
+    if config.dataset == "icd10":
+        from gossipmed.learn.datasets.icd10 import load_icd10
+
+        return load_icd10(config)
+    if config.dataset == "heart":
+        from gossipmed.learn.datasets.heart import load_heart
+
+        return load_heart(config)
+    if config.dataset == "notes":
+        from gossipmed.learn.datasets.notes import load_notes
+
+        return load_notes(config)
+    if config.dataset == "user":
+        from gossipmed.learn.datasets.user import load_user
+
+        return load_user(config)
+    raise DataError(f"unknown dataset {config.dataset!r}")

@@ -1,0 +1,264 @@
+"""One site's learning (the `Learner` protocol) and the factory that sets up many sites.
+
+All sites of a process share ONE `AdapterModel`; a `SiteLearner` owns only its trainable
+tensors, data, privacy ledger and RNG, loads its state into the shared model for a round and
+reads it back; its optimiser moments (Adam) stay in the learner, so swapping is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gossipmed.errors import ModelError, PrivacyError
+from gossipmed.learn.config import LearningConfig
+from gossipmed.learn.data import EncodedSet, Encoder
+from gossipmed.learn.datasets import TaskDataset, load_dataset
+from gossipmed.learn.evaluate import EvalReport, EvalSet, evaluate
+from gossipmed.learn.learner import AdapterState, EvalStats, TrainStats
+from gossipmed.learn.model import AdapterModel, expected_schema
+from gossipmed.learn.optim import SiteOptimizer
+from gossipmed.learn.partition import partition
+from gossipmed.privacy.dp import calibrate_noise, clip_and_noise, poisson_sample
+from gossipmed.privacy.ledger import PrivacyLedger
+
+
+def site_seed(seed: int, site: int) -> int:
+    digest = hashlib.blake2b(f"gossipmed-site:{seed}:{site}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+class SiteLearner:
+    """Implements `gossipmed.learn.learner.Learner` for one site."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        index: int,
+        model: AdapterModel,
+        train_data: EncodedSet,
+        eval_set: EvalSet,
+        config: LearningConfig,
+        ledger: PrivacyLedger | None,
+    ) -> None:
+        if config.dp.enabled and ledger is None:
+            raise PrivacyError("a DP learner needs a privacy ledger")
+        self.name = name
+        self.index = index
+        self.model = model
+        self.train_data = train_data
+        self.eval_set = eval_set
+        self.config = config
+        self.ledger = ledger
+        self.sample_rate = min(1.0, config.train.batch_size / len(train_data))
+        self.generator = torch.Generator().manual_seed(site_seed(config.train.seed, index))
+        self._state = {k: v.clone() for k, v in model.initial_state.items()}
+        self.noise_multiplier = self._noise_multiplier() if config.dp.enabled else None
+        self.last_grad_norms = torch.zeros(0)  # unclipped per-sample norms of the last DP step
+        self.optimizer = SiteOptimizer(kind=config.train.optimizer, lr=config.train.lr)
+
+    def _noise_multiplier(self) -> float:
+        dp = self.config.dp
+        if dp.noise_multiplier is not None:
+            return dp.noise_multiplier
+        return calibrate_noise(
+            target_epsilon=dp.epsilon,
+            delta=dp.delta,
+            sample_rate=self.sample_rate,
+            steps=dp.planned_steps,
+            accountant=dp.accountant,
+        )
+
+    # --- Learner protocol ------------------------------------------------------------------
+    def get_state(self) -> AdapterState:
+        return {k: v.clone() for k, v in self._state.items()}
+
+    def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        if expected_schema(state) != expected_schema(self._state):
+            raise ModelError("adapter state does not match this site's schema")
+        self._state = {k: v.detach().clone() for k, v in state.items()}
+
+    @property
+    def epsilon(self) -> float:
+        return self.ledger.epsilon if self.ledger is not None else math.inf
+
+    def train_round(self, *, steps: int) -> TrainStats:
+        """`steps` Poisson-sampled SGD steps; with DP the whole round is charged first."""
+        if steps < 1:
+            raise ValueError("steps must be >= 1")
+        start = time.perf_counter()
+        tc = self.config.train
+        if self.noise_multiplier is not None:
+            assert self.ledger is not None
+            self.ledger.charge(
+                noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=steps
+            )
+        self.model.load_state(self._state)
+        losses: list[float] = []
+        seen = 0
+        n = len(self.train_data)
+        for _ in range(steps):
+            idx = poisson_sample(n, sample_rate=self.sample_rate, generator=self.generator)
+            batch = self.train_data.subset(idx)
+            seen += len(idx)
+            if self.noise_multiplier is not None:
+                per_sample, loss = self.model.per_sample_grads(
+                    batch.input_ids, batch.loss_mask, microbatch=tc.microbatch
+                )
+                grad, self.last_grad_norms = clip_and_noise(
+                    per_sample,
+                    clip_norm=self.config.dp.clip_norm,
+                    noise_multiplier=self.noise_multiplier,
+                    expected_batch=self.sample_rate * n,
+                    generator=self.generator,
+                )
+                if len(loss):
+                    losses.append(float(loss.mean()))
+            else:
+                if len(idx) == 0:
+                    continue
+                grad, mean_loss = self.model.mean_grad(batch.input_ids, batch.loss_mask)
+                losses.append(mean_loss)
+            self.model.apply_update(grad, optimizer=self.optimizer)
+        self._state = self.model.read_state()
+        return TrainStats(
+            train_loss=sum(losses) / len(losses) if losses else math.nan,
+            epsilon=self.epsilon,
+            n_examples=seen,
+            steps=steps,
+            seconds=time.perf_counter() - start,
+        )
+
+    def evaluate(self) -> EvalStats:
+        report = self.evaluate_report()
+        return EvalStats(loss=report.loss, accuracy=report.accuracy)
+
+    # --- extras ---------------------------------------------------------------------------
+    def evaluate_report(self) -> EvalReport:
+        self.model.load_state(self._state)
+        return evaluate(self.model, self.eval_set)
+
+    def save_adapter(self, out: str | Path) -> Path:
+        """This site's adapter in PEFT format (loadable with PeftModel.from_pretrained)."""
+        self.model.load_state(self._state)
+        return self.model.save(out)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Nothing beyond the adapter today: Adam's moments restart after a resume."""
+        return None
+
+    def load_state_dict(self, state: Mapping[str, Any], *, schema: Mapping[str, Any]) -> None:
+        raise ModelError("this learner keeps no state besides its adapter")
+
+
+@dataclass
+class SiteSetup:
+    """What the simulator/daemon needs: the shared model, one learner per site, the test set."""
+
+    model: AdapterModel
+    learners: list[SiteLearner]
+    eval_set: EvalSet
+    dataset: TaskDataset
+    encoder: Encoder
+
+
+def resolve_base_model(config: LearningConfig, *, progress: bool = False) -> Path:
+    if config.base_model is not None:
+        return Path(config.base_model)
+    from gossipmed.learn.base_model import ensure_base_model
+
+    return ensure_base_model(progress=progress)
+
+
+def load_shared_model(config: LearningConfig, *, progress: bool = False) -> AdapterModel:
+    return AdapterModel.from_pretrained(
+        resolve_base_model(config, progress=progress), config.adapter
+    )
+
+
+def _ledger(
+    config: LearningConfig, name: str, ledger_dir: str | Path | None
+) -> PrivacyLedger | None:
+    if not config.dp.enabled:
+        return None
+    dp = config.dp
+    if ledger_dir is None:
+        return PrivacyLedger(budget=dp.epsilon, delta=dp.delta, accountant=dp.accountant)
+    path = Path(ledger_dir) / f"{name}.ledger.json"
+    return PrivacyLedger.open(path, budget=dp.epsilon, delta=dp.delta, accountant=dp.accountant)
+
+
+def _eval_set(encoder: Encoder, dataset: TaskDataset, config: LearningConfig) -> EvalSet:
+    targets = encoder.encode(dataset.test, loss_on=config.train.loss_on)
+    if not dataset.labelled:
+        return EvalSet(targets=targets, candidates=None, labels=())
+    return EvalSet(
+        targets=targets,
+        candidates=encoder.encode_candidates(dataset.test),
+        labels=dataset.labels,
+        prompts=tuple(tuple(encoder.prompt_ids(ex)) for ex in dataset.test),
+        label_tokens=encoder.label_token_ids(),
+        label_only_loss=config.train.loss_on == "label",
+    )
+
+
+def build_site_learners(
+    config: LearningConfig,
+    *,
+    model: AdapterModel | None = None,
+    ledger_dir: str | Path | None = None,
+    pooled: bool = False,
+    progress: bool = False,
+) -> SiteSetup:
+    """Partition the dataset over `config.data.n_sites` sites sharing one model.
+
+    `pooled=True` gives the centralised baseline: one learner on the union of all sites'
+    data, with the same DP, batch and step settings. `model` lets callers reuse an already
+    loaded shared model (it must carry the configured adapter).
+    """
+    dc = config.data
+    dataset = load_dataset(dc)
+    model = model or load_shared_model(config, progress=progress)
+    encoder = Encoder(model.tokenizer, dataset=dataset, max_length=dc.max_length)
+    eval_set = _eval_set(encoder, dataset, config)
+    train_all = encoder.encode(dataset.train, loss_on=config.train.loss_on)
+    if pooled:
+        parts = [list(range(len(dataset.train)))]
+        names = ["pooled"]
+    else:
+        parts = partition(
+            dataset.train,
+            scheme=dc.partition,
+            n_sites=dc.n_sites,
+            alpha=dc.alpha,
+            seed=dc.seed,
+            natural_sites=dataset.natural_sites,
+        )
+        names = (
+            list(dataset.natural_sites)
+            if dc.partition == "natural"
+            else [f"site-{k}" for k in range(dc.n_sites)]
+        )
+    learners = [
+        SiteLearner(
+            name=name,
+            index=k,
+            model=model,
+            train_data=train_all.subset(torch.tensor(idx, dtype=torch.long)),
+            eval_set=eval_set,
+            config=config,
+            ledger=_ledger(config, name, ledger_dir),
+        )
+        for k, (name, idx) in enumerate(zip(names, parts, strict=True))
+    ]
+    return SiteSetup(
+        model=model, learners=learners, eval_set=eval_set, dataset=dataset, encoder=encoder
+    )

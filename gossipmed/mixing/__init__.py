@@ -1,0 +1,1 @@
+"""Combining neighbours' states: weighted and robust rules, drift correction, secure aggregation."""

@@ -1,0 +1,211 @@
+"""Mixing of neighbour states: x_i <- sum_j w_ij x_j.
+
+Rules are registered by name with their parameters' dataclass (gossipmed.choice), so a
+config file chooses `aggregation = { rule = "cosine-clipped", min_cosine = 0.1 }` and the
+peer gets an `Aggregator` with that rule fixed at construction. The robust rules themselves
+live in gossipmed.mixing.robust.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from gossipmed.choice import Choice, NoParams, Spec, build, require_number
+from gossipmed.errors import GossipmedError
+from gossipmed.learn.learner import AdapterState
+from gossipmed.mixing.robust import (
+    DEFAULT_MIN_COSINE,
+    DEFAULT_TRIM,
+    clipped_gossip,
+    coordinate_median,
+    cosine_clipped_gossip,
+    trimmed_mean,
+)
+from gossipmed.registry import Registry
+
+WEIGHT_TOLERANCE = 1e-9
+
+
+class AggregationError(GossipmedError):
+    """States or weights handed to a mixing rule are inconsistent (a bug or a bad schema)."""
+
+
+def fold_silent_weight(
+    row: Mapping[str, float], *, self_name: str, heard: set[str] | frozenset[str]
+) -> dict[str, float]:
+    """Give the weight of every neighbour not heard this round to self.
+
+    Keeps the row stochastic, so a silent neighbour behaves as if it had sent our own state
+    back: the round still averages, just more slowly, and never drifts.
+    """
+    if self_name not in row:
+        raise AggregationError(f"mixing row has no self weight for {self_name!r}")
+    out = {name: w for name, w in row.items() if name == self_name or name in heard}
+    out[self_name] = out[self_name] + sum(
+        w for name, w in row.items() if name != self_name and name not in heard
+    )
+    return out
+
+
+def weighted_average(
+    states: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float]
+) -> AdapterState:
+    """Sum of w_j * state_j, accumulated in float64 and cast back to each tensor's dtype.
+
+    float64 accumulation matters: gossip applies this hundreds of times and float32 rounding
+    would put a floor under the consensus distance that looks like a topology effect.
+    """
+    if set(states) != set(weights):
+        raise AggregationError(f"weights for {sorted(weights)} but states for {sorted(states)}")
+    total = sum(weights.values())
+    if abs(total - 1.0) > 1e-6:
+        raise AggregationError(f"mixing weights sum to {total}, not 1")
+    if any(w < -WEIGHT_TOLERANCE for w in weights.values()):
+        raise AggregationError("mixing weights must be non-negative")
+    names = list(states)
+    reference = states[names[0]]
+    out: AdapterState = {}
+    for key, ref in reference.items():
+        acc = torch.zeros(ref.shape, dtype=torch.float64)
+        for name in names:
+            tensor = states[name].get(key)
+            if tensor is None or tensor.shape != ref.shape:
+                raise AggregationError(f"state of {name!r} lacks {key!r} or has another shape")
+            acc.add_(tensor.detach().to(torch.float64), alpha=float(weights[name]))
+        out[key] = acc.to(ref.dtype)
+    for name in names:
+        if set(states[name]) != set(reference):
+            raise AggregationError(f"state of {name!r} has other tensor names than the rest")
+    return out
+
+
+AggregationRule = Callable[..., AdapterState]
+"""(states by site, weights of the sites heard, *, self_name) -> the mixed state."""
+
+
+def _weighted(_params: NoParams) -> AggregationRule:
+    return lambda states, weights, *, self_name: weighted_average(states, weights)
+
+
+@dataclass(frozen=True)
+class TrimParams:
+    trim: float = DEFAULT_TRIM
+
+    def __post_init__(self) -> None:
+        require_number(self.trim, what="trim", lo=0.0, hi=0.499)
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    radius: float | None = None  # None: the lower median of the neighbours' distances
+
+    def __post_init__(self) -> None:
+        if self.radius is not None:
+            require_number(self.radius, what="radius", lo=0.0, hi=math.inf)
+
+
+@dataclass(frozen=True)
+class CosineClipParams:
+    radius: float | None = None
+    min_cosine: float = DEFAULT_MIN_COSINE
+
+    def __post_init__(self) -> None:
+        if self.radius is not None:
+            require_number(self.radius, what="radius", lo=0.0, hi=math.inf)
+        require_number(self.min_cosine, what="min_cosine", lo=-1.0, hi=0.999999)
+
+
+RULES: Registry[Spec[AggregationRule]] = Registry("aggregation rule")
+RULES.register(
+    "weighted",
+    Spec(name="weighted", build=_weighted, summary="plain weighted average (no defence)"),
+)
+RULES.register(
+    "median",
+    Spec(
+        name="median",
+        build=lambda _p: lambda s, w, *, self_name: coordinate_median(s, w),
+        summary="coordinate-wise median of the states heard",
+    ),
+)
+RULES.register(
+    "trimmed-mean",
+    Spec(
+        name="trimmed-mean",
+        build=lambda p: lambda s, w, *, self_name: trimmed_mean(s, w, trim=p.trim),
+        params=TrimParams,
+        summary="per coordinate, drop the `trim` share at each end, average the rest",
+    ),
+)
+RULES.register(
+    "clipped",
+    Spec(
+        name="clipped",
+        build=lambda p: (
+            lambda s, w, *, self_name: clipped_gossip(s, w, self_name=self_name, radius=p.radius)
+        ),
+        params=ClipParams,
+        summary="self-centred clipping: a neighbour moves a site at most w * radius",
+    ),
+)
+RULES.register(
+    "cosine-clipped",
+    Spec(
+        name="cosine-clipped",
+        build=lambda p: (
+            lambda s, w, *, self_name: cosine_clipped_gossip(
+                s, w, self_name=self_name, radius=p.radius, min_cosine=p.min_cosine
+            )
+        ),
+        params=CosineClipParams,
+        summary="drop neighbours pointing away (cosine <= min_cosine), then clip",
+    ),
+)
+DEFAULT_RULE = "weighted"
+
+
+def get_rule(name: str) -> AggregationRule:
+    """The mixing rule called `name` with its default parameters."""
+    spec = RULES.get(name)
+    return spec.build(spec.params())
+
+
+class Aggregator:
+    """One site's mixing step, its rule and parameters fixed at construction."""
+
+    def __init__(self, choice: Choice | None = None) -> None:
+        self.choice = choice if choice is not None else Choice(name=DEFAULT_RULE)
+        self._rule = build(RULES, self.choice)
+
+    def mix(
+        self,
+        *,
+        self_name: str,
+        row: Mapping[str, float],
+        states: Mapping[str, Mapping[str, torch.Tensor]],
+    ) -> AdapterState:
+        """x_i <- rule over the states heard (own included); silent weight goes to self."""
+        weights = fold_silent_weight(
+            row, self_name=self_name, heard=frozenset(states) - {self_name}
+        )
+        unknown = set(states) - set(weights)
+        if unknown:
+            raise AggregationError(f"states from non-neighbours {sorted(unknown)}")
+        return self._rule(states, weights, self_name=self_name)
+
+
+def mix(
+    *,
+    rule: str,
+    self_name: str,
+    row: Mapping[str, float],
+    states: Mapping[str, Mapping[str, torch.Tensor]],
+) -> AdapterState:
+    """One mixing step with `rule` at its default parameters."""
+    return Aggregator(Choice(name=RULES.get(rule).name, params=RULES.get(rule).params())).mix(
+        self_name=self_name, row=row, states=states
+    )

@@ -1,0 +1,1 @@
+"""Differential privacy: the DP-SGD mechanism, accounting (Opacus) and the site's ledger."""

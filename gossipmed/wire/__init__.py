@@ -1,0 +1,2 @@
+"""What travels between sites: the update type, tensors <-> bytes, codecs, compression and
+envelopes."""

@@ -1,0 +1,1 @@
+"""The `gossipmed` subcommands, one module each (discovered by node.cli)."""

@@ -1,0 +1,34 @@
+"""`gossipmed run`: the site's peer daemon, until stopped (SIGINT/SIGTERM) or `rounds` done."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run this site's peer daemon (libp2p) until stopped",
+        description=(
+            "Read SITE_DIR/site.toml (listen addresses, consortium file, [daemon] round "
+            "timeout and rounds, [data] [adapter] [dp] [train]) and run gossip rounds with the "
+            "site's neighbours over libp2p (Noise + yamux). Resumes from SITE_DIR/state after "
+            "a crash. Status: `gossipmed status --site SITE_DIR`. SIGINT/SIGTERM stop it "
+            "cleanly (exit 0)."
+        ),
+    )
+    p.add_argument("--site", type=Path, required=True, metavar="SITE_DIR", help="site folder")
+    p.add_argument("--log-file", type=Path, help="append logs here instead of stderr")
+    p.add_argument("--verbose", action="store_true", help="debug logging (libp2p included)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from node.daemon.config import load_daemon_settings
+    from node.daemon.process import configure_logging, run_daemon
+
+    settings = load_daemon_settings(args.site)
+    configure_logging(args.log_file, verbose=args.verbose)
+    return run_daemon(settings)

@@ -1,0 +1,104 @@
+"""`gossipmed status`: ask a running daemon (its 127.0.0.1 control endpoint) how it is doing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="show a running daemon's round, peers, epsilon and traffic",
+        description=(
+            "Query the daemon of SITE_DIR over its local-only control endpoint (HTTP on "
+            "127.0.0.1, port in SITE_DIR/control.json; GET /status for JSON, /metrics for "
+            "Prometheus). Exit 2 when no daemon answers."
+        ),
+    )
+    p.add_argument("--site", type=Path, required=True, metavar="SITE_DIR", help="site folder")
+    p.add_argument("--json", action="store_true", help="print the raw status object")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.set_defaults(func=run)
+
+
+def _age(ts: Any) -> str:
+    return "never" if not isinstance(ts, int | float) else f"{time.time() - ts:.1f} s ago"
+
+
+def _component(table: dict[str, Any], name_key: str) -> str:
+    name = str(table.pop(name_key, "?"))
+    params = ", ".join(f"{k} {v}" for k, v in table.items())
+    return f"{name} ({params})" if params else name
+
+
+def print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    eps = status.get("epsilon") or {}
+    budget = eps.get("budget")
+    spent = eps.get("spent")
+    eps_text = "-" if spent is None else f"{spent:.3f}"
+    if budget is not None:
+        eps_text += f" / {budget:g}"
+    console.print(
+        f"[bold]{status['site']}[/bold] pid {status['pid']}  round {status['round']} "
+        f"({status['phase']}), {status['completed']} completed  epsilon {eps_text}"
+    )
+    traffic = status.get("bytes") or {}
+    console.print(
+        f"sent {traffic.get('sent', 0) / 1e6:.2f} MB, received "
+        f"{traffic.get('received', 0) / 1e6:.2f} MB, rejected {status.get('rejected', 0)}, "
+        f"listen {' '.join(status.get('listen') or [])}"
+    )
+    gossip = status.get("gossip") or {}
+    if gossip or status.get("gossip_steps"):
+        codec = dict(gossip.get("codec") or {"name": "raw"})
+        rule = dict(gossip.get("aggregation") or {"rule": "weighted"})
+        console.print(
+            f"exchanges per round {status.get('gossip_steps', 1)}, codec "
+            f"{_component(codec, 'name')}, mixing rule {_component(rule, 'rule')}, drift "
+            f"correction {(gossip.get('drift') or {}).get('name', 'none')}"
+        )
+        if status.get("restored"):
+            console.print(f"restored from the checkpoint: {', '.join(status['restored'])}")
+    if status.get("resumed"):
+        res = status["resumed"]
+        console.print(f"resumed after round {res['round']} (epsilon {res['epsilon']:.3f})")
+    table = Table("neighbour", "connected", "last heard", "last round", "accepted")
+    for peer in status.get("peers") or []:
+        table.add_row(
+            peer["name"],
+            "yes" if peer.get("connected") else "no",
+            _age(peer.get("last_heard")),
+            str(peer.get("last_round", "-")),
+            str(peer.get("accepted", 0)),
+        )
+    console.print(table)
+    last = status.get("last_metrics")
+    if last:
+        fields = ("round", "train_loss", "eval_loss", "accuracy", "consensus_distance", "seconds")
+        console.print(
+            "last round: "
+            + ", ".join(
+                f"{k} {last[k]:.4g}" if isinstance(last.get(k), float) else f"{k} {last.get(k)}"
+                for k in fields
+            )
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from node.daemon.config import CONTROL_FILE
+    from node.daemon.control import fetch_status
+
+    status = fetch_status(args.site / CONTROL_FILE, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+    else:
+        print_status(status)
+    return 0

@@ -1,0 +1,128 @@
+"""What the control endpoint serves: a table from path to page, and the page builders.
+
+Kept apart from the socket code (node.daemon.control_server) so a new page (the planned HTML
+dashboard at `/`) is one entry in a table and every page gets the server's connection cap,
+timeouts and Host check without repeating them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+StatusProvider = Callable[[], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Response:
+    status: str  # e.g. "200 OK"
+    content_type: str
+    body: bytes
+
+    def encode(self) -> bytes:
+        """HTTP/1.0 wire form; every response closes its connection."""
+        head = (
+            f"HTTP/1.0 {self.status}\r\n"
+            f"Content-Type: {self.content_type}\r\n"
+            f"Content-Length: {len(self.body)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "X-Content-Type-Options: nosniff\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        return head.encode("ascii") + self.body
+
+
+Route = Callable[[StatusProvider], Response]
+
+
+def text(status: str, message: str) -> Response:
+    return Response(status, "text/plain; charset=utf-8", message.encode("utf-8"))
+
+
+def status_page(status: StatusProvider) -> Response:
+    body = json.dumps(status(), sort_keys=True, allow_nan=False).encode()
+    return Response("200 OK", "application/json", body)
+
+
+def metrics_page(status: StatusProvider) -> Response:
+    return Response(
+        "200 OK", "text/plain; version=0.0.4", prometheus_text(status()).encode("utf-8")
+    )
+
+
+# `/` answers /status until the dashboard replaces it
+DEFAULT_ROUTES: Mapping[str, Route] = {
+    "/": status_page,
+    "/status": status_page,
+    "/metrics": metrics_page,
+}
+
+
+def route_response(
+    path: str, status: StatusProvider, routes: Mapping[str, Route] = DEFAULT_ROUTES
+) -> Response:
+    """The page for one GET path; the query string is ignored."""
+    page = routes.get(path.split("?", 1)[0])
+    if page is None:
+        return text("404 Not Found", "not found: try /status or /metrics\n")
+    return page(status)
+
+
+def handle_request(path: str, status: StatusProvider) -> bytes:
+    """The whole response for one GET path with the default routes (for tests)."""
+    return route_response(path, status).encode()
+
+
+# --- Prometheus ----------------------------------------------------------------------------
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float) and math.isfinite(value):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    return None
+
+
+def prometheus_text(status: Mapping[str, Any]) -> str:
+    site = _label(str(status.get("site", "")))
+    lines: list[str] = []
+
+    def gauge(name: str, help_text: str, value: Any, labels: str = "") -> None:
+        num = _num(value)
+        if num is None:
+            return
+        if not any(line.startswith(f"# HELP {name} ") for line in lines):
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} gauge")
+        lines.append(f'{name}{{site="{site}"{labels}}} {num}')
+
+    gauge("gossipmed_round", "round in progress", status.get("round"))
+    gauge("gossipmed_rounds_completed", "rounds completed since start", status.get("completed"))
+    eps = status.get("epsilon") or {}
+    gauge("gossipmed_epsilon_spent", "privacy budget spent (epsilon)", eps.get("spent"))
+    gauge("gossipmed_epsilon_budget", "privacy budget (epsilon)", eps.get("budget"))
+    traffic = status.get("bytes") or {}
+    gauge("gossipmed_bytes_sent", "envelope bytes delivered", traffic.get("sent"))
+    gauge("gossipmed_bytes_received", "envelope bytes accepted", traffic.get("received"))
+    gauge("gossipmed_rejected", "inbound messages rejected", status.get("rejected"))
+    gauge("gossipmed_send_failures", "sends given up at a round deadline", status.get("failures"))
+    last = status.get("last_metrics") or {}
+    for key in ("train_loss", "eval_loss", "accuracy", "consensus_distance", "seconds"):
+        gauge(f"gossipmed_last_{key}", f"{key} of the last completed round", last.get(key))
+    now = time.time()
+    for peer in status.get("peers") or []:
+        labels = f',peer="{_label(str(peer.get("name", "")))}"'
+        gauge("gossipmed_peer_connected", "libp2p connection open", peer.get("connected"), labels)
+        heard = peer.get("last_heard")
+        if isinstance(heard, int | float):
+            gauge("gossipmed_peer_seconds_since_heard", "age of last update", now - heard, labels)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""The daemon as an operating-system process: one per site folder, its logs, its exit.
+
+Kept apart from node.daemon.site_daemon (the gossip itself) because none of it matters in tests that
+run daemons inside one trio loop, and all of it matters to a supervisor (systemd, a shell).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from gossipmed.errors import GossipmedError
+from gossipmed.storage.files import open_private
+from node.daemon.config import DaemonSettings
+from node.daemon.site_daemon import SiteDaemon
+
+
+class DaemonError(GossipmedError):
+    """The daemon cannot start (already running, bad state on disk)."""
+
+
+def check_not_running(settings: DaemonSettings) -> None:
+    """Refuse to start a second daemon on the same site folder."""
+    from node.daemon.control import DaemonNotRunning, read_control_file
+
+    try:
+        info = read_control_file(settings.control_file)
+    except DaemonNotRunning:
+        return
+    pid = info.get("pid")
+    if isinstance(pid, int) and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        raise DaemonError(
+            f"a daemon (pid {pid}) already runs on {settings.directory}; stop it first"
+        )
+
+
+def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
+    """Log to stderr (or a file); libp2p's logger does not propagate, so attach it too."""
+    handler: logging.Handler = (
+        logging.StreamHandler(open_private(log_file, "a"))  # 0600: logs name sites and rounds
+        if log_file is not None
+        else logging.StreamHandler()
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    libp2p_log = logging.getLogger("libp2p")
+    libp2p_log.addHandler(handler)
+    libp2p_log.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("node.net.libp2p.transport").setLevel(
+        logging.INFO if verbose else logging.WARNING
+    )
+
+
+def run_daemon(settings: DaemonSettings) -> int:
+    check_not_running(settings)
+    daemon = SiteDaemon(settings)
+    trio.run(daemon.run)
+    return 0

@@ -1,0 +1,323 @@
+"""`gossipmed run`: one site's peer daemon (libp2p transport, one process per site).
+
+The daemon composes exactly what the simulator composes for one site (node.round.builder:
+learner, envelope sealer, codec, mixing rule) and drives it in real time with
+node.round.driver, next to the local control endpoint (node.daemon.control) and a signal watcher.
+
+Crash safety: the privacy ledger is written (atomically) when a round is charged, before
+any update leaves; after mixing, the adapter, round, epsilon, replay-guard state and every
+component's state go to one checkpoint (gossipmed.storage.peer_state), and only then the metrics
+record. After kill -9 the daemon resumes at the round after its last checkpoint with the
+ledger's epsilon (never lower).
+
+A top-k sender's neighbours hold a replica of it that only consecutive deltas keep right,
+so the daemon sends dense keyframes whenever a replica may be out of step: after rounds it
+skipped, after a delivery it gave up on, and after a resume that cannot rule out that
+updates of the resumed round already left (every exchange of that round may be refused as a
+replay of its previous life's, so all of them and the next round's first are dense). A
+neighbour that restarts loses its replicas and needs this site's next keyframe: set the
+codec's `refresh_every` to bound that wait.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import torch
+import trio
+
+from gossipmed.consortium.audit import REJECTED, AuditLog
+from gossipmed.consortium.crypto import Identity
+from gossipmed.consortium.roster import Roster
+from gossipmed.consortium.settings import resolve_gossip_steps
+from gossipmed.errors import ConfigError
+from gossipmed.learn.learner import Learner
+from gossipmed.metrics import METRICS_FILE, MetricsWriter
+from gossipmed.storage.checkpoint import atomic_write_json
+from gossipmed.storage.files import private_dir
+from gossipmed.storage.peer_state import has_checkpoint, read_checkpoint
+from gossipmed.wire.envelope import EnvelopeSealer
+from node.daemon.config import DaemonSettings
+from node.daemon.control import serve_control
+from node.daemon.status import Resumed, build_status
+from node.round.audit import AuditLogSink
+from node.round.builder import RoundPlan, build_peer
+from node.round.driver import DriverState, RoundDriver
+from topology.mixing import mixing_matrix
+from topology.schedule import MixingSchedule
+from topology.spectral import lambda2
+
+log = logging.getLogger("gossipmed.daemon")
+
+LEDGER_FILE = "ledger.json"
+SEALED_FILE = "sealed.json"  # the last exchange whose updates may have left
+
+
+def resume_keyframes(gossip_steps: int) -> int:
+    """Keyframes after a resume that cannot rule out that updates of the resumed round
+    already left: every exchange of that round and the next round's first."""
+    return gossip_steps + 1
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """BLAKE2b over names, dtypes, shapes and bytes: compares adapters across processes."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def roster_graph(roster: Roster) -> nx.Graph:
+    """The gossip graph is the roster's: active members and the edges between them."""
+    active = set(roster.active_names)
+    graph = nx.Graph()
+    graph.add_nodes_from(sorted(active))
+    graph.add_edges_from((a, b) for a, b in roster.edges if a in active and b in active)
+    return graph
+
+
+def schedule_from_roster(roster: Roster) -> MixingSchedule:
+    return MixingSchedule.from_graphs([roster_graph(roster)], rule=roster.settings.mixing)
+
+
+def roster_gossip_steps(roster: Roster) -> int:
+    """Exchanges per round from the consortium file; 'auto' (0) reads lambda2 off the roster
+    graph, which every site of the consortium shares, so all sites pick the same number."""
+    graph = roster_graph(roster)
+    rule = roster.settings.mixing
+    lam2 = lambda2(mixing_matrix(graph, rule=rule)) if graph.number_of_nodes() > 1 else 0.0
+    return resolve_gossip_steps(roster.settings.gossip_steps, lam2=lam2)
+
+
+class DaemonAudit:
+    """Peer and transport events -> the site's audit log, plus the count status shows."""
+
+    def __init__(self, log_file: AuditLog) -> None:
+        self.log = log_file
+        self._sink = AuditLogSink(log_file)
+        self.rejected = 0
+
+    def record(self, event: str, **fields: Any) -> None:
+        if event == "rejected":
+            self.rejected += 1
+        self._sink.record(event, **fields)
+
+    def transport_reject(self, peer_id: str, reason: str) -> None:
+        self.rejected += 1
+        self.log.record(
+            outcome=REJECTED,
+            reason=f"transport: {reason}",
+            sender=peer_id,
+            round=None,
+            payload_hash="",
+        )
+
+
+def build_learner(settings: DaemonSettings, *, roster: Roster) -> Learner:
+    """This site's learner (the simulator's factories, one site only)."""
+    d = settings.daemon
+    if d.problem == "quadratic":
+        from node.sim.quadratic import QuadraticFactory
+
+        n = len(roster.members)
+        if d.site_index >= n:
+            raise ConfigError(f"daemon.site_index {d.site_index} >= {n} roster members")
+        factory = QuadraticFactory(n_sites=n, seed=d.seed, lr=min(settings.learning.train.lr, 1.0))
+        return factory.site_learners()[d.site_index]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gossipmed.learn.train import build_site_learners
+    from gossipmed.privacy.ledger import PrivacyLedger
+
+    learner = build_site_learners(settings.learning).learners[d.site_index]
+    dp = settings.learning.dp
+    if dp.enabled:
+        # one ledger in this site's own state folder, persisted on every charge
+        learner.ledger = PrivacyLedger.open(
+            settings.state_dir / LEDGER_FILE,
+            budget=dp.epsilon,
+            delta=dp.delta,
+            accountant=dp.accountant,
+        )
+    return learner
+
+
+class SiteDaemon:
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        site = settings.site
+        self.identity: Identity = site.identity()
+        self.roster = site.roster()
+        self.name = own_name(self.roster, self.identity)
+        if self.name != site.config.name:
+            raise ConfigError(
+                f"site.toml names this site {site.config.name!r} but the roster knows its "
+                f"key as {self.name!r}"
+            )
+        private_dir(settings.directory, tighten=True)  # older site folders were 0755
+        private_dir(settings.state_dir, tighten=True)
+        self.audit = DaemonAudit(AuditLog(site.audit_path))
+        learner = build_learner(settings, roster=self.roster)
+        checkpoint = None
+        if has_checkpoint(settings.state_dir):
+            checkpoint = read_checkpoint(settings.state_dir, site=self.name)
+        d = settings.daemon
+        self.sealer = EnvelopeSealer(
+            identity=self.identity, roster=self.roster, max_bytes=d.max_bytes
+        )
+        self.metrics = MetricsWriter(settings.directory / METRICS_FILE)
+        assembled = build_peer(
+            name=self.name,
+            learner=learner,
+            sealer=self.sealer,
+            schedule=schedule_from_roster(self.roster),
+            plan=RoundPlan(
+                local_steps=settings.learning.train.steps_per_round,
+                gossip_steps=roster_gossip_steps(self.roster),
+                eval_every=d.eval_every,
+                total_rounds=d.rounds or None,
+            ),
+            gossip=settings.gossip,
+            audit=self.audit,
+            checkpoint_dir=settings.state_dir,
+            metrics=self.metrics,
+            resume=checkpoint,
+        )
+        self.peer = assembled.peer
+        self.restored = assembled.restored
+        self.learner: Learner = self.peer.learner
+        self.resumed: Resumed | None = None
+        if checkpoint is not None:
+            if sealed_round(settings.state_dir) != checkpoint.round:
+                self.peer.force_keyframes(resume_keyframes(self.peer.gossip_steps))
+            self.resumed = Resumed(
+                round=checkpoint.round,
+                epsilon=self.peer.epsilon,
+                adapter_digest=state_digest(self.learner.get_state()),
+            )
+            log.info(
+                "resuming %s after round %d (epsilon %.4f, adapter %s)",
+                self.name,
+                checkpoint.round,
+                self.peer.epsilon,
+                self.resumed.adapter_digest,
+            )
+        self.driver: RoundDriver | None = None
+        self.transport: Any = None
+
+    def mark_sealed(self, round: int, step: int) -> None:
+        """Before an exchange's updates leave: on resume, a checkpoint older than this mark
+        means neighbours may hold updates of the resumed round (see resume_keyframes)."""
+        if step == 0:
+            atomic_write_json(self.settings.state_dir / SEALED_FILE, {"v": 1, "round": round})
+
+    @property
+    def state(self) -> DriverState:
+        return self.driver.state if self.driver is not None else DriverState(round=self.peer.round)
+
+    def status(self) -> dict[str, Any]:
+        return build_status(
+            settings=self.settings,
+            roster=self.roster,
+            peer=self.peer,
+            peer_id=self.identity.peer_id,
+            state=self.state,
+            transport=self.transport,
+            listen=list(self.transport.listen_addrs) if self.transport else [],
+            resumed=self.resumed,
+            restored=self.restored,
+            rejected=self.audit.rejected,
+            started_at=self.started_at,
+        )
+
+    # --- the run -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        from node.net.libp2p.transport import Libp2pTimeouts, Libp2pTransport, PeerInfo
+
+        d = self.settings.daemon
+        members = {
+            m.name: PeerInfo(peer_id=m.peer_id, addrs=m.addrs)
+            for m in self.roster.members
+            if not m.revoked and m.name != self.name
+        }
+        async with (
+            Libp2pTransport.open(
+                local_name=self.name,
+                seed=self.identity.ed25519_seed,
+                members=members,
+                neighbours=self.peer.schedule.neighbours(self.peer.round, self.name),
+                listen=list(self.settings.site.config.listen),
+                max_bytes=d.max_bytes,
+                on_reject=self.audit.transport_reject,
+                timeouts=Libp2pTimeouts(dial_s=d.dial_timeout_s),
+            ) as transport,
+            trio.open_nursery() as nursery,
+        ):
+            self.transport = transport
+            self.driver = RoundDriver(
+                self.peer,
+                transport,
+                round_timeout_s=self.settings.gossip.round_timeout_s,
+                offload=True,
+                before_send=self.mark_sealed,
+                audit_hashes=True,
+            )
+            log.info(
+                "%s listening on %s as %s", self.name, transport.listen_addrs, transport.peer_id
+            )
+            nursery.start_soon(self.driver.pump)
+            nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+            await nursery.start(
+                functools.partial(
+                    serve_control,
+                    self.status,
+                    port=d.control_port,
+                    control_file=self.settings.control_file,
+                )
+            )
+            task_status.started()
+            await self.driver.run(rounds=d.rounds)
+            nursery.cancel_scope.cancel()
+        self.metrics.close()
+        last = self.state.last_record
+        log.info("%s stopped (last completed round %s)", self.name, last.round if last else None)
+
+    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("signal %d: stopping", signum)
+                self.state.phase = "stopping"
+                scope.cancel()
+                return
+
+
+def sealed_round(state_dir: Path) -> int | None:
+    """The round whose first exchange was last sealed, or None when unknown."""
+    try:
+        doc = json.loads((state_dir / SEALED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = doc.get("round") if isinstance(doc, dict) else None
+    return value if type(value) is int else None
+
+
+def own_name(roster: Roster, identity: Identity) -> str:
+    for m in roster.members:
+        if m.peer_id == identity.peer_id:
+            if m.revoked:
+                raise ConfigError(f"this site ({m.name}) is revoked in the consortium file")
+            return m.name
+    raise ConfigError(f"this site's peer ID {identity.peer_id} is not in the consortium file")

@@ -1,0 +1,105 @@
+"""What `gossipmed status` (and /status, /metrics) shows about a running daemon.
+
+One JSON object, version `v`; every number finite (non-finite values become null) so that
+JSON and Prometheus clients never choke on a diverged run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gossipmed.consortium.roster import Roster
+from gossipmed.learn.learner import Learner
+from node.daemon.config import DaemonSettings
+from node.net.transport import Transport
+from node.round.driver import DriverState
+from node.round.peer import Peer
+
+STATUS_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Resumed:
+    round: int
+    epsilon: float
+    adapter_digest: str
+
+
+def ledger_budget(learner: Learner) -> tuple[float | None, float | None]:
+    ledger = learner.ledger
+    if ledger is None:
+        return None, None
+    return float(ledger.epsilon), float(ledger.budget)
+
+
+def build_status(
+    *,
+    settings: DaemonSettings,
+    roster: Roster,
+    peer: Peer,
+    peer_id: str,
+    state: DriverState,
+    transport: Transport | None,
+    listen: list[str],
+    resumed: Resumed | None,
+    restored: tuple[str, ...],
+    rejected: int,
+    started_at: float,
+) -> dict[str, Any]:
+    spent, budget = ledger_budget(peer.learner)
+    stats = peer.neighbour_stats()
+    peers = []
+    for name in sorted(peer.schedule.neighbours(state.round, peer.name)):
+        seen = stats.get(name)
+        peers.append(
+            {
+                "name": name,
+                "peer_id": roster.member(name).peer_id,
+                "connected": transport.connected(name) if transport is not None else False,
+                "last_heard": seen.last_heard if seen else None,
+                "last_round": seen.last_round if seen else None,
+                "accepted": seen.accepted if seen else 0,
+            }
+        )
+    last = state.last_record
+    return finite(
+        {
+            "v": STATUS_VERSION,
+            "site": peer.name,
+            "pid": os.getpid(),
+            "peer_id": peer_id,
+            "listen": listen,
+            "round": state.round,
+            "phase": state.phase,
+            "completed": state.completed,
+            "skipped_rounds": [list(r) for r in state.skipped],
+            "rounds_planned": settings.daemon.rounds or None,
+            "round_timeout_s": settings.gossip.round_timeout_s,
+            "gossip_steps": peer.gossip_steps,
+            "consortium": {"hash": roster.hash_hex, **roster.settings.to_mapping()},
+            "gossip": settings.gossip.describe(),
+            "restored": list(restored),
+            "uptime_s": time.time() - started_at,
+            "resumed": asdict(resumed) if resumed else None,
+            "epsilon": {"spent": spent if spent is not None else peer.epsilon, "budget": budget},
+            "peers": peers,
+            "last_metrics": last.to_json() if last else None,
+            "bytes": {"sent": state.bytes_sent, "received": state.bytes_received},
+            "rejected": rejected,
+            "failures": state.failures,
+        }
+    )
+
+
+def finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj

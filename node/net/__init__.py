@@ -1,0 +1,1 @@
+"""Transports that move envelope bytes between sites: the protocol, in-memory, libp2p."""

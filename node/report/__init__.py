@@ -1,0 +1,1 @@
+"""Reading runs back: summaries for `inspect`, plots."""

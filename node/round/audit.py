@@ -1,0 +1,52 @@
+"""Where a peer's events go: the site's audit log (daemon), memory (simulator, tests), nowhere.
+
+A peer reports every admission decision as an event (`accepted`, `rejected` with a reason,
+`budget_spent`, `non_finite_state`, ...); what to keep is the sink's business.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from gossipmed.consortium.audit import AuditLog
+
+
+class AuditSink(Protocol):
+    def record(self, event: str, **fields: Any) -> None: ...
+
+
+class AuditLogSink:
+    """Routes accept/reject events to a site's gossipmed.consortium.audit.AuditLog file."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+
+    def record(self, event: str, **fields: Any) -> None:
+        if event not in ("accepted", "rejected"):
+            return
+        where = f" (exchange step {fields['step']})" if fields.get("step") else ""
+        self.log.record(
+            outcome=event,
+            reason=str(fields.get("reason", "ok"))
+            + (f": {fields['detail']}" if "detail" in fields else "")
+            + where,
+            sender=fields.get("sender"),
+            round=fields.get("msg_round", fields.get("round")),
+            payload_hash=str(fields.get("payload_hash", "")),
+            size=fields.get("size"),
+        )
+
+
+class NullAudit:
+    def record(self, event: str, **fields: Any) -> None:
+        return None
+
+
+class ListAudit:
+    """Keeps audit events in memory (simulator, tests)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def record(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})

@@ -1,0 +1,96 @@
+"""`[gossip]`: one site's own gossip choices, the same table in sim.toml and site.toml.
+
+    aggregation        mixing rule and its parameters: "weighted", or a table such as
+                       { rule = "cosine-clipped", min_cosine = 0.1 }  (gossipmed.mixing.rules)
+    codec              how this site encodes what it sends: "raw", "fp16", "bf16", "int8", or
+                       { name = "topk", fraction = 0.01, refresh_every = 0 }
+                       (gossipmed.wire.compression; receivers decode any codec)
+    drift              "none" or "d2" (gossipmed.mixing.drift)
+    round_timeout_s    how long the site waits for its neighbours in each exchange (the
+                       simulator's stragglers are late when slower than this)
+    max_future_rounds  envelopes buffered for rounds ahead of this site's
+
+What every site must agree on (exchanges per round, mixing weights) is not here: it is in the
+consortium file (gossipmed.consortium.settings), or the simulator's `[consortium]` table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from gossipmed.choice import Choice, parse_choice
+from gossipmed.errors import ConfigError
+from gossipmed.mixing.drift import DRIFT
+from gossipmed.mixing.rules import DEFAULT_RULE, RULES
+from gossipmed.registry import Registry
+from gossipmed.wire.compression import ENCODERS
+
+NAME_KEYS = {"aggregation": "rule", "codec": "name", "drift": "name"}
+REGISTRIES: dict[str, Registry[Any]] = {"aggregation": RULES, "codec": ENCODERS, "drift": DRIFT}
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    aggregation: Choice = field(default_factory=lambda: Choice(name=DEFAULT_RULE))
+    codec: Choice = field(default_factory=lambda: Choice(name="raw"))
+    drift: Choice = field(default_factory=lambda: Choice(name="none"))
+    round_timeout_s: float = 30.0
+    max_future_rounds: int = 2
+
+    def __post_init__(self) -> None:
+        for key, registry in REGISTRIES.items():
+            value = parse_choice(
+                registry, getattr(self, key), key=f"gossip.{key}", name_key=NAME_KEYS[key]
+            )
+            object.__setattr__(self, key, value)
+        timeout = self.round_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise ConfigError("gossip.round_timeout_s must be a number of seconds")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigError("gossip.round_timeout_s must be a positive number")
+        if type(self.max_future_rounds) is not int or not 0 <= self.max_future_rounds <= 64:
+            raise ConfigError("gossip.max_future_rounds must be an integer in 0..64")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> GossipConfig:
+        if not isinstance(raw, Mapping):
+            raise ConfigError("[gossip] must be a table")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(
+                f"[gossip] has unknown keys: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        return cls(**dict(raw))
+
+    def to_mapping(self) -> dict[str, Any]:
+        """TOML-shaped: a component is its name, or an inline table when it has parameters."""
+        return {
+            "aggregation": self.aggregation.to_toml(name_key=NAME_KEYS["aggregation"]),
+            "codec": self.codec.to_toml(name_key=NAME_KEYS["codec"]),
+            "drift": self.drift.to_toml(name_key=NAME_KEYS["drift"]),
+            "round_timeout_s": self.round_timeout_s,
+            "max_future_rounds": self.max_future_rounds,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """For summaries and status: every component with all its parameters."""
+        out: dict[str, Any] = {}
+        for key in REGISTRIES:
+            choice: Choice = getattr(self, key)
+            out[key] = {NAME_KEYS[key]: choice.name, **choice.param_values()}
+        out["round_timeout_s"] = self.round_timeout_s
+        out["max_future_rounds"] = self.max_future_rounds
+        return out
+
+
+def reject_moved_keys(raw: Mapping[str, Any], moved: Mapping[tuple[str, str], str]) -> None:
+    """One clear line for a config written before the [gossip]/[consortium] split."""
+    for (section, key), where in moved.items():
+        table = raw.get(section)
+        if isinstance(table, Mapping) and key in table:
+            raise ConfigError(f"[{section}] {key} has moved: set it as {where}")

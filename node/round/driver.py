@@ -1,0 +1,206 @@
+"""The asynchronous round driver: one Peer over one Transport, in real time.
+
+The daemon runs exactly this (tests run it over the in-memory transport):
+
+    round r:  train + seal  ->  deliver to every neighbour, retrying until the exchange's
+              deadline  ->  wait until every awaited neighbour is heard, or is known to be
+              past r, or the deadline (`round_timeout_s` after sending) passes  ->  mix
+              (and, for the last exchange, checkpoint and record)  ->  round r + 1
+
+With k exchanges per round the send-wait-mix part runs k times, each with its own deadline;
+after the first exchange a site waits only for neighbours it heard in the previous one, and
+stops retrying the others when the wait ends, so a dead neighbour costs one timeout per round.
+Nobody waits longer than one timeout for anybody: a slow or dead site never stalls its
+neighbours. A site that learns (from an authentic update of a graph neighbour) that the
+neighbour is already past its round jumps ahead to that round without training for the
+rounds it skipped; that is how a restarted site rejoins.
+
+With `offload=True` (the daemon) training, sealing, opening and mixing run in a worker thread
+so the trio loop keeps reading streams meanwhile (yamux resets a stream left unread for 5 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from gossipmed.consortium.audit import payload_hash
+from gossipmed.errors import TransportError
+from gossipmed.metrics import RoundRecord
+from node.net.transport import Transport
+from node.round.peer import Peer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRY_PAUSE_S = 1.0
+MAX_SKIP_RECORDS = 32
+
+
+@dataclass
+class DriverState:
+    """What `status` shows about the driver's progress."""
+
+    round: int = 0
+    phase: str = "starting"
+    completed: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    failures: int = 0
+    last_record: RoundRecord | None = None
+    skipped: list[tuple[int, int]] = field(default_factory=list)
+    """Rounds jumped over to catch up, as [first, last] ranges (the most recent ones)."""
+
+
+class RoundDriver:
+    def __init__(
+        self,
+        peer: Peer,
+        transport: Transport,
+        *,
+        round_timeout_s: float = 30.0,
+        offload: bool = False,
+        retry_pause_s: float = RETRY_PAUSE_S,
+        before_send: Callable[[int, int], None] | None = None,
+        audit_hashes: bool = False,
+    ) -> None:
+        """`before_send(round, step)` runs after sealing and before anything leaves (the
+        daemon records that an exchange's updates may be out). `audit_hashes` puts each
+        message's BLAKE2b in the audit events."""
+        self.peer = peer
+        self.transport = transport
+        self.round_timeout_s = round_timeout_s
+        self.offload = offload
+        self.retry_pause_s = retry_pause_s
+        self.before_send = before_send
+        self.audit_hashes = audit_hashes
+        self.state = DriverState(round=peer.round)
+        self._arrival = trio.Event()
+
+    @property
+    def send_failures(self) -> int:
+        return self.state.failures
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    async def pump(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive until cancelled or the transport closes."""
+        task_status.started()
+        while True:
+            try:
+                _site, data = await self.transport.receive_from()
+            except TransportError:
+                return
+            if await self._call(self._receive, data):
+                self.state.bytes_received += len(data)
+            arrived, self._arrival = self._arrival, trio.Event()
+            arrived.set()
+
+    def _receive(self, data: bytes) -> bool:
+        return self.peer.receive(data, payload_hash=payload_hash(data) if self.audit_hashes else "")
+
+    # -- rounds -------------------------------------------------------------------------------
+
+    async def run(self, *, rounds: int = 0) -> None:
+        """Rounds from the peer's current one until `rounds` are done (0: until cancelled)."""
+        r = self.peer.round
+        while not rounds or r < rounds:
+            ahead = self.peer.furthest_neighbour_round()
+            if ahead is not None and ahead > r:
+                target = ahead if not rounds else min(ahead, rounds - 1)
+                log.info("neighbours are at round %d: skipping rounds %d..%d", ahead, r, target - 1)
+                self.state.skipped = [*self.state.skipped, (r, target - 1)][-MAX_SKIP_RECORDS:]
+                self.peer.force_keyframes(1)  # neighbours' copies of us miss the skipped rounds
+                r = target
+            record = await self.run_round(r)
+            log.info(
+                "round %d done: heard %d/%d, loss %s, eps %.3f, local D %.3e, %.2f s",
+                r,
+                record.neighbours_heard,
+                record.neighbours_expected,
+                record.train_loss,
+                record.epsilon,
+                record.consensus_distance or 0.0,
+                record.seconds,
+            )
+            r += 1
+
+    async def run_round(self, round: int, *, timeout: float | None = None) -> RoundRecord:
+        """Train, then `peer.gossip_steps` exchanges, each waiting up to the round timeout."""
+        wait = self.round_timeout_s if timeout is None else timeout
+        self.state.round, self.state.phase = round, "training"
+        await self._call(self.peer.train, round, abandon=True)
+        for step in range(self.peer.gossip_steps):
+            if step > 0:
+                self.state.phase = "mixing"
+                await self._call(self.peer.mix_step, round, step - 1, abandon=True)
+            envelopes = await self._call(self.peer.seal_outgoing, round, step, abandon=True)
+            if self.before_send is not None:
+                self.before_send(round, step)
+            self.state.phase = "exchanging"
+            await self._exchange(round, step, envelopes, wait)
+        self.state.phase = "mixing"
+        record = await self._call(self.peer.complete_round, round)
+        self.state.completed += 1
+        self.state.last_record = record
+        return record
+
+    async def _exchange(
+        self, round: int, step: int, envelopes: dict[str, bytes], wait: float
+    ) -> None:
+        deadline = trio.current_time() + (wait if math.isfinite(wait) else math.inf)
+        awaited = self.peer.expected(round, step)
+        optional: list[trio.CancelScope] = []
+        async with trio.open_nursery() as sends:
+            for recipient, data in envelopes.items():
+                scope = trio.CancelScope()
+                if recipient not in awaited:  # silent in the previous exchange
+                    optional.append(scope)
+                sends.start_soon(self._deliver, recipient, data, deadline, scope)
+            with trio.move_on_at(deadline):
+                while self.peer.pending(round, step):
+                    await self._arrival.wait()
+            for scope in optional:  # so a dead neighbour costs one timeout per round
+                scope.cancel()
+
+    async def _deliver(
+        self, recipient: str, data: bytes, deadline: float, scope: trio.CancelScope
+    ) -> None:
+        """Keep trying until the exchange's deadline: a neighbour that is (re)starting still
+        gets this exchange's update if it comes up in time. `scope` is cancelled once the
+        wait is over when the neighbour was silent in the previous exchange."""
+        with scope:
+            with trio.move_on_at(deadline):
+                while True:
+                    try:
+                        await self.transport.send(recipient, data)
+                        self.state.bytes_sent += len(data)
+                        return
+                    except TransportError as exc:
+                        log.info("send to %s failed, retrying: %s", recipient, exc)
+                    await trio.sleep(self.retry_pause_s)
+            self.state.failures += 1
+            log.warning("gave up sending to %s at the exchange deadline", recipient)
+        self.peer.force_keyframes(1)  # its copy of us misses an exchange
+
+    async def _call(self, fn: Callable[..., T], *args: Any, abandon: bool = False) -> T:
+        """`abandon`: a stop request need not wait for this step (training, sealing); the
+        checkpoint at the end of a round is always waited for."""
+        if self.offload:
+            return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon)  # type: ignore[call-arg]
+        return fn(*args)
+
+
+async def run_round(peer: Peer, transport: Transport, round: int, *, timeout: float) -> RoundRecord:
+    """One round with a pump that lives only as long as the round (tests, one-shot tools)."""
+    driver = RoundDriver(peer, transport, round_timeout_s=timeout)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(driver.pump)
+        record = await driver.run_round(round)
+        nursery.cancel_scope.cancel()
+    return record

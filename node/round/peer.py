@@ -1,0 +1,407 @@
+"""One site's gossip round, transport-agnostic and synchronous.
+
+The round is split into phases so the same object serves a lockstep, deterministic simulator
+(which calls the phases itself) and the async daemon (node.round.driver, which interleaves
+`receive` with waiting):
+
+    train(r)              the local steps (skipped when off or the budget is spent)
+    seal_outgoing(r, s)   exchange s's state, encoded and sealed once per neighbour
+    receive(data)         open, verify, admit and buffer one update; never raises
+    heard(r, s)           which neighbours' updates for exchange s of round r have arrived
+    mix_step(r, s)        mix exchange s (not the last) into the state sent at exchange s + 1
+    complete_round(r)     mix the last exchange (silent neighbours' weight -> self), checkpoint,
+                          evaluate, return (and optionally write) one metrics record
+
+A round has `gossip_steps` exchanges (multi-gossip): training happens once, then the state is
+sent and mixed `gossip_steps` times, so one round contracts disagreement by about
+lambda2 ** gossip_steps instead of lambda2 (BENCHMARKS.md, issue #4). Updates carry their
+exchange as `(round, step)`; every site of a consortium uses the same `gossip_steps` (it is in
+the consortium file).
+
+A peer is composed once, by node.round.builder, from its parts: learner (with drift
+correction), sealer, encoder and decoder (codec), aggregator (mixing rule with parameters).
+Every part with state between rounds exposes state_dict()/load_state_dict(); the checkpoint
+loops over `components()`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gossipmed.errors import GossipmedError, PrivacyBudgetExceeded
+from gossipmed.learn.learner import AdapterState, Learner
+from gossipmed.metrics import MetricsWriter, RoundRecord, local_consensus_distance
+from gossipmed.mixing.rules import Aggregator
+from gossipmed.storage.peer_state import Stateful, save_checkpoint
+from gossipmed.wire.compression import DenseEncoder, ReplicaDecoder, UpdateEncoder
+from gossipmed.wire.update import Sealer, Update
+from node.round.audit import AuditSink, NullAudit
+from node.round.inbox import Inbox, NeighbourStats, Refused
+from topology.schedule import MixingSchedule
+
+Schema = dict[str, tuple[str, tuple[int, ...]]]
+"""Tensor name -> (dtype name, shape): what a neighbour's update must look like, exactly."""
+
+
+def state_schema(state: Mapping[str, torch.Tensor]) -> Schema:
+    return {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in state.items()}
+
+
+@dataclass
+class _RoundWork:
+    """What train(r) left for the exchanges and complete_round(r)."""
+
+    round: int
+    state: AdapterState
+    step: int = 0  # the exchange now open (0 .. gossip_steps - 1)
+    train_loss: float | None = None
+    trained: bool = False
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    heard: set[str] = field(default_factory=set)  # in any exchange of the round
+    heard_last: frozenset[str] | None = None  # in the previous exchange
+    local_cd: float | None = None  # before the first exchange's mix
+    seconds: float = 0.0
+
+
+class Peer:
+    """The gossip logic of one site; see the module docstring for the phase order."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        learner: Learner,
+        sealer: Sealer,
+        schedule: MixingSchedule,
+        local_steps: int,
+        gossip_steps: int = 1,
+        encoder: UpdateEncoder | None = None,
+        aggregator: Aggregator | None = None,
+        train: bool = True,
+        eval_every: int = 1,
+        total_rounds: int | None = None,
+        start_round: int = 0,
+        max_future_rounds: int = 2,
+        audit: AuditSink | None = None,
+        checkpoint_dir: Path | None = None,
+        metrics: MetricsWriter | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if name not in schedule.sites:
+            raise GossipmedError(f"site {name!r} is not in the topology")
+        if gossip_steps < 1:
+            raise GossipmedError("gossip_steps must be >= 1 (resolve 'auto' before the peer)")
+        self.name = name
+        self.learner = learner
+        self.sealer = sealer
+        self.encoder: UpdateEncoder = encoder if encoder is not None else DenseEncoder("raw")
+        self.decoder = ReplicaDecoder(steps_per_round=gossip_steps)
+        self.aggregator = aggregator if aggregator is not None else Aggregator()
+        self.schedule = schedule
+        self.local_steps = local_steps
+        self.gossip_steps = gossip_steps
+        self.train_enabled = train
+        self.eval_every = max(1, eval_every)
+        self.total_rounds = total_rounds
+        self.audit: AuditSink = audit or NullAudit()
+        self.checkpoint_dir = checkpoint_dir
+        self.metrics = metrics
+        self.clock = clock
+        self.round = start_round
+        ledger = learner.ledger
+        self.epsilon = float(ledger.epsilon) if ledger is not None else 0.0
+        self.schema = state_schema(learner.get_state())
+        self.rejected = 0
+        self._budget_spent = False
+        self._work: _RoundWork | None = None
+        self._inbox = Inbox(max_future_rounds=max_future_rounds)
+        self._lock = threading.Lock()  # receive() may run while another thread trains
+
+    def components(self) -> dict[str, Stateful]:
+        """The parts whose state a checkpoint keeps (the sealer's goes inline)."""
+        return {"encoder": self.encoder, "learner": self.learner}
+
+    # -- phase 1+2+3: train, encode, seal ---------------------------------------------------
+
+    def train(self, round: int) -> None:
+        """Local steps for `round` (skipped when training is off or the budget is spent)."""
+        self._start(round)
+        work = self._work
+        assert work is not None
+        started = self.clock()
+        if self.train_enabled and not self._budget_spent:
+            try:
+                stats = self.learner.train_round(steps=self.local_steps)
+            except PrivacyBudgetExceeded as exc:
+                self._budget_spent = True
+                self.audit.record("budget_spent", round=round, site=self.name, reason=str(exc))
+            else:
+                work.train_loss = stats.train_loss
+                work.trained = True
+                self.epsilon = stats.epsilon
+        work.state = _snapshot(self.learner.get_state())
+        work.seconds += self.clock() - started
+
+    def seal_outgoing(self, round: int, step: int = 0) -> dict[str, bytes]:
+        """The state of exchange `step` of this round, sealed once per neighbour of this
+        round's graph (after training for step 0, after mix_step(step - 1) otherwise)."""
+        work = self._require_work(round)
+        if step != work.step:
+            raise GossipmedError(f"{self.name}: exchange {step} of round {round} is not open")
+        started = self.clock()
+        neighbours = sorted(self.schedule.neighbours(round, self.name))
+        out: dict[str, bytes] = {}
+        if neighbours:
+            tensors, codec = self.encoder.encode(work.state, round=round, step=step)
+            with self._lock:
+                out = self.sealer.seal_many(
+                    update_tensors=tensors,
+                    round=round,
+                    step=step,
+                    recipients=neighbours,
+                    epsilon=self.epsilon,
+                    codec=codec,
+                )
+        work.bytes_sent += sum(len(b) for b in out.values())
+        work.seconds += self.clock() - started
+        return out
+
+    def outgoing(self, round: int) -> dict[str, bytes]:
+        self.train(round)
+        return self.seal_outgoing(round)
+
+    def force_keyframes(self, count: int = 1) -> bool:
+        """The next `count` updates are dense: neighbours' copies of this site may be out of
+        step (after a gap, a failed delivery, or a resume)."""
+        return self.encoder.force_keyframes(count)
+
+    # -- phase 4+5: receive and verify ------------------------------------------------------
+
+    def receive(self, data: bytes, *, payload_hash: str = "") -> bool:
+        """Verify and buffer one update; True if kept. Bad input is audited, never raised."""
+        claimed: dict[str, Any] = {}
+        admitted: dict[str, torch.Tensor] = {}
+
+        def admit(update: Update) -> None:
+            """Inside the sealer: after verification, before its replay state moves."""
+            r, step = update.exchange
+            claimed.update(sender=update.sender, msg_round=r, step=step)
+            self._inbox.check(
+                sender=update.sender,
+                exchange=update.exchange,
+                open_exchange=self._open_exchange(),
+                current_round=self.round,
+                is_neighbour=update.sender in self.schedule.neighbours(r, self.name),
+            )
+            admitted.update(self.decoder.decode(update))  # DeltaOutOfSync: replica behind
+
+        with self._lock:
+            try:
+                update = self.sealer.open(data, expected_schema=self.schema, admit=admit)
+            except Refused as exc:
+                return self._reject(exc.reason, payload_hash=payload_hash, **claimed)
+            except GossipmedError as exc:
+                return self._reject(
+                    "invalid", detail=str(exc), size=len(data), payload_hash=payload_hash
+                )
+            self._inbox.put(
+                sender=update.sender, exchange=update.exchange, state=admitted, size=len(data)
+            )
+            self.audit.record(
+                "accepted", site=self.name, size=len(data), payload_hash=payload_hash, **claimed
+            )
+            return True
+
+    def heard(self, round: int, step: int = 0) -> set[str]:
+        with self._lock:
+            return self._inbox.heard((round, step))
+
+    def expected(self, round: int, step: int = 0) -> frozenset[str]:
+        """Whom to wait for. After the first exchange, only those heard in the previous one:
+        a neighbour that is offline costs one timeout per round, not one per exchange."""
+        neighbours = self.schedule.neighbours(round, self.name)
+        work = self._work
+        if step == 0 or work is None or work.round != round or work.heard_last is None:
+            return neighbours
+        return neighbours & work.heard_last
+
+    def pending(self, round: int, step: int = 0) -> set[str]:
+        """Expected neighbours neither heard in this exchange nor known to be past `round`."""
+        heard = self.heard(round, step)
+        with self._lock:
+            return {
+                n
+                for n in self.expected(round, step)
+                if n not in heard and not self._inbox.moved_past(n, round)
+            }
+
+    def furthest_neighbour_round(self) -> int | None:
+        """The highest round an authentic update from a graph neighbour carried."""
+        with self._lock:
+            return self._inbox.furthest_round()
+
+    def neighbour_stats(self) -> dict[str, NeighbourStats]:
+        with self._lock:
+            return {k: NeighbourStats(**vars(v)) for k, v in self._inbox.neighbours.items()}
+
+    def mix_step(self, round: int, step: int) -> None:
+        """Mix exchange `step` (not the last one) and open exchange `step + 1`."""
+        work = self._require_work(round)
+        if step != work.step or step >= self.gossip_steps - 1:
+            raise GossipmedError(
+                f"{self.name}: mix_step({round}, {step}) but exchange {work.step} of "
+                f"{self.gossip_steps} is open (the last one is mixed by complete_round)"
+            )
+        started = self.clock()
+        work.state = self._mix_exchange(work, round, step)
+        work.seconds += self.clock() - started
+
+    # -- phase 6+7: mix, checkpoint, record -------------------------------------------------
+
+    def complete_round(self, round: int) -> RoundRecord:
+        """Mix the updates heard for `round`; a neighbour not heard counts as our own state."""
+        if self._work is None or self._work.round != round:
+            self._start(round)
+            assert self._work is not None
+            self._work.state = _snapshot(self.learner.get_state())
+        work = self._work
+        started = self.clock()
+        mixed = self._mix_exchange(work, round, work.step)
+        self.learner.set_state(mixed)
+        local_cd = work.local_cd
+        eval_loss = accuracy = None
+        if self._should_evaluate(round):
+            ev = self.learner.evaluate()
+            eval_loss, accuracy = ev.loss, ev.accuracy
+        if self.checkpoint_dir is not None:
+            self._checkpoint(round)
+        work.seconds += self.clock() - started
+        record = RoundRecord(
+            round=round,
+            site=self.name,
+            train_loss=work.train_loss,
+            eval_loss=eval_loss,
+            accuracy=accuracy,
+            consensus_distance=local_cd,
+            epsilon=self.epsilon,
+            bytes_sent=work.bytes_sent,
+            bytes_received=work.bytes_received,
+            neighbours_heard=len(work.heard),
+            seconds=work.seconds,
+            neighbours_expected=len(self.expected(round)),
+            local_consensus_distance=local_cd,
+            trained=work.trained,
+            rejected=self._take_rejected(),
+        )
+        self._work = None
+        if self.metrics is not None:  # after the checkpoint: a record means a saved round
+            self.metrics.write(record)
+        return record
+
+    def skip_round(self, round: int) -> RoundRecord:
+        """The site was offline for `round`: no training, no mixing; its state stays put."""
+        with self._lock:
+            self.round = round + 1
+            self._inbox.drop_before((self.round, 0))
+        self._work = None
+        return RoundRecord(
+            round=round,
+            site=self.name,
+            train_loss=None,
+            eval_loss=None,
+            accuracy=None,
+            consensus_distance=None,
+            epsilon=self.epsilon,
+            bytes_sent=0,
+            bytes_received=0,
+            neighbours_heard=0,
+            seconds=0.0,
+            neighbours_expected=len(self.expected(round)),
+            trained=False,
+            online=False,
+            rejected=self._take_rejected(),
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _checkpoint(self, round: int) -> None:
+        assert self.checkpoint_dir is not None
+        with self._lock:  # the replay state moves with every accepted update
+            replay = self.sealer.state_dict()
+        save_checkpoint(
+            self.checkpoint_dir,
+            site=self.name,
+            round=round,
+            epsilon=self.epsilon,
+            state=self.learner.get_state(),
+            replay_state=replay,
+            components=self.components(),
+        )
+
+    def _start(self, round: int) -> None:
+        if round < self.round:
+            raise GossipmedError(f"{self.name}: round {round} is already complete")
+        with self._lock:
+            self.round = round
+            self._work = _RoundWork(round=round, state={})
+            self._inbox.drop_before((round, 0))
+
+    def _open_exchange(self) -> tuple[int, int]:
+        """Updates for exchanges before this one can no longer be mixed (stale)."""
+        work = self._work
+        step = work.step if work is not None and work.round == self.round else 0
+        return (self.round, step)
+
+    def _mix_exchange(self, work: _RoundWork, round: int, step: int) -> AdapterState:
+        """Mix what arrived for one exchange into `work.state`. The exchange closes in the same
+        locked step that takes its buffer, so an update that arrives while we mix is refused
+        as stale instead of being accepted and then silently dropped."""
+        with self._lock:
+            buffer = self._inbox.take((round, step))
+            if step < self.gossip_steps - 1:
+                work.step = step + 1
+            else:  # the round's last exchange
+                self.round = round + 1
+                self._inbox.drop_before((self.round, 0))
+        neighbour_states = buffer.states
+        if step == 0:
+            work.local_cd = local_consensus_distance(work.state, neighbour_states.values())
+        work.bytes_received += buffer.bytes_received
+        work.heard |= set(neighbour_states)
+        work.heard_last = frozenset(neighbour_states)
+        return self.aggregator.mix(
+            self_name=self.name,
+            row=self.schedule.row(round, self.name),
+            states={self.name: work.state, **neighbour_states},
+        )
+
+    def _require_work(self, round: int) -> _RoundWork:
+        if self._work is None or self._work.round != round:
+            raise GossipmedError(f"{self.name}: seal_outgoing({round}) before train({round})")
+        return self._work
+
+    def _should_evaluate(self, round: int) -> bool:
+        last = self.total_rounds is not None and round == self.total_rounds - 1
+        return last or (round + 1) % self.eval_every == 0
+
+    def _reject(self, reason: str, **fields: Any) -> bool:
+        self.rejected += 1
+        self.audit.record("rejected", site=self.name, reason=reason, round=self.round, **fields)
+        return False
+
+    def _take_rejected(self) -> int:
+        with self._lock:
+            n, self.rejected = self.rejected, 0
+        return n
+
+
+def _snapshot(state: Mapping[str, torch.Tensor]) -> AdapterState:
+    return {k: v.detach().clone() for k, v in state.items()}

@@ -1,0 +1,180 @@
+"""Configuration of one `gossipmed simulate` run. TOML layout (every key optional; command-line
+flags override the file):
+
+    [sim]         topology, degree, p, topology_file, rounds, eval_every, train, baselines,
+                  sealing, problem, seed
+    [consortium]  gossip_steps, mixing -- what a deployment keeps in its consortium file
+                  (gossipmed.consortium.settings)
+    [gossip]      aggregation, codec, drift, round_timeout_s, max_future_rounds -- each
+                  site's own choices, the same table as in a daemon's site.toml
+                  (node.round.config)
+    [attack]      kind, attackers, scale, noise_std -- simulator only (node.sim.attacks)
+    [faults]      drop_prob, offline_prob, straggler_prob, straggler_delay
+    [data] [adapter] [dp] [train]   as in gossipmed.learn.config (data.n_sites = number of sites)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gossipmed.consortium.settings import ConsortiumSettings
+from gossipmed.errors import ConfigError
+from gossipmed.learn.config import (
+    LearningConfig,
+    learning_config_from_mapping,
+    section_from_mapping,
+)
+from gossipmed.toml_writer import toml_document
+from node.round.config import GossipConfig, reject_moved_keys
+from node.sim.attacks import AttackConfig
+from node.sim.faults import FaultConfig
+from topology.graphs import KINDS
+
+SEALING_MODES = ("envelope", "plaintext")
+PROBLEMS = ("lm", "quadratic")
+"""lm: the clinical language model (gossipmed.learn.train); quadratic: a synthetic per-site
+least-squares problem that runs in milliseconds, for topology and fault experiments."""
+
+SECTIONS = (
+    "sim",
+    "consortium",
+    "gossip",
+    "attack",
+    "faults",
+    "data",
+    "adapter",
+    "dp",
+    "train",
+    "base_model",
+)
+MOVED = {
+    ("sim", "mixing"): "[consortium] mixing",
+    ("sim", "gossip_steps"): "[consortium] gossip_steps",
+    ("sim", "aggregation"): "[gossip] aggregation",
+    ("sim", "codec"): "[gossip] codec",
+    ("sim", "topk_fraction"): '[gossip] codec = { name = "topk", fraction = ... }',
+    ("sim", "codec_refresh_every"): '[gossip] codec = { name = "topk", refresh_every = ... }',
+    ("sim", "drift"): "[gossip] drift",
+    ("sim", "attack"): "[attack] kind",
+    ("sim", "attackers"): "[attack] attackers",
+    ("sim", "attack_scale"): "[attack] scale",
+    ("faults", "round_timeout"): "[gossip] round_timeout_s",
+}
+"""Keys of the layout before [consortium]/[gossip]/[attack] existed: refused, with the new key."""
+
+
+@dataclass(frozen=True)
+class SimSection:
+    topology: str = "ring"
+    degree: int | None = None
+    p: float | None = None
+    topology_file: str | None = None
+    rounds: int = 20
+    eval_every: int = 1
+    train: bool = True  # false: gossip only (measures pure consensus contraction)
+    baselines: bool = False
+    sealing: str = "envelope"
+    problem: str = "lm"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.topology not in KINDS:
+            raise ConfigError(f"sim.topology must be one of {', '.join(KINDS)}")
+        if not 1 <= self.rounds <= 100_000:
+            raise ConfigError("sim.rounds must be in 1..100000")
+        if self.eval_every < 1:
+            raise ConfigError("sim.eval_every must be >= 1")
+        if self.sealing not in SEALING_MODES:
+            raise ConfigError(f"sim.sealing must be one of {', '.join(SEALING_MODES)}")
+        if self.problem not in PROBLEMS:
+            raise ConfigError(f"sim.problem must be one of {', '.join(PROBLEMS)}")
+        if self.p is not None and not (0.0 <= self.p <= 1.0 and math.isfinite(self.p)):
+            raise ConfigError("sim.p must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    sim: SimSection = field(default_factory=SimSection)
+    consortium: ConsortiumSettings = field(default_factory=ConsortiumSettings)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
+
+    @property
+    def nodes(self) -> int:
+        return self.learning.data.n_sites
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The resolved config as TOML-shaped tables (None values left out)."""
+        out: dict[str, Any] = {
+            "sim": _table(self.sim),
+            "consortium": self.consortium.to_mapping(),
+            "gossip": self.gossip.to_mapping(),
+            "attack": _table(self.attack),
+            "faults": _table(self.faults),
+            "data": _table(self.learning.data),
+            "adapter": _table(self.learning.adapter),
+            "dp": _table(self.learning.dp),
+            "train": _table(self.learning.train),
+        }
+        if self.learning.base_model is not None:
+            out["base_model"] = self.learning.base_model
+        return out
+
+
+def _table(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if getattr(obj, f.name) is not None}
+
+
+def sim_config_from_mapping(raw: Mapping[str, Any]) -> SimConfig:
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config sections: {', '.join(unknown)}")
+    reject_moved_keys(raw, MOVED)
+    return SimConfig(
+        sim=section_from_mapping(SimSection, raw.get("sim", {}), section="sim"),
+        consortium=ConsortiumSettings.from_mapping(raw.get("consortium", {}), where="[consortium]"),
+        gossip=GossipConfig.from_mapping(raw.get("gossip", {})),
+        attack=section_from_mapping(AttackConfig, raw.get("attack", {}), section="attack"),
+        faults=section_from_mapping(FaultConfig, raw.get("faults", {}), section="faults"),
+        learning=learning_config_from_mapping(raw),
+    )
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
+
+
+def merge_overrides(
+    raw: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """raw with overrides[section][key] replacing the file's values (None = not given)."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for section, values in overrides.items():
+        table = merged.setdefault(section, {})
+        for key, value in values.items():
+            if value is not None:
+                table[key] = value
+    return merged
+
+
+def to_toml(mapping: Mapping[str, Any]) -> str:
+    """The resolved config as a file `--config` reads back."""
+    return toml_document(mapping)
+
+
+def with_changes(config: SimConfig, **sim_changes: Any) -> SimConfig:
+    return dataclasses.replace(config, sim=dataclasses.replace(config.sim, **sim_changes))
