@@ -92,6 +92,12 @@ def parse_choice(
     return Choice(name=name, params=params)
 
 
+def default_choice(registry: Registry[Spec[Any]], name: str) -> Choice:
+    """`name` with every parameter at its default."""
+    spec = registry.get(name)
+    return Choice(name=spec.name, params=spec.params())
+
+
 def _prefixed(registry: Registry[Spec[Any]], key: str) -> Callable[[str], Spec[Any]]:
     def get(name: str) -> Spec[Any]:
         try:

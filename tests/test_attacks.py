@@ -158,7 +158,7 @@ def _simulate(**sim: object) -> tuple[float, list[str]]:
     return _simulation(**sim)[:2]
 
 
-def _simulation(**sim: object) -> tuple[float, list[str], Any]:
+def _simulation(**sim: object) -> tuple[float, list[str], Any, Any]:
     """One exchange per round unless `sim` says otherwise: an attacker gets one pull per
     exchange, so these are the rules' claims at one exchange (BENCHMARKS.md 1d has more)."""
     from node.sim.config import sim_config_from_mapping
@@ -167,7 +167,8 @@ def _simulation(**sim: object) -> tuple[float, list[str], Any]:
 
     attack = {k: sim.pop(k) for k in ("attack", "attackers") if k in sim}
     consortium = {"gossip_steps": sim.pop("gossip_steps", 1)}
-    gossip = {"aggregation": sim.pop("aggregation")} if "aggregation" in sim else {}
+    # plain averaging is the explicit, unbounded `weighted` rule (the default bounds each pull)
+    gossip = {"aggregation": sim.pop("aggregation", "weighted")}
     config = sim_config_from_mapping(
         {
             "sim": {
@@ -191,7 +192,7 @@ def _simulation(**sim: object) -> tuple[float, list[str], Any]:
     simulation = Simulation(config)
     result = simulation.run_gossip()
     summary = robustness_summary(config, attackers=simulation.attackers, records=result.records)
-    return float(summary["honest_accuracy_mean"]), simulation.attackers, simulation
+    return float(summary["honest_accuracy_mean"]), simulation.attackers, simulation, result
 
 
 @pytest.mark.slow
@@ -206,13 +207,19 @@ def test_a_scale_attack_hurts_plain_averaging_and_clipping_absorbs_it() -> None:
 
 
 @pytest.mark.slow
-def test_a_run_whose_states_overflow_under_attack_completes_and_says_so() -> None:
-    """Scale x10 against plain averaging with 7 exchanges per round drives states to inf.
-    The simulation records that (sites that cannot seal send nothing, audited) instead of
-    stopping, so the researcher gets the whole run."""
-    clean, _, _ = _simulation(gossip_steps=0)
-    attacked, attackers, simulation = _simulation(gossip_steps=0, attack="scale", attackers=2)
+def test_a_run_whose_states_would_overflow_under_attack_completes_and_says_so() -> None:
+    """Scale x10 against plain averaging with 7 exchanges per round drives states towards the
+    float32 limit. Since issue #13 a mix that is not finite is rolled back, so no honest state
+    ever overflows; an attacker whose own poisoned send would be infinite cannot seal it and
+    sends nothing (audited `non_finite_state`); the run completes and records the damage."""
+    clean, _, _, _ = _simulation(gossip_steps=0)
+    attacked, attackers, simulation, result = _simulation(
+        gossip_steps=0, attack="scale", attackers=2
+    )
     assert len(attackers) == 2
-    overflowed = {e["site"] for e in simulation.audit.events if e["event"] == "non_finite_state"}
-    assert overflowed, "expected the attacked run to overflow"
+    unsealable = {e["site"] for e in simulation.audit.events if e["event"] == "non_finite_state"}
+    assert unsealable and unsealable <= set(attackers)
+    for name, state in result.states.items():
+        if name not in attackers:
+            assert bool(torch.isfinite(state["x"]).all()), name
     assert attacked < clean - 0.05

@@ -161,7 +161,7 @@ def test_options_default_to_the_simulators_and_are_read_from_site_toml(tmp_path:
     assert (plain.codec.name, plain.drift.name, plain.aggregation.name) == (
         "raw",
         "none",
-        "weighted",
+        "bounded",
     )
     table = {
         "codec": {"name": "topk", "fraction": 0.1, "refresh_every": 5},

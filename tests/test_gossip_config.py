@@ -72,7 +72,7 @@ def test_flags_choose_the_rule_its_parameters_and_the_codec(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--rule-param", "min_cosine=0.1"], "weighted' has no parameter min_cosine"),
+        (["--rule-param", "min_cosine=0.1"], "bounded' has no parameter min_cosine"),
         (["--aggregation", "clipped", "--rule-param", "radius=-1"], "radius"),
         (["--codec", "int8", "--topk-fraction", "0.1"], "int8' has no parameter fraction"),
         (["--aggregation", "mean-of-nothing"], "invalid choice"),
@@ -111,4 +111,4 @@ def test_gossip_config_round_trips_through_its_toml_shape() -> None:
         round_timeout_s=12.0,
     )
     assert GossipConfig.from_mapping(config.to_mapping()) == config
-    assert GossipConfig().to_mapping()["aggregation"] == "weighted"  # defaults stay plain names
+    assert GossipConfig().to_mapping()["aggregation"] == "bounded"  # defaults stay plain names

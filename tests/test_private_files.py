@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gossipmed.storage import files
 from gossipmed.consortium.audit import ACCEPTED, AuditLog, read_audit
 from gossipmed.metrics import MetricsWriter, RoundRecord, read_metrics
 from gossipmed.privacy.ledger import PrivacyLedger
+from gossipmed.storage import files
 from gossipmed.storage.checkpoint import META_FILE, STATE_FILE, atomic_write_bytes, save_state
 from gossipmed.storage.files import open_private, private_dir
 

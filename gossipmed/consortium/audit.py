@@ -20,6 +20,7 @@ from gossipmed.storage.files import open_private, private_dir
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
+EVENT = "event"  # something the site did about what it received (a mix rolled back, ...)
 MAX_FIELD_CHARS = 200  # claimed sender names etc. are untrusted: keep lines short
 
 
@@ -53,8 +54,8 @@ class AuditLog:
         size: int | None = None,
         error: str | None = None,
     ) -> dict[str, Any]:
-        if outcome not in (ACCEPTED, REJECTED):
-            raise ValueError(f"outcome must be {ACCEPTED!r} or {REJECTED!r}")
+        if outcome not in (ACCEPTED, REJECTED, EVENT):
+            raise ValueError(f"outcome must be {ACCEPTED!r}, {REJECTED!r} or {EVENT!r}")
         entry = {
             "time": self._clock(),
             "sender": _short(sender),

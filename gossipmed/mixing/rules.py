@@ -14,9 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
-from gossipmed.choice import Choice, NoParams, Spec, build, require_number
+from gossipmed.choice import Choice, NoParams, Spec, build, default_choice, require_number
 from gossipmed.errors import GossipmedError
 from gossipmed.learn.learner import AdapterState
+from gossipmed.mixing.bounds import (
+    DEFAULT_FLOOR_RMS,
+    DEFAULT_MAX_RATIO,
+    InfluenceBound,
+    clip_neighbours,
+)
 from gossipmed.mixing.robust import (
     DEFAULT_MIN_COSINE,
     DEFAULT_TRIM,
@@ -119,10 +125,47 @@ class CosineClipParams:
         require_number(self.min_cosine, what="min_cosine", lo=-1.0, hi=0.999999)
 
 
+@dataclass(frozen=True)
+class BoundParams:
+    max_ratio: float = DEFAULT_MAX_RATIO
+    floor_rms: float = DEFAULT_FLOOR_RMS
+
+    def __post_init__(self) -> None:
+        InfluenceBound(max_ratio=self.max_ratio, floor_rms=self.floor_rms)  # validates
+
+
+def _bounded(params: BoundParams) -> AggregationRule:
+    bound = InfluenceBound(max_ratio=params.max_ratio, floor_rms=params.floor_rms)
+
+    def rule(
+        states: Mapping[str, Mapping[str, torch.Tensor]],
+        weights: Mapping[str, float],
+        *,
+        self_name: str,
+    ) -> AdapterState:
+        return weighted_average(clip_neighbours(states, self_name=self_name, bound=bound), weights)
+
+    return rule
+
+
 RULES: Registry[Spec[AggregationRule]] = Registry("aggregation rule")
 RULES.register(
+    "bounded",
+    Spec(
+        name="bounded",
+        build=_bounded,
+        params=BoundParams,
+        summary="weighted average, each neighbour scaled down to at most max_ratio x the "
+        "site's own norm (or the floor): the default",
+    ),
+)
+RULES.register(
     "weighted",
-    Spec(name="weighted", build=_weighted, summary="plain weighted average (no defence)"),
+    Spec(
+        name="weighted",
+        build=_weighted,
+        summary="plain weighted average, unbounded: for experiments (no defence)",
+    ),
 )
 RULES.register(
     "median",
@@ -165,7 +208,7 @@ RULES.register(
         summary="drop neighbours pointing away (cosine <= min_cosine), then clip",
     ),
 )
-DEFAULT_RULE = "weighted"
+DEFAULT_RULE = "bounded"
 
 
 def get_rule(name: str) -> AggregationRule:
@@ -178,7 +221,7 @@ class Aggregator:
     """One site's mixing step, its rule and parameters fixed at construction."""
 
     def __init__(self, choice: Choice | None = None) -> None:
-        self.choice = choice if choice is not None else Choice(name=DEFAULT_RULE)
+        self.choice = choice if choice is not None else default_choice(RULES, DEFAULT_RULE)
         self._rule = build(RULES, self.choice)
 
     def mix(
@@ -206,6 +249,4 @@ def mix(
     states: Mapping[str, Mapping[str, torch.Tensor]],
 ) -> AdapterState:
     """One mixing step with `rule` at its default parameters."""
-    return Aggregator(Choice(name=RULES.get(rule).name, params=RULES.get(rule).params())).mix(
-        self_name=self_name, row=row, states=states
-    )
+    return Aggregator(default_choice(RULES, rule)).mix(self_name=self_name, row=row, states=states)

@@ -114,7 +114,7 @@ def register(sub: Any) -> None:
         metavar="RULE",
         help="mixing rule over neighbour states: "
         + "; ".join(f"{n}: {s.summary}" for n, s in RULES.items())
-        + " (default weighted)",
+        + " (default bounded)",
     )
     r.add_argument(
         "--rule-param",
@@ -273,7 +273,9 @@ def override_choice(
         table = {}
     if name is not None and table.get(name_key) != name:
         table = {name_key: name}
-    table.setdefault(name_key, "weighted" if name_key == "rule" else "raw")
+    from gossipmed.mixing.rules import DEFAULT_RULE
+
+    table.setdefault(name_key, DEFAULT_RULE if name_key == "rule" else "raw")
     table.update(params)
     return table
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from gossipmed.consortium.audit import AuditLog
+from gossipmed.consortium.audit import ACCEPTED, EVENT, REJECTED, AuditLog
 
 
 class AuditSink(Protocol):
@@ -22,14 +22,15 @@ class AuditLogSink:
         self.log = log
 
     def record(self, event: str, **fields: Any) -> None:
-        if event not in ("accepted", "rejected"):
-            return
         where = f" (exchange step {fields['step']})" if fields.get("step") else ""
+        reason = str(fields.get("reason", "ok"))
+        if event not in (ACCEPTED, REJECTED):  # the site's own decisions: rollbacks, budget
+            reason = f"{event}: {reason}" if "reason" in fields else event
+            if fields.get("heard"):
+                reason += f" (neighbours heard: {', '.join(fields['heard'])})"
         self.log.record(
-            outcome=event,
-            reason=str(fields.get("reason", "ok"))
-            + (f": {fields['detail']}" if "detail" in fields else "")
-            + where,
+            outcome=event if event in (ACCEPTED, REJECTED) else EVENT,
+            reason=reason + (f": {fields['detail']}" if "detail" in fields else "") + where,
             sender=fields.get("sender"),
             round=fields.get("msg_round", fields.get("round")),
             payload_hash=str(fields.get("payload_hash", "")),

@@ -75,6 +75,7 @@ def build_peer(
         gossip_steps=plan.gossip_steps,
         encoder=build(ENCODERS, gossip.codec),
         aggregator=Aggregator(gossip.aggregation),
+        mix_bound=gossip.mix_bound,
         train=plan.train,
         eval_every=plan.eval_every,
         total_rounds=plan.total_rounds,

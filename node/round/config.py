@@ -1,7 +1,8 @@
 """`[gossip]`: one site's own gossip choices, the same table in sim.toml and site.toml.
 
-    aggregation        mixing rule and its parameters: "weighted", or a table such as
-                       { rule = "cosine-clipped", min_cosine = 0.1 }  (gossipmed.mixing.rules)
+    aggregation        mixing rule and its parameters: "bounded" (the default), or a table
+                       such as { rule = "cosine-clipped", min_cosine = 0.1 }
+                       (gossipmed.mixing.rules; "weighted" is the unbounded plain average)
     codec              how this site encodes what it sends: "raw", "fp16", "bf16", "int8", or
                        { name = "topk", fraction = 0.01, refresh_every = 0 }
                        (gossipmed.wire.compression; receivers decode any codec)
@@ -9,6 +10,9 @@
     round_timeout_s    how long the site waits for its neighbours in each exchange (the
                        simulator's stragglers are late when slower than this)
     max_future_rounds  envelopes buffered for rounds ahead of this site's
+    max_mix_growth     a mix that is not finite or multiplies the state's norm by more than
+    norm_floor_rms     this (against at least norm_floor_rms per coordinate) is rolled back
+                       and audited, whatever the rule (gossipmed.mixing.bounds)
 
 What every site must agree on (exchanges per round, mixing weights) is not here: it is in the
 consortium file (gossipmed.consortium.settings), or the simulator's `[consortium]` table.
@@ -21,8 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from gossipmed.choice import Choice, parse_choice
+from gossipmed.choice import Choice, default_choice, parse_choice
 from gossipmed.errors import ConfigError
+from gossipmed.mixing.bounds import DEFAULT_FLOOR_RMS, DEFAULT_MAX_RATIO, InfluenceBound
 from gossipmed.mixing.drift import DRIFT
 from gossipmed.mixing.rules import DEFAULT_RULE, RULES
 from gossipmed.registry import Registry
@@ -34,11 +39,13 @@ REGISTRIES: dict[str, Registry[Any]] = {"aggregation": RULES, "codec": ENCODERS,
 
 @dataclass(frozen=True)
 class GossipConfig:
-    aggregation: Choice = field(default_factory=lambda: Choice(name=DEFAULT_RULE))
-    codec: Choice = field(default_factory=lambda: Choice(name="raw"))
-    drift: Choice = field(default_factory=lambda: Choice(name="none"))
+    aggregation: Choice = field(default_factory=lambda: default_choice(RULES, DEFAULT_RULE))
+    codec: Choice = field(default_factory=lambda: default_choice(ENCODERS, "raw"))
+    drift: Choice = field(default_factory=lambda: default_choice(DRIFT, "none"))
     round_timeout_s: float = 30.0
     max_future_rounds: int = 2
+    max_mix_growth: float = DEFAULT_MAX_RATIO
+    norm_floor_rms: float = DEFAULT_FLOOR_RMS
 
     def __post_init__(self) -> None:
         for key, registry in REGISTRIES.items():
@@ -53,6 +60,16 @@ class GossipConfig:
             raise ConfigError("gossip.round_timeout_s must be a positive number")
         if type(self.max_future_rounds) is not int or not 0 <= self.max_future_rounds <= 64:
             raise ConfigError("gossip.max_future_rounds must be an integer in 0..64")
+        try:
+            self.mix_bound  # noqa: B018  (validated once, where it is built)
+        except ConfigError as exc:
+            raise ConfigError(f"gossip.{exc}") from None
+
+    @property
+    def mix_bound(self) -> InfluenceBound:
+        """A mix that is not finite, or grows the state norm past max_mix_growth x
+        max(own norm, norm_floor_rms x sqrt(size)), is rolled back (every rule)."""
+        return InfluenceBound(max_ratio=self.max_mix_growth, floor_rms=self.norm_floor_rms)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> GossipConfig:
@@ -75,6 +92,8 @@ class GossipConfig:
             "drift": self.drift.to_toml(name_key=NAME_KEYS["drift"]),
             "round_timeout_s": self.round_timeout_s,
             "max_future_rounds": self.max_future_rounds,
+            "max_mix_growth": self.max_mix_growth,
+            "norm_floor_rms": self.norm_floor_rms,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -85,6 +104,8 @@ class GossipConfig:
             out[key] = {NAME_KEYS[key]: choice.name, **choice.param_values()}
         out["round_timeout_s"] = self.round_timeout_s
         out["max_future_rounds"] = self.max_future_rounds
+        out["max_mix_growth"] = self.max_mix_growth
+        out["norm_floor_rms"] = self.norm_floor_rms
         return out
 
 

@@ -26,6 +26,7 @@ loops over `components()`.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ import torch
 from gossipmed.errors import GossipmedError, PrivacyBudgetExceeded
 from gossipmed.learn.learner import AdapterState, Learner
 from gossipmed.metrics import MetricsWriter, RoundRecord, local_consensus_distance
+from gossipmed.mixing.bounds import InfluenceBound, state_norm
 from gossipmed.mixing.rules import Aggregator
 from gossipmed.storage.peer_state import Stateful, save_checkpoint
 from gossipmed.wire.compression import DenseEncoder, ReplicaDecoder, UpdateEncoder
@@ -85,6 +87,7 @@ class Peer:
         gossip_steps: int = 1,
         encoder: UpdateEncoder | None = None,
         aggregator: Aggregator | None = None,
+        mix_bound: InfluenceBound | None = None,
         train: bool = True,
         eval_every: int = 1,
         total_rounds: int | None = None,
@@ -105,6 +108,7 @@ class Peer:
         self.encoder: UpdateEncoder = encoder if encoder is not None else DenseEncoder("raw")
         self.decoder = ReplicaDecoder(steps_per_round=gossip_steps)
         self.aggregator = aggregator if aggregator is not None else Aggregator()
+        self.mix_bound = mix_bound if mix_bound is not None else InfluenceBound()
         self.schedule = schedule
         self.local_steps = local_steps
         self.gossip_steps = gossip_steps
@@ -137,16 +141,23 @@ class Peer:
         work = self._work
         assert work is not None
         started = self.clock()
-        if self.train_enabled and not self._budget_spent:
+        before = _snapshot(self.learner.get_state())
+        if not math.isfinite(state_norm(before)):  # never charge privacy for a broken state
+            self.audit.record("non_finite_state", round=round, site=self.name)
+        elif self.train_enabled and not self._budget_spent:
             try:
                 stats = self.learner.train_round(steps=self.local_steps)
             except PrivacyBudgetExceeded as exc:
                 self._budget_spent = True
                 self.audit.record("budget_spent", round=round, site=self.name, reason=str(exc))
             else:
-                work.train_loss = stats.train_loss
-                work.trained = True
                 self.epsilon = stats.epsilon
+                if math.isfinite(state_norm(self.learner.get_state())):
+                    work.train_loss = stats.train_loss
+                    work.trained = True
+                else:  # the privacy is spent, the state is not kept
+                    self.learner.set_state(before)
+                    self.audit.record("non_finite_training", round=round, site=self.name)
         work.state = _snapshot(self.learner.get_state())
         work.seconds += self.clock() - started
 
@@ -377,11 +388,23 @@ class Peer:
         work.bytes_received += buffer.bytes_received
         work.heard |= set(neighbour_states)
         work.heard_last = frozenset(neighbour_states)
-        return self.aggregator.mix(
+        mixed = self.aggregator.mix(
             self_name=self.name,
             row=self.schedule.row(round, self.name),
             states={self.name: work.state, **neighbour_states},
         )
+        reason = self.mix_bound.rollback_reason(work.state, mixed)
+        if reason is None:
+            return mixed
+        self.audit.record(
+            "mix_rolled_back",
+            site=self.name,
+            round=round,
+            step=step,
+            reason=reason,
+            heard=sorted(neighbour_states),
+        )
+        return _snapshot(work.state)
 
     def _require_work(self, round: int) -> _RoundWork:
         if self._work is None or self._work.round != round:
