@@ -22,7 +22,8 @@ from node.daemon.cluster import (
     wait_until,
 )
 from node.daemon.config import STATE_DIR
-from node.daemon.site_daemon import LEDGER_FILE, state_digest
+from node.daemon.ledger import ledger_path
+from node.daemon.site_daemon import state_digest
 
 pytest_plugins = ["daemon_support"]  # fixtures: toy_base, processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]
@@ -52,7 +53,7 @@ def test_killed_daemon_resumes_with_its_epsilon_and_adapter_and_rejoins(
     processes[1].send_signal(signal.SIGKILL)
     processes[1].wait(timeout=10)
     meta = json.loads((victim / STATE_DIR / META_FILE).read_text())
-    ledger = json.loads((victim / STATE_DIR / LEDGER_FILE).read_text())
+    ledger = json.loads(ledger_path(victim).read_text())
     checkpoint_round, checkpoint_eps = meta["round"], meta["epsilon"]
     assert ledger["epsilon"] >= checkpoint_eps > 0  # the ledger is written before sending
     state, _meta = load_state(victim / STATE_DIR)

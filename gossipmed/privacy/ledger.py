@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gossipmed.errors import PrivacyBudgetExceeded, PrivacyError
 from gossipmed.privacy.dp import HistoryEntry, epsilon_of
-from gossipmed.storage.files import PRIVATE_FILE_MODE, private_dir
+from gossipmed.storage.files import PRIVATE_FILE_MODE, fsync_dir, private_dir
 
 LEDGER_VERSION = 1
 _MAX_LEDGER_BYTES = 1 << 20
@@ -31,6 +31,7 @@ class PrivacyLedger:
         accountant: str = "rdp",
         path: str | Path | None = None,
         history: list[HistoryEntry] | None = None,
+        carried_over: float = 0.0,
     ) -> None:
         if not (budget > 0 and math.isfinite(budget)):
             raise PrivacyError("privacy budget (epsilon) must be a positive number")
@@ -42,6 +43,9 @@ class PrivacyLedger:
         self.delta = float(delta)
         self.accountant = accountant
         self.path = Path(path) if path is not None else None
+        if not (carried_over >= 0 and math.isfinite(carried_over)):
+            raise PrivacyError("carried-over epsilon must be a finite number >= 0")
+        self.carried_over = float(carried_over)
         self._history: list[HistoryEntry] = list(history or [])
         self._epsilon = epsilon_of(self._history, delta=self.delta, accountant=accountant)
 
@@ -52,6 +56,12 @@ class PrivacyLedger:
     @property
     def epsilon(self) -> float:
         return self._epsilon
+
+    @property
+    def total_spent(self) -> float:
+        """Everything this site has spent, earlier budgets included (see `carried_over`): what
+        its checkpoints and metrics may never exceed."""
+        return self.carried_over + self._epsilon
 
     @property
     def remaining(self) -> float:
@@ -94,6 +104,7 @@ class PrivacyLedger:
             "accountant": self.accountant,
             "history": [list(h) for h in self._history],
             "epsilon": self._epsilon,
+            "carried_over": self.carried_over,
         }
 
     def save(self, path: str | Path) -> None:
@@ -112,6 +123,7 @@ class PrivacyLedger:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        fsync_dir(path.parent)  # the rename itself must survive a power cut
 
     @classmethod
     def load(cls, path: str | Path) -> PrivacyLedger:
@@ -134,6 +146,7 @@ class PrivacyLedger:
                 accountant=str(raw["accountant"]),
                 path=path,
                 history=history,
+                carried_over=float(raw.get("carried_over", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PrivacyError(f"ledger {path} is malformed: {exc}") from exc

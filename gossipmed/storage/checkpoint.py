@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from gossipmed.errors import CheckpointError
-from gossipmed.storage.files import PRIVATE_FILE_MODE, private_dir
+from gossipmed.storage.files import PRIVATE_FILE_MODE, fsync_dir, private_dir
 
 STATE_FILE = "state.safetensors"
 META_FILE = "checkpoint.json"
@@ -45,26 +45,13 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(
         path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
     )
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_state(directory: Path, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:

@@ -78,3 +78,17 @@ def open_private(path: Path, mode: str = "a", *, encoding: str = "utf-8") -> IO[
     except BaseException:
         os.close(fd)
         raise
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (best effort where the OS cannot open folders)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -49,6 +49,7 @@ from gossipmed.storage.peer_state import has_checkpoint, read_checkpoint
 from gossipmed.wire.envelope import EnvelopeSealer
 from node.daemon.config import DaemonSettings
 from node.daemon.control import serve_control
+from node.daemon.ledger import open_site_ledger
 from node.daemon.status import Resumed, build_status
 from node.round.audit import AuditLogSink
 from node.round.builder import RoundPlan, build_peer
@@ -59,7 +60,6 @@ from topology.spectral import lambda2
 
 log = logging.getLogger("gossipmed.daemon")
 
-LEDGER_FILE = "ledger.json"
 SEALED_FILE = "sealed.json"  # the last exchange whose updates may have left
 
 
@@ -138,18 +138,12 @@ def build_learner(settings: DaemonSettings, *, roster: Roster) -> Learner:
         return factory.site_learners()[d.site_index]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gossipmed.learn.train import build_site_learners
-    from gossipmed.privacy.ledger import PrivacyLedger
 
+    # the site's own ledger, checked against its records before anything else loads
+    ledger = open_site_ledger(settings) if settings.learning.dp.enabled else None
     learner = build_site_learners(settings.learning).learners[d.site_index]
-    dp = settings.learning.dp
-    if dp.enabled:
-        # one ledger in this site's own state folder, persisted on every charge
-        learner.ledger = PrivacyLedger.open(
-            settings.state_dir / LEDGER_FILE,
-            budget=dp.epsilon,
-            delta=dp.delta,
-            accountant=dp.accountant,
-        )
+    if ledger is not None:  # persisted on every charge
+        learner.ledger = ledger
     return learner
 
 
