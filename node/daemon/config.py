@@ -1,6 +1,7 @@
 """The daemon's part of `site.toml`: `[daemon]`, `[gossip]` and the learning tables.
 
-    [daemon]   rounds, site_index, problem, base_model, eval_every, max_message_mib,
+    [daemon]   rounds, site_index, problem, base_model, eval_every, max_message_mib (0: the
+               largest legitimate update of this site's adapter, gossipmed.wire.limits),
                control_port, dial_timeout_s, seed
     [gossip]   aggregation, codec, drift, round_timeout_s, max_future_rounds: this site's own
                gossip choices, the same table as a simulation's (node.round.config)
@@ -53,7 +54,7 @@ class DaemonSection:
     problem: str = "lm"  # lm | quadratic (synthetic, for protocol experiments)
     base_model: str = ""  # local Hugging Face folder; empty: the built-in tiny base
     eval_every: int = 1
-    max_message_mib: float = 64.0
+    max_message_mib: float = 0.0  # 0: derived from the adapter (gossipmed.wire.limits)
     control_port: int = 0  # 127.0.0.1 status endpoint; 0 picks a free port
     dial_timeout_s: float = 5.0
     seed: int = 0  # quadratic problem only
@@ -67,16 +68,17 @@ class DaemonSection:
             raise ConfigError(f"daemon.problem must be one of {', '.join(PROBLEMS)}")
         if self.eval_every < 1:
             raise ConfigError("daemon.eval_every must be >= 1")
-        if not (math.isfinite(self.max_message_mib) and 0 < self.max_message_mib <= 4096):
-            raise ConfigError("daemon.max_message_mib must be in (0, 4096]")
+        if not (math.isfinite(self.max_message_mib) and 0 <= self.max_message_mib <= 4096):
+            raise ConfigError("daemon.max_message_mib must be 0 (derived) or in (0, 4096]")
         if not 0 <= self.control_port <= 65535:
             raise ConfigError("daemon.control_port must be a TCP port (0 = any free one)")
         if not (math.isfinite(self.dial_timeout_s) and self.dial_timeout_s > 0):
             raise ConfigError("daemon.dial_timeout_s must be a positive number")
 
     @property
-    def max_bytes(self) -> int:
-        return int(self.max_message_mib * (1 << 20))
+    def max_bytes(self) -> int | None:
+        """An explicit limit, or None to derive it from the adapter's schema."""
+        return int(self.max_message_mib * (1 << 20)) if self.max_message_mib else None
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from gossipmed.storage.checkpoint import atomic_write_json
 from gossipmed.storage.files import private_dir
 from gossipmed.storage.peer_state import has_checkpoint, read_checkpoint
 from gossipmed.wire.envelope import EnvelopeSealer
+from gossipmed.wire.limits import update_size_limit
 from node.daemon.config import DaemonSettings
 from node.daemon.control import serve_control
 from node.daemon.ledger import open_site_ledger
@@ -54,6 +55,7 @@ from node.daemon.status import Resumed, build_status
 from node.round.audit import AuditLogSink
 from node.round.builder import RoundPlan, build_peer
 from node.round.driver import DriverState, RoundDriver
+from node.round.peer import state_schema
 from topology.mixing import mixing_matrix
 from topology.schedule import MixingSchedule
 from topology.spectral import lambda2
@@ -168,8 +170,9 @@ class SiteDaemon:
         if has_checkpoint(settings.state_dir):
             checkpoint = read_checkpoint(settings.state_dir, site=self.name)
         d = settings.daemon
+        self.max_bytes = d.max_bytes or update_size_limit(state_schema(learner.get_state()))
         self.sealer = EnvelopeSealer(
-            identity=self.identity, roster=self.roster, max_bytes=d.max_bytes
+            identity=self.identity, roster=self.roster, max_bytes=self.max_bytes
         )
         self.metrics = MetricsWriter(settings.directory / METRICS_FILE)
         assembled = build_peer(
@@ -233,6 +236,7 @@ class SiteDaemon:
             resumed=self.resumed,
             restored=self.restored,
             rejected=self.audit.rejected,
+            max_update_bytes=self.max_bytes,
             started_at=self.started_at,
         )
 
@@ -254,7 +258,7 @@ class SiteDaemon:
                 members=members,
                 neighbours=self.peer.schedule.neighbours(self.peer.round, self.name),
                 listen=list(self.settings.site.config.listen),
-                max_bytes=d.max_bytes,
+                max_bytes=self.max_bytes,
                 on_reject=self.audit.transport_reject,
                 timeouts=Libp2pTimeouts(dial_s=d.dial_timeout_s),
             ) as transport,

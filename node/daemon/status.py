@@ -48,6 +48,7 @@ def build_status(
     resumed: Resumed | None,
     restored: tuple[str, ...],
     rejected: int,
+    max_update_bytes: int,
     started_at: float,
 ) -> dict[str, Any]:
     spent, budget = ledger_budget(peer.learner)
@@ -79,6 +80,7 @@ def build_status(
             "skipped_rounds": [list(r) for r in state.skipped],
             "rounds_planned": settings.daemon.rounds or None,
             "round_timeout_s": settings.gossip.round_timeout_s,
+            "max_update_bytes": max_update_bytes,
             "gossip_steps": peer.gossip_steps,
             "consortium": {"hash": roster.hash_hex, **roster.settings.to_mapping()},
             "gossip": settings.gossip.describe(),
