@@ -7,6 +7,7 @@ Relative paths are resolved against the site directory so a site folder can be m
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,6 +18,7 @@ from gossipmed.consortium.roster import Roster, check_site_name, load_roster
 from gossipmed.errors import ConfigError, RosterError
 from gossipmed.toml_writer import toml_value
 
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 SITE_FILE = "site.toml"
 CARD_FILE = "card.toml"
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
@@ -32,6 +34,7 @@ class SiteConfig:
     sign_key_file: str = "keys/ed25519.key"
     box_key_file: str = "keys/x25519.key"
     consortium: str = ""  # path of the consortium roster; empty until the site joins one
+    consortium_hash: str = ""  # pin: refuse a consortium file with another content hash
     audit_log: str = "audit.jsonl"
 
     def __post_init__(self) -> None:
@@ -44,6 +47,10 @@ class SiteConfig:
         for addr in self.listen:
             if not isinstance(addr, str) or not addr.startswith("/"):
                 raise ConfigError(f"listen address {addr!r} is not a multiaddr (/ip4/...)")
+        if not isinstance(self.consortium_hash, str) or (
+            self.consortium_hash and not _HEX64.fullmatch(self.consortium_hash)
+        ):
+            raise ConfigError("consortium_hash must be the 64 hex digits `consortium show` prints")
         for f in ("sign_key_file", "box_key_file", "consortium", "audit_log"):
             if not isinstance(getattr(self, f), str):
                 raise ConfigError(f"{f} must be a string path")
@@ -107,9 +114,19 @@ class Site:
         return load_identity(sign_key_path=self.sign_key_path, box_key_path=self.box_key_path)
 
     def roster(self) -> Roster:
+        """The consortium file, refused when it is not the one site.toml pins (a substituted
+        file would change members, keys and settings)."""
         if not self.config.consortium:
             raise ConfigError(f"{self.directory / SITE_FILE} names no consortium file yet")
-        return load_roster(self.path(self.config.consortium))
+        path = self.path(self.config.consortium)
+        roster = load_roster(path)
+        pin = self.config.consortium_hash
+        if pin and roster.hash_hex != pin.lower():
+            raise ConfigError(
+                f"{path} has hash {roster.hash_hex[:16]}..., but {SITE_FILE} pins "
+                f"{pin[:16]}...: refusing a consortium file this site did not agree to"
+            )
+        return roster
 
 
 def load_site(directory: Path) -> Site:

@@ -40,7 +40,7 @@ from gossipmed.consortium.audit import REJECTED, AuditLog
 from gossipmed.consortium.crypto import Identity
 from gossipmed.consortium.roster import Roster
 from gossipmed.consortium.settings import resolve_gossip_steps
-from gossipmed.errors import ConfigError
+from gossipmed.errors import ConfigError, GossipmedError
 from gossipmed.learn.learner import Learner
 from gossipmed.metrics import METRICS_FILE, MetricsWriter
 from gossipmed.storage.checkpoint import atomic_write_json
@@ -294,12 +294,54 @@ class SiteDaemon:
         log.info("%s stopped (last completed round %s)", self.name, last.round if last else None)
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        signals_ = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with trio.open_signal_receiver(*signals_) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload_roster()
+                    continue
                 log.info("signal %d: stopping", signum)
                 self.state.phase = "stopping"
                 scope.cancel()
                 return
+
+    def reload_roster(self) -> bool:
+        """SIGHUP: read the consortium file again and adopt it (a revocation, new addresses).
+        The exchanges per round and the mixing weights are the peer's composition: a file that
+        changes them is refused until a restart. Any refusal is logged and audited; the site
+        goes on with the roster it had."""
+        try:
+            new = self.settings.site.roster()
+            if own_name(new, self.identity) != self.name:
+                raise ConfigError("the new consortium file knows this site by another name")
+            if new.settings != self.roster.settings:
+                raise ConfigError(
+                    "the new consortium file changes the shared gossip settings "
+                    f"({new.settings.to_mapping()} instead of "
+                    f"{self.roster.settings.to_mapping()}); restart the daemon to adopt them"
+                )
+            schedule = schedule_from_roster(new)
+        except GossipmedError as exc:
+            log.error("consortium reload refused, keeping the current one: %s", exc)
+            self.audit.record("roster_reload_refused", reason=str(exc))
+            return False
+        from node.net.libp2p.config import PeerInfo
+
+        old, self.roster = self.roster, new
+        self.sealer.set_roster(new)
+        self.peer.set_schedule(schedule)
+        if self.transport is not None:
+            active = {m.name: m for m in new.members if not m.revoked and m.name != self.name}
+            for name in {m.name for m in old.members} - set(active):
+                self.transport.remove_peer(name)
+            for name, m in active.items():
+                self.transport.update_peer(name, PeerInfo(peer_id=m.peer_id, addrs=m.addrs))
+            self.transport.set_neighbours(schedule.neighbours(self.peer.round, self.name))
+        log.info("consortium reloaded: hash %s -> %s", old.hash_hex[:16], new.hash_hex[:16])
+        self.audit.record(
+            "roster_reloaded", reason=f"hash {old.hash_hex[:16]} -> {new.hash_hex[:16]}"
+        )
+        return True
 
 
 def sealed_round(state_dir: Path) -> int | None:

@@ -89,6 +89,12 @@ class Inbox:
     def take(self, exchange: tuple[int, int]) -> ExchangeBuffer:
         return self._buffers.pop(exchange, ExchangeBuffer())
 
+    def drop_senders(self, keep: frozenset[str]) -> None:
+        """Forget buffered updates of senders that are no longer neighbours (roster reload)."""
+        for buffer in self._buffers.values():
+            for sender in [s for s in buffer.states if s not in keep]:
+                del buffer.states[sender]
+
     def drop_before(self, exchange: tuple[int, int]) -> None:
         for old in [k for k in self._buffers if k < exchange]:
             del self._buffers[old]

@@ -189,6 +189,18 @@ class Peer:
         self.train(round)
         return self.seal_outgoing(round)
 
+    def set_schedule(self, schedule: MixingSchedule) -> None:
+        """A reloaded consortium file (a revocation): new neighbours and weights from now on;
+        what a former neighbour sent and is still buffered is dropped, never mixed."""
+        if self.name not in schedule.sites:
+            raise GossipmedError(f"site {self.name!r} is not in the new topology")
+        with self._lock:
+            self.schedule = schedule
+            keep = frozenset(
+                n for r in range(len(schedule.rows)) for n in schedule.neighbours(r, self.name)
+            )
+            self._inbox.drop_senders(keep)
+
     def force_keyframes(self, count: int = 1) -> bool:
         """The next `count` updates are dense: neighbours' copies of this site may be out of
         step (after a gap, a failed delivery, or a resume)."""
