@@ -12,11 +12,18 @@ def register(sub: Any) -> None:
         "run",
         help="run this site's peer daemon (libp2p) until stopped",
         description=(
-            "Read SITE_DIR/site.toml (listen addresses, consortium file, [daemon] round "
-            "timeout and rounds, [data] [adapter] [dp] [train]) and run gossip rounds with the "
-            "site's neighbours over libp2p (Noise + yamux). Resumes from SITE_DIR/state after "
-            "a crash. Status: `gossipmed status --site SITE_DIR`. SIGINT/SIGTERM stop it "
-            "cleanly (exit 0)."
+            "Read SITE_DIR/site.toml (listen addresses, consortium file, [daemon], [gossip], "
+            "[data] [adapter] [dp] [train]) and run gossip rounds with the site's graph "
+            "neighbours over libp2p (Noise + yamux). Resumes from SITE_DIR/state after a "
+            "crash; the privacy ledger is SITE_DIR/privacy/ledger.json. Status: `gossipmed "
+            "status --site SITE_DIR`. Signals: SIGINT/SIGTERM stop it cleanly, SIGHUP reloads "
+            "the consortium file (revocations, addresses)."
+        ),
+        epilog=(
+            "Exit codes: 0 stopped (signal, or its rounds are done); 1 crashed while running "
+            "(restart it: it resumes from its last checkpoint); 2 bad configuration, keys, "
+            "consortium file, checkpoint or privacy ledger (do not restart: fix it first). "
+            "Nothing a peer sends makes the daemon exit."
         ),
     )
     p.add_argument("--site", type=Path, required=True, metavar="SITE_DIR", help="site folder")

@@ -62,8 +62,22 @@ def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
     )
 
 
+EXIT_OK = 0  # stopped by SIGINT/SIGTERM, or its rounds are done
+EXIT_CRASH = 1  # something broke while running: a supervisor should restart it
+EXIT_CONFIG = 2  # bad settings, keys, consortium file, checkpoint or ledger: do not restart
+
+log = logging.getLogger("gossipmed.daemon")
+
+
 def run_daemon(settings: DaemonSettings) -> int:
+    """Start and run one site's daemon; its exit code follows the table above. Everything
+    that can be wrong with the site's own files raises before the daemon serves (the command
+    line turns it into EXIT_CONFIG); nothing a peer sends reaches this far."""
     check_not_running(settings)
     daemon = SiteDaemon(settings)
-    trio.run(daemon.run)
-    return 0
+    try:
+        trio.run(daemon.run)
+    except Exception:
+        log.exception("the daemon crashed; a restart resumes from the last checkpoint")
+        return EXIT_CRASH
+    return EXIT_OK
