@@ -3,11 +3,13 @@
 All sites of a process share ONE `AdapterModel`; a `SiteLearner` owns only its trainable
 tensors, data, privacy ledger and RNG, loads its state into the shared model for a round and
 reads it back; its optimiser moments (Adam) stay in the learner, so swapping is exact.
+
+The RNG that draws a site's Poisson batches and DP noise is always passed in (a
+`gossipmed.randomness.RandomSource`): from the OS for a real site, seeded only in simulations.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Mapping
@@ -26,12 +28,18 @@ from gossipmed.ledger import PrivacyLedger
 from gossipmed.model import AdapterModel, expected_schema
 from gossipmed.optim import SiteOptimizer
 from gossipmed.partition import partition
-from gossipmed.privacy import calibrate_noise, clip_and_noise, poisson_sample
+from gossipmed.privacy import add_noise, calibrate_noise, poisson_sample
+from gossipmed.randomness import RandomSource, site_seed
 
-
-def site_seed(seed: int, site: int) -> int:
-    digest = hashlib.blake2b(f"gossipmed-site:{seed}:{site}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+__all__ = [
+    "RandomSource",
+    "SiteLearner",
+    "SiteSetup",
+    "build_site_learners",
+    "load_shared_model",
+    "resolve_base_model",
+    "site_seed",
+]
 
 
 class SiteLearner:
@@ -47,6 +55,7 @@ class SiteLearner:
         eval_set: EvalSet,
         config: LearningConfig,
         ledger: PrivacyLedger | None,
+        generator: torch.Generator,
     ) -> None:
         if config.dp.enabled and ledger is None:
             raise PrivacyError("a DP learner needs a privacy ledger")
@@ -58,7 +67,10 @@ class SiteLearner:
         self.config = config
         self.ledger = ledger
         self.sample_rate = min(1.0, config.train.batch_size / len(train_data))
-        self.generator = torch.Generator().manual_seed(site_seed(config.train.seed, index))
+        self.generator = generator  # Poisson sampling and DP noise: the caller's source
+        self.microbatch = config.train.microbatch or model.auto_microbatch(
+            seq_len=config.data.max_length
+        )
         self._state = {k: v.clone() for k, v in model.initial_state.items()}
         self.noise_multiplier = self._noise_multiplier() if config.dp.enabled else None
         self.last_grad_norms = torch.zeros(0)  # unclipped per-sample norms of the last DP step
@@ -94,7 +106,6 @@ class SiteLearner:
         if steps < 1:
             raise ValueError("steps must be >= 1")
         start = time.perf_counter()
-        tc = self.config.train
         if self.noise_multiplier is not None:
             assert self.ledger is not None
             self.ledger.charge(
@@ -109,22 +120,29 @@ class SiteLearner:
             batch = self.train_data.subset(idx)
             seen += len(idx)
             if self.noise_multiplier is not None:
-                per_sample, loss = self.model.per_sample_grads(
-                    batch.input_ids, batch.loss_mask, microbatch=tc.microbatch
+                clip_norm = self.config.dp.clip_norm
+                clipped = self.model.clipped_grad_sum(
+                    batch.input_ids,
+                    batch.loss_mask,
+                    clip_norm=clip_norm,
+                    microbatch=self.microbatch,
                 )
-                grad, self.last_grad_norms = clip_and_noise(
-                    per_sample,
-                    clip_norm=self.config.dp.clip_norm,
+                grad = add_noise(
+                    clipped.grads,
+                    clip_norm=clip_norm,
                     noise_multiplier=self.noise_multiplier,
                     expected_batch=self.sample_rate * n,
                     generator=self.generator,
                 )
-                if len(loss):
-                    losses.append(float(loss.mean()))
+                self.last_grad_norms = clipped.norms
+                if len(clipped.losses):
+                    losses.append(float(clipped.losses.mean()))
             else:
                 if len(idx) == 0:
                     continue
-                grad, mean_loss = self.model.mean_grad(batch.input_ids, batch.loss_mask)
+                grad, mean_loss = self.model.mean_grad(
+                    batch.input_ids, batch.loss_mask, microbatch=self.microbatch
+                )
                 losses.append(mean_loss)
             self.model.apply_update(grad, optimizer=self.optimizer)
         self._state = self.model.read_state()
@@ -171,8 +189,12 @@ def resolve_base_model(config: LearningConfig, *, progress: bool = False) -> Pat
 
 
 def load_shared_model(config: LearningConfig, *, progress: bool = False) -> AdapterModel:
+    """The one base + adapter of this process, on `config.compute`'s device and dtype."""
+    from gossipmed.compute import resolve_device
+
+    resolve_device(config.compute.device)  # a missing GPU fails before any build or load
     return AdapterModel.from_pretrained(
-        resolve_base_model(config, progress=progress), config.adapter
+        resolve_base_model(config, progress=progress), config.adapter, compute=config.compute
     )
 
 
@@ -205,6 +227,7 @@ def _eval_set(encoder: Encoder, dataset: TaskDataset, config: LearningConfig) ->
 def build_site_learners(
     config: LearningConfig,
     *,
+    randomness: RandomSource,
     model: AdapterModel | None = None,
     ledger_dir: str | Path | None = None,
     pooled: bool = False,
@@ -214,7 +237,9 @@ def build_site_learners(
 
     `pooled=True` gives the centralised baseline: one learner on the union of all sites'
     data, with the same DP, batch and step settings. `model` lets callers reuse an already
-    loaded shared model (it must carry the configured adapter).
+    loaded shared model (it must carry the configured adapter). `randomness` gives each
+    site's sampling and noise generator: `RandomSource.from_os()` for a real site,
+    `RandomSource.seeded(config.train.seed)` for reproducible simulations and tests.
     """
     dc = config.data
     dataset = load_dataset(dc)
@@ -248,6 +273,7 @@ def build_site_learners(
             eval_set=eval_set,
             config=config,
             ledger=_ledger(config, name, ledger_dir),
+            generator=randomness.generator(k),
         )
         for k, (name, idx) in enumerate(zip(names, parts, strict=True))
     ]

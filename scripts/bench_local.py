@@ -23,6 +23,7 @@ from gossipmed.config import (
     LearningConfig,
     TrainConfig,
 )
+from gossipmed.randomness import RandomSource
 from gossipmed.train import build_site_learners, load_shared_model
 
 
@@ -61,7 +62,7 @@ def main() -> int:
     model = load_shared_model(config(None), progress=True)
     rows = []
     for label, eps in (("non-private", None), ("epsilon 8", 8.0), ("epsilon 3", 3.0)):
-        setup = build_site_learners(config(eps), model=model)
+        setup = build_site_learners(config(eps), randomness=RandomSource.seeded(0), model=model)
         site = setup.learners[0]
         start = time.perf_counter()
         before = site.evaluate_report()
