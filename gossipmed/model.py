@@ -67,6 +67,19 @@ def load_base_model(
     return model, tokenizer
 
 
+def _no_padding_warning(*_args: object, **_kwargs: object) -> None:
+    return None
+
+
+def _silence_padding_check(module: nn.Module) -> None:
+    """No attention mask is ever passed (right padding under causal attention cannot change
+    the real positions), so transformers' "padded input without a mask" warning is moot here,
+    and its data-dependent test breaks vmap (GPT-2 runs it on every forward)."""
+    for m in module.modules():
+        if callable(getattr(m, "warn_if_padding_and_no_attention_mask", None)):
+            object.__setattr__(m, "warn_if_padding_and_no_attention_mask", _no_padding_warning)
+
+
 def expected_schema(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (dtype string, shape): what a peer's update must match exactly."""
     return {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in state.items()}
@@ -199,6 +212,7 @@ class AdapterModel:
             (p.dtype for p in base.parameters() if p.is_floating_point()), torch.float32
         )
         self.device = torch.device(device)
+        _silence_padding_check(base)
         # the adapter is made on the CPU (same init everywhere), then everything moves
         self.module = wrap_with_adapter(base, adapter).to(self.device)
         self.module.eval()
