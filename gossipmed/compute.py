@@ -17,9 +17,9 @@ from gossipmed.config import AUTO
 from gossipmed.errors import ConfigError
 
 # Activations of one micro-batch may take about this much on a CPU host (the base's weights
-# come on top). 1 GiB keeps the SmolLM-135M shape at logical batch 128 under 4 GB peak RSS
-# while staying near the fastest step time (BENCHMARKS.md, "Foundation-model scale").
-CPU_ACTIVATION_BUDGET = 1 << 30
+# come on top): the SmolLM-135M shape then gets micro-batch 8 and peaks under 3 GB RSS at
+# logical batch 128, private or not (BENCHMARKS.md, "Foundation-model scale").
+CPU_ACTIVATION_BUDGET = 2 << 30
 # On a GPU, this share of the memory left free once the base is loaded.
 GPU_ACTIVATION_SHARE = 0.25
 MAX_AUTO_MICROBATCH = 64
@@ -67,17 +67,19 @@ def _config_int(config: Any, *names: str) -> int | None:
 
 
 def activation_bytes_per_example(config: Any, *, seq_len: int, dtype: torch.dtype) -> int:
-    """Rough bytes one example keeps for backward through a decoder of this shape.
+    """Rough bytes one example keeps for backward through a decoder of this shape, in a
+    per-sample-gradient (vmap) step, the hungrier of the two kinds (about twice a plain
+    backward's).
 
-    Per token and layer: ~12 hidden-sized tensors (norms, q/k/v, attention output, residuals,
-    the LoRA branch in float32), 3 MLP-sized ones and the attention probabilities (eager
-    attention keeps heads x seq of them, a few times). Calibrated against measured peaks of
-    per-sample gradient steps (BENCHMARKS.md); it is an estimate, not a bound."""
+    Per token and layer: ~27 hidden-sized tensors, 7 MLP-sized ones and 7 rows of attention
+    probabilities per head (eager attention). Fitted to measured peak RSS of DP steps on the
+    SmolLM-135M (~0.23 GB per example at 64 tokens) and Qwen2-0.5B shapes (BENCHMARKS.md); an
+    estimate, not a bound."""
     hidden = _config_int(config, "hidden_size", "n_embd", "d_model") or 1024
     layers = _config_int(config, "num_hidden_layers", "n_layer", "num_layers") or 24
     heads = _config_int(config, "num_attention_heads", "n_head") or max(1, hidden // 64)
     inner = _config_int(config, "intermediate_size", "n_inner", "ffn_dim") or 4 * hidden
-    per_token_layer = 12 * hidden + 3 * inner + 3 * heads * seq_len
+    per_token_layer = 27 * hidden + 7 * inner + 7 * heads * seq_len
     width = max(torch.finfo(dtype).bits // 8, 2)
     return int(per_token_layer * seq_len * layers * width)
 

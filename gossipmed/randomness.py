@@ -7,9 +7,12 @@ start, never from a config value. Only a simulation or a test, which must be rep
 protects nobody, passes a seed. The learning library never picks: its callers pass a
 `RandomSource` (keyword-only, no default).
 
-A torch CPU generator (Mersenne Twister, 64-bit seed) is used either way, so the draws are
-the same on every device. Its output is not cryptographic, but the attacker sees only noisy
-sums, never raw draws; the seed is what must not be guessable.
+A torch CPU generator (Mersenne Twister, 63-bit seed here) is used either way, so the draws
+are the same on every device. Its output is not cryptographic, but the attacker sees only
+noisy sums, never raw draws; the seed is what must not be guessable. Known and not addressed
+here: floating-point Gaussian samples leak through their low-order bits (Mironov 2012,
+"On significance of the least significant bits for differential privacy"); torch's sampler
+has no snapping or discrete-Gaussian defence.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ class SiteLearner:
     def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
         if expected_schema(state) != expected_schema(self._state):
             raise ModelError("adapter state does not match this site's schema")
-        self._state = {k: v.detach().clone() for k, v in state.items()}
+        self._state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
     @property
     def epsilon(self) -> float:

@@ -14,6 +14,7 @@ exactly --batch examples of the synthetic `notes` dataset.
 
     .venv/bin/python scripts/bench_scale.py                        # CPU, default shapes
     python scripts/bench_scale.py --device cuda --dtype bfloat16 --shapes all --out gpu.jsonl
+    .venv/bin/python scripts/bench_scale.py --save DIR --shape gpt2-124m   # a model folder
 
 Portable on purpose: it needs torch, transformers, peft, safetensors, msgpack and numpy and
 this repository (not installed: the root is put on sys.path), never node/ or libp2p, no
@@ -141,6 +142,20 @@ def _adapter_model(args: argparse.Namespace, shape: str) -> tuple[Any, float]:
     ).eval()
     model = AdapterModel(base, tok, AdapterConfig(kind="lora"), device=device)
     return model, time.perf_counter() - start
+
+
+def save_folder(shape: str, tokenizer_dir: Path, out: Path) -> Path:
+    """A random-init `shape` saved as a local Hugging Face folder (safetensors + tokenizer):
+    what a hospital's model folder looks like, for trying `gossipmed train --base-model`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = _tokenizer(tokenizer_dir)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(shape, tok))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 def _peak() -> dict[str, Any]:
@@ -377,8 +392,30 @@ def _run_child(argv: list[str], timeout: float) -> list[dict[str, Any]]:
     return rows
 
 
+def _merge_steps(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """One row per (shape, mode): the median of every timed step of its repeats, the largest
+    peak memory."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r["kind"] != "step":
+            continue
+        key = (r["shape"], r["mode"])
+        if key not in merged:
+            merged[key] = {**r, "s_steps": list(r["s_steps"]), "repeats": 1}
+            continue
+        m = merged[key]
+        m["s_steps"] += r["s_steps"]
+        m["repeats"] += 1
+        for k in ("peak_rss_gb", "peak_cuda_gb"):
+            if k in r:
+                m[k] = max(m[k], r[k])
+    for m in merged.values():
+        m["s_per_step"] = statistics.median(m["s_steps"])
+    return merged
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
-    steps = {(r["shape"], r["mode"]): r for r in rows if r["kind"] == "step"}
+    steps = _merge_steps(rows)
     env = {r["shape"]: r for r in rows if r["kind"] == "envelope"}
     lines = [
         "| shape | params | micro-batch | non-private s/step | DP s/step | DP/non-private "
@@ -430,11 +467,15 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=3, help="timed steps per row")
     p.add_argument("--big-steps", type=int, default=1, help="timed steps for >= 1B parameters")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="run each step row this many times, alternating"
+    )
     p.add_argument("--tokenizer", default=None, help="folder with the tiny base's tokenizer")
     p.add_argument("--timeout", type=float, default=3600.0, help="per subprocess, seconds")
     p.add_argument("--out", help="append the JSON rows to this file")
+    p.add_argument("--save", metavar="DIR", help="only save a random-init --shape folder to DIR")
     p.add_argument("--worker", choices=("step", "envelope", "sim"), help=argparse.SUPPRESS)
-    p.add_argument("--shape", help=argparse.SUPPRESS)
+    p.add_argument("--shape", help="with --save: the shape to save")
     p.add_argument("--mode", choices=("dp", "nonprivate"), help=argparse.SUPPRESS)
     args = p.parse_args()
     args.tokenizer = args.tokenizer or str(_default_tokenizer())
@@ -443,6 +484,11 @@ def main() -> int:
     for s in [*shapes, *args.shape_list, args.sim_shape]:
         if s not in SHAPES:
             p.error(f"unknown shape {s!r}; known: {', '.join(SHAPES)}")
+    if args.save:
+        if args.shape not in SHAPES:
+            p.error("--save needs --shape (one of: " + ", ".join(SHAPES) + ")")
+        print(save_folder(args.shape, Path(args.tokenizer), Path(args.save)))
+        return 0
     if args.worker:
         work = {"step": worker_step, "envelope": worker_envelope, "sim": worker_sim}
         result = work[args.worker](args)
@@ -450,6 +496,13 @@ def main() -> int:
             print(json.dumps(row), flush=True)
         return 0
 
+    from gossipmed.compute import resolve_device
+    from gossipmed.errors import ConfigError
+
+    try:
+        resolve_device(args.device)  # no GPU: one line, before any subprocess
+    except ConfigError as exc:
+        sys.exit(f"bench_scale: {exc}")
     common = ["--device", args.device, "--dtype", args.dtype, "--tokenizer", args.tokenizer]
     common += ["--sim-shape", args.sim_shape]
     if args.microbatch:
@@ -465,8 +518,9 @@ def main() -> int:
     plan: list[list[str]] = []
     if "step" in parts:
         for shape in shapes:
-            for mode in ("nonprivate", "dp"):
-                plan.append(["--worker", "step", "--shape", shape, "--mode", mode])
+            for _ in range(args.repeat):  # alternating, so load drift hits both modes
+                for mode in ("nonprivate", "dp"):
+                    plan.append(["--worker", "step", "--shape", shape, "--mode", mode])
     if "envelope" in parts:
         plan.append(["--worker", "envelope", "--envelope-shapes", ",".join(args.shape_list)])
     if "sim" in parts:
