@@ -196,52 +196,73 @@ def _notes_train(tokenizer: Any) -> tuple[Any, int]:
     return encoder.encode(dataset.train, loss_on="label"), dc.max_length
 
 
+def _step(model: Any, mode: str, batch: Any, microbatch: int, optimizer: Any, noise: Any) -> float:
+    from gossipmed.privacy import add_noise
+
+    if mode == "dp":
+        clipped = model.clipped_grad_sum(
+            batch.input_ids, batch.loss_mask, clip_norm=1.0, microbatch=microbatch
+        )
+        grad = add_noise(
+            clipped.grads, clip_norm=1.0, noise_multiplier=1.0,
+            expected_batch=float(len(batch)), generator=noise,
+        )  # fmt: skip
+        loss = float(clipped.losses.mean())
+    else:
+        grad, loss = model.mean_grad(batch.input_ids, batch.loss_mask, microbatch=microbatch)
+    model.apply_update(grad, optimizer=optimizer)
+    return loss
+
+
 def worker_step(args: argparse.Namespace) -> dict[str, Any]:
+    """One mode per process (its peak RSS is that mode's), or `pair`: DP and non-private
+    steps alternating on the same batches in one process, so load from other jobs on a shared
+    machine hits both alike (the fair time ratio)."""
     import torch
 
     from gossipmed.optim import SiteOptimizer
-    from gossipmed.privacy import add_noise
 
     model, build_s = _adapter_model(args, args.shape)
     data, max_length = _notes_train(model.tokenizer)
     microbatch = args.microbatch or model.auto_microbatch(seq_len=max_length)
-    optimizer = SiteOptimizer(kind="adam", lr=0.02)
+    modes = ["nonprivate", "dp"] if args.mode == "pair" else [args.mode]
+    optimizers = {m: SiteOptimizer(kind="adam", lr=0.02) for m in modes}
     order = torch.Generator().manual_seed(0)  # which examples: timing only, protects nobody
     noise = torch.Generator().manual_seed(1)
     n_params = sum(p.numel() for p in model.module.parameters())
     steps = args.big_steps if n_params >= BIG else args.steps
-    times, losses = [], []
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    losses: dict[str, float] = {}
     for step in range(args.warmup + steps):
-        idx = torch.randperm(len(data), generator=order)[: args.batch]
-        batch = data.subset(idx)
-        _sync()
-        start = time.perf_counter()
-        if args.mode == "dp":
-            clipped = model.clipped_grad_sum(
-                batch.input_ids, batch.loss_mask, clip_norm=1.0, microbatch=microbatch
-            )
-            grad = add_noise(
-                clipped.grads, clip_norm=1.0, noise_multiplier=1.0,
-                expected_batch=float(args.batch), generator=noise,
-            )  # fmt: skip
-            loss = float(clipped.losses.mean())
-        else:
-            grad, loss = model.mean_grad(batch.input_ids, batch.loss_mask, microbatch=microbatch)
-        model.apply_update(grad, optimizer=optimizer)
-        _sync()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-            losses.append(loss)
+        batch = data.subset(torch.randperm(len(data), generator=order)[: args.batch])
+        for mode in modes if step % 2 == 0 else modes[::-1]:
+            _sync()
+            start = time.perf_counter()
+            losses[mode] = _step(model, mode, batch, microbatch, optimizers[mode], noise)
+            _sync()
+            if step >= args.warmup:
+                times[mode].append(time.perf_counter() - start)
     state = model.read_state()
-    return {
+    row = {
         "kind": "step", "shape": args.shape, "mode": args.mode, "device": str(model.device),
         "dtype": args.dtype, "params": n_params,
         "adapter_params": sum(v.numel() for v in state.values()),
         "targets": list(model.target_modules or ()), "batch": args.batch,
         "microbatch": microbatch, "steps": steps, "warmup": args.warmup,
-        "s_per_step": statistics.median(times), "s_steps": times,
-        "build_s": build_s, "loss": losses[-1], **_peak(), **_clean_imports(),
+        "build_s": build_s, "loss": losses, **_peak(), **_clean_imports(),
     }  # fmt: skip
+    if args.mode == "pair":
+        ratios = [d / n for d, n in zip(times["dp"], times["nonprivate"], strict=True)]
+        row.update(
+            s_steps=times,
+            s_nonprivate=statistics.median(times["nonprivate"]),
+            s_dp=statistics.median(times["dp"]),
+            dp_ratio=statistics.median(ratios),
+            dp_ratios=ratios,
+        )
+    else:
+        row.update(s_steps=times[args.mode], s_per_step=statistics.median(times[args.mode]))
+    return row
 
 
 def _lora_state(shape: str, tokenizer: Any) -> dict[str, Any]:
@@ -397,7 +418,7 @@ def _merge_steps(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
     peak memory."""
     merged: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
-        if r["kind"] != "step":
+        if r["kind"] != "step" or r["mode"] == "pair":
             continue
         key = (r["shape"], r["mode"])
         if key not in merged:
@@ -416,6 +437,11 @@ def _merge_steps(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
 
 def _table(rows: list[dict[str, Any]]) -> str:
     steps = _merge_steps(rows)
+    pairs = {r["shape"]: r for r in rows if r["kind"] == "step" and r["mode"] == "pair"}
+    for shape, pair in pairs.items():  # the fair timing, where there is one
+        for mode, key in (("nonprivate", "s_nonprivate"), ("dp", "s_dp")):
+            if (shape, mode) in steps:
+                steps[(shape, mode)] = {**steps[(shape, mode)], "s_per_step": pair[key]}
     env = {r["shape"]: r for r in rows if r["kind"] == "envelope"}
     lines = [
         "| shape | params | micro-batch | non-private s/step | DP s/step | DP/non-private "
@@ -426,6 +452,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         npv, dp = steps.get((shape, "nonprivate")), steps.get((shape, "dp"))
         e = env.get(shape, {})
         ratio = f"{dp['s_per_step'] / npv['s_per_step']:.2f}" if npv and dp else "-"
+        if shape in pairs:
+            ratio = f"{pairs[shape]['dp_ratio']:.2f} (paired)"
         mem = "/".join(f"{r['peak_rss_gb']:.2f}" if r else "-" for r in (npv, dp))
         if any(r and "peak_cuda_gb" in r for r in (npv, dp)):
             mem += (
@@ -470,13 +498,19 @@ def main() -> int:
     p.add_argument(
         "--repeat", type=int, default=1, help="run each step row this many times, alternating"
     )
+    p.add_argument(
+        "--paired",
+        action="store_true",
+        help="also time DP and non-private steps alternating in one process (fair ratio on a "
+        "shared machine); the table then takes its times from there",
+    )
     p.add_argument("--tokenizer", default=None, help="folder with the tiny base's tokenizer")
     p.add_argument("--timeout", type=float, default=3600.0, help="per subprocess, seconds")
     p.add_argument("--out", help="append the JSON rows to this file")
     p.add_argument("--save", metavar="DIR", help="only save a random-init --shape folder to DIR")
     p.add_argument("--worker", choices=("step", "envelope", "sim"), help=argparse.SUPPRESS)
     p.add_argument("--shape", help="with --save: the shape to save")
-    p.add_argument("--mode", choices=("dp", "nonprivate"), help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=("dp", "nonprivate", "pair"), help=argparse.SUPPRESS)
     args = p.parse_args()
     args.tokenizer = args.tokenizer or str(_default_tokenizer())
     shapes = list(ALL_SHAPES) if args.shapes == "all" else args.shapes.split(",")
@@ -521,6 +555,8 @@ def main() -> int:
             for _ in range(args.repeat):  # alternating, so load drift hits both modes
                 for mode in ("nonprivate", "dp"):
                     plan.append(["--worker", "step", "--shape", shape, "--mode", mode])
+            if args.paired:
+                plan.append(["--worker", "step", "--shape", shape, "--mode", "pair"])
     if "envelope" in parts:
         plan.append(["--worker", "envelope", "--envelope-shapes", ",".join(args.shape_list)])
     if "sim" in parts:

@@ -25,22 +25,25 @@ def test_bench_scale_runs_on_a_bare_host(tiny_base: Path, tmp_path: Path) -> Non
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_scale.py"), "--tokenizer", str(tiny_base)]
     cmd += ["--shapes", "toy-llama", "--envelope-shapes", "toy-llama", "--sim-shape", "toy-llama"]
-    cmd += ["--batch", "8", "--steps", "1", "--warmup", "0", "--timeout", "240"]
+    cmd += ["--batch", "8", "--steps", "2", "--warmup", "0", "--timeout", "240", "--paired"]
     proc = subprocess.run(
         cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280, check=False
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     kinds = [r["kind"] for r in rows]
-    assert kinds == ["host", "step", "step", "envelope", "sim"]
+    assert kinds == ["host", "step", "step", "step", "envelope", "sim"]
     steps = [r for r in rows if r["kind"] == "step"]
-    assert {r["mode"] for r in steps} == {"dp", "nonprivate"}
-    assert all(r["batch"] == 8 and r["s_per_step"] > 0 and r["peak_rss_gb"] > 0 for r in steps)
-    envelope = rows[3]
+    assert [r["mode"] for r in steps] == ["nonprivate", "dp", "pair"]
+    assert all(r["batch"] == 8 and r["peak_rss_gb"] > 0 for r in steps)
+    assert all(r["s_per_step"] > 0 and len(r["s_steps"]) == 2 for r in steps[:2])
+    pair = steps[2]
+    assert len(pair["dp_ratios"]) == 2 and pair["dp_ratio"] > 0
+    envelope = rows[4]
     assert envelope["payload_bytes"] > 4 * envelope["adapter_params"]
     assert envelope["seal_open"] == "skipped: pynacl not installed"
-    sim = rows[4]
+    sim = rows[5]
     assert sim["dp"] is False and "opacus" in sim["note"]
     assert sim["eval_examples"] == 21 and len(sim["records"]) == 2
     assert all(not r["imported_node"] and not r["imported_libp2p"] for r in rows[1:])
-    assert "| toy-llama |" in proc.stdout
+    assert "| toy-llama |" in proc.stdout and "(paired)" in proc.stdout
