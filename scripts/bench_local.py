@@ -24,6 +24,7 @@ from gossipmed.learn.config import (
     TrainConfig,
 )
 from gossipmed.learn.train import build_site_learners, load_shared_model
+from gossipmed.privacy.randomness import RandomSource
 
 
 def main() -> int:
@@ -61,7 +62,7 @@ def main() -> int:
     model = load_shared_model(config(None), progress=True)
     rows = []
     for label, eps in (("non-private", None), ("epsilon 8", 8.0), ("epsilon 3", 3.0)):
-        setup = build_site_learners(config(eps), model=model)
+        setup = build_site_learners(config(eps), randomness=RandomSource.seeded(0), model=model)
         site = setup.learners[0]
         start = time.perf_counter()
         before = site.evaluate_report()

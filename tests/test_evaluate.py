@@ -11,6 +11,7 @@ import torch
 from gossipmed.learn.config import AdapterConfig, DataConfig, DPConfig, LearningConfig
 from gossipmed.learn.evaluate import evaluate, packed_label_scores, pairwise_label_scores
 from gossipmed.learn.train import build_site_learners
+from gossipmed.privacy.randomness import RandomSource
 
 
 def _setup(base: Path, kind: str) -> object:
@@ -22,7 +23,7 @@ def _setup(base: Path, kind: str) -> object:
         dp=DPConfig(enabled=False),
         base_model=str(base),
     )
-    setup = build_site_learners(cfg)
+    setup = build_site_learners(cfg, randomness=RandomSource.seeded(0))
     g = torch.Generator().manual_seed(3)  # off the init, so adapters change the scores
     state = setup.model.read_state()
     setup.model.load_state(

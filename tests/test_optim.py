@@ -10,6 +10,7 @@ import torch
 from gossipmed.learn.config import AdapterConfig, DataConfig, DPConfig, LearningConfig, TrainConfig
 from gossipmed.learn.optim import SiteOptimizer
 from gossipmed.learn.train import build_site_learners
+from gossipmed.privacy.randomness import RandomSource
 
 
 def test_site_adam_matches_torch_adam() -> None:
@@ -44,10 +45,10 @@ def test_interleaving_another_site_does_not_change_a_sites_adam_trajectory(
         train=TrainConfig(optimizer="adam", batch_size=8),
         base_model=str(tiny_base),
     )
-    alone = build_site_learners(cfg)
+    alone = build_site_learners(cfg, randomness=RandomSource.seeded(0))
     alone.learners[0].train_round(steps=2)
     alone.learners[0].train_round(steps=2)
-    mixed = build_site_learners(cfg, model=alone.model)
+    mixed = build_site_learners(cfg, randomness=RandomSource.seeded(0), model=alone.model)
     mixed.learners[0].train_round(steps=2)
     mixed.learners[1].train_round(steps=2)  # moves the shared model and has its own moments
     mixed.learners[0].train_round(steps=2)

@@ -22,7 +22,7 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 SITE_FILE = "site.toml"
 CARD_FILE = "card.toml"
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
-EXTENSION_SECTIONS = frozenset({"daemon", "gossip", "data", "adapter", "dp", "train"})
+EXTENSION_SECTIONS = frozenset({"daemon", "gossip", "data", "adapter", "dp", "train", "compute"})
 """Tables that other readers of site.toml own (node.daemon.config validates their keys);
 SiteConfig skips them, but a misspelt table name is still an unknown key."""
 

@@ -7,6 +7,7 @@ Every field is checked in `__post_init__` so a bad TOML file fails at load time 
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,11 +22,14 @@ AdapterKind = Literal["lora", "ffa_lora", "prompt", "full"]
 AccountantName = Literal["rdp", "prv"]
 LossOn = Literal["label", "all"]
 OptimizerName = Literal["sgd", "adam"]
+BaseDtype = Literal["float32", "bfloat16", "float16"]
 
 DATASETS: tuple[str, ...] = get_args(DatasetName)
 PARTITIONS: tuple[str, ...] = get_args(PartitionScheme)
 ADAPTER_KINDS: tuple[str, ...] = get_args(AdapterKind)
 ACCOUNTANTS: tuple[str, ...] = get_args(AccountantName)
+BASE_DTYPES: tuple[str, ...] = get_args(BaseDtype)
+AUTO = "auto"
 
 # Per-sample LoRA (q/v, rank 8) gradient norms on the tiny base's icd10 label loss are ~4-13
 # (10th-90th percentile, measured; BENCHMARKS.md): clip 1.0 clips nearly every sample,
@@ -72,7 +76,9 @@ class AdapterConfig:
     kind: AdapterKind = "lora"
     rank: int = 8
     lora_alpha: int = 16
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # None (or "auto" in TOML) = chosen per architecture: peft's default for the model type,
+    # else the attention's query/value (or fused qkv) projections; q_proj, v_proj on Llama
+    target_modules: tuple[str, ...] | None = None
     num_virtual_tokens: int = 8  # prompt tuning
     shared_seed: int = 1234  # FFA-LoRA: consortium-wide seed for the frozen A matrices
 
@@ -80,7 +86,18 @@ class AdapterConfig:
         _require(self.kind in ADAPTER_KINDS, f"adapter.kind must be one of {ADAPTER_KINDS}")
         _require(1 <= self.rank <= 1024, "adapter.rank must be in 1..1024")
         _require(self.lora_alpha > 0, "adapter.lora_alpha must be > 0")
-        _require(len(self.target_modules) > 0, "adapter.target_modules must not be empty")
+        if self.target_modules == AUTO:
+            object.__setattr__(self, "target_modules", None)
+        targets = self.target_modules
+        _require(
+            targets is None
+            or (
+                isinstance(targets, tuple)
+                and len(targets) > 0
+                and all(isinstance(t, str) and t.strip() for t in targets)
+            ),
+            'adapter.target_modules must be "auto" or a non-empty list of module names',
+        )
         _require(1 <= self.num_virtual_tokens <= 512, "adapter.num_virtual_tokens in 1..512")
 
 
@@ -117,7 +134,10 @@ class TrainConfig:
     # 20 local steps per round: within 20 rounds, the number of steps is what limits
     # accuracy, not consensus (BENCHMARKS.md, "8 sites, ring")
     steps_per_round: int = 20
-    microbatch: int = 64  # per-sample gradients computed this many at a time
+    # examples per forward/backward pass, private or not: peak memory follows it, results do
+    # not (the logical batch is summed across micro-batches). None (or "auto" in TOML) sizes
+    # it from the model's shape (gossipmed.memory.auto_microbatch).
+    microbatch: int | None = None
     loss_on: LossOn = "label"  # labelled data: train/eval loss on the label tokens only
     seed: int = 0
     optimizer: OptimizerName = "adam"  # per-site state; Adam moments never leave the site
@@ -127,8 +147,40 @@ class TrainConfig:
         _require(self.optimizer in ("sgd", "adam"), "train.optimizer must be 'sgd' or 'adam'")
         _require(self.batch_size >= 1, "train.batch_size must be >= 1")
         _require(self.steps_per_round >= 1, "train.steps_per_round must be >= 1")
-        _require(self.microbatch >= 1, "train.microbatch must be >= 1")
+        if self.microbatch == AUTO:
+            object.__setattr__(self, "microbatch", None)
+        _require(
+            self.microbatch is None
+            or (
+                isinstance(self.microbatch, int)
+                and not isinstance(self.microbatch, bool)
+                and self.microbatch >= 1
+            ),
+            'train.microbatch must be "auto" or an integer >= 1',
+        )
         _require(self.loss_on in ("label", "all"), "train.loss_on must be 'label' or 'all'")
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Where the shared base runs and in which precision. The adapter, its gradients and the
+    DP arithmetic stay float32 whatever `base_dtype` is; what leaves a site is float32 on CPU.
+
+    `device = "auto"` takes the first CUDA device when there is one, else the CPU (MPS only
+    when asked for by name). Nothing here changes what is learned beyond float rounding."""
+
+    device: str = AUTO
+    base_dtype: BaseDtype = "float32"
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.device, str) and DEVICE_PATTERN.fullmatch(self.device) is not None,
+            'compute.device must be "auto", "cpu", "cuda", "cuda:N" or "mps"',
+        )
+        _require(self.base_dtype in BASE_DTYPES, f"compute.base_dtype must be one of {BASE_DTYPES}")
 
 
 @dataclass(frozen=True)
@@ -140,6 +192,14 @@ class LearningConfig:
     dp: DPConfig = field(default_factory=DPConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     base_model: str | None = None
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.adapter.kind != "full" or self.compute.base_dtype == "float32",
+            'adapter.kind "full" trains the base itself, which must then be float32 '
+            "(compute.base_dtype)",
+        )
 
 
 T = TypeVar("T")
@@ -161,7 +221,8 @@ def section_from_mapping(cls: type[T], raw: Mapping[str, Any], *, section: str) 
 
 
 def learning_config_from_mapping(raw: Mapping[str, Any]) -> LearningConfig:
-    """Sections [data], [adapter], [dp], [train] plus top-level `base_model`; others ignored."""
+    """Sections [data], [adapter], [dp], [train], [compute] plus top-level `base_model`;
+    others ignored."""
     base = raw.get("base_model")
     if base is not None and not isinstance(base, str):
         raise ConfigError("base_model must be a path string")
@@ -171,6 +232,7 @@ def learning_config_from_mapping(raw: Mapping[str, Any]) -> LearningConfig:
         dp=section_from_mapping(DPConfig, raw.get("dp", {}), section="dp"),
         train=section_from_mapping(TrainConfig, raw.get("train", {}), section="train"),
         base_model=base,
+        compute=section_from_mapping(ComputeConfig, raw.get("compute", {}), section="compute"),
     )
 
 

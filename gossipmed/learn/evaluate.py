@@ -25,6 +25,8 @@ from torch import nn
 from gossipmed.learn.data import EncodedSet
 from gossipmed.learn.model import AdapterModel
 
+LOGIT_BUDGET = 256 << 20  # bytes of label-position logits per packed forward
+
 
 @dataclass(frozen=True)
 class EvalReport:
@@ -52,9 +54,11 @@ class EvalSet:
 def _losses(model: AdapterModel, data: EncodedSet, *, batch: int) -> torch.Tensor:
     out = [
         model.example_losses(data.input_ids[i : i + batch], data.loss_mask[i : i + batch])
+        .float()
+        .cpu()
         for i in range(0, len(data), batch)
     ]
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def pairwise_label_scores(model: AdapterModel, grid: EncodedSet, n_labels: int) -> torch.Tensor:
@@ -134,6 +138,9 @@ def packed_label_scores(
     n_labels = len(label_tokens)
     pad = int(model.tokenizer.pad_token_id)  # type: ignore[attr-defined]
     block = len(lay.inputs)
+    vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])  # type: ignore[index]
+    # the label-position logits are [rows, label tokens, vocab] floats: bound them
+    batch = max(1, min(batch, LOGIT_BUDGET // max(1, 4 * len(lay.targets) * vocab)))
     out = []
     for lo in range(0, len(prompts), batch):
         chunk = prompts[lo : lo + batch]
@@ -155,14 +162,20 @@ def packed_label_scores(
         causal = idx[None, :] <= idx[:, None]
         key_seg = seg[:, None, :]
         allowed = causal[None] & (key_seg != -1) & ((key_seg == 0) | (key_seg == seg[:, :, None]))
-        mask = torch.zeros(allowed.shape, dtype=torch.float32)
-        mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
-        hidden = decoder(input_ids=ids, attention_mask=mask[:, None], position_ids=pos)
+        dev, dtype = model.device, model.base_dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        hidden = decoder(
+            input_ids=ids.to(dev), attention_mask=mask[:, None].to(dev), position_ids=pos.to(dev)
+        )
+        query = query.to(dev)
         states = hidden.last_hidden_state.gather(
             1, query[:, :, None].expand(-1, -1, hidden.last_hidden_state.shape[-1])
         )
-        logp = torch.log_softmax(head(states).float(), dim=-1)
-        token_ll = logp.gather(-1, lay.targets[None, :, None].expand(len(chunk), -1, 1))[..., 0]
+        logits = head(states).float()
+        targets = lay.targets.to(dev)[None, :, None].expand(len(chunk), -1, 1)
+        token_ll = (logits.gather(-1, targets)[..., 0] - torch.logsumexp(logits, dim=-1)).cpu()
+        del logits
         scores = torch.zeros((len(chunk), n_labels)).index_add_(1, lay.owner, token_ll)
         out.append(scores)
     return torch.cat(out)
@@ -179,7 +192,9 @@ def _packing_verified(model: AdapterModel, eval_set: EvalSet) -> bool:
             try:
                 packed = packed_label_scores(model, eval_set.prompts[:2], eval_set.label_tokens)
                 pairs = pairwise_label_scores(model, probe, n)
-                ok = bool(torch.allclose(packed, pairs, rtol=1e-4, atol=1e-3))
+                # half-precision bases round differently along the two paths
+                rtol, atol = (1e-4, 1e-3) if model.base_dtype == torch.float32 else (2e-2, 0.25)
+                ok = bool(torch.allclose(packed, pairs, rtol=rtol, atol=atol))
             except (TypeError, ValueError, RuntimeError, AttributeError):
                 ok = False
         model.packing_ok = ok

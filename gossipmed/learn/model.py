@@ -4,28 +4,42 @@ Many simulated sites share one `AdapterModel`; a site's whole model state is the
 of trainable tensors it loads before training and reads back after. Per-sample gradients
 use `torch.func` (functional_call + vmap(grad)), which works for every adapter kind,
 including prompt tuning and embeddings, unlike hook-based per-sample gradients.
+
+The base may live on a GPU in bfloat16; the adapter stays float32, and the state that goes
+in and out (`load_state`/`read_state`) is float32 on the CPU, the form that goes on the wire.
+A logical batch is processed in micro-batches whose gradients (clipped per example under DP)
+are summed as they come, so memory follows the micro-batch, never the Poisson batch.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from gossipmed.errors import ModelError
 from gossipmed.learn.adapters import save_adapter, trainable_names, wrap_with_adapter
-from gossipmed.learn.config import AdapterConfig
+from gossipmed.learn.compute import auto_microbatch, resolve_device, torch_dtype
+from gossipmed.learn.config import AdapterConfig, ComputeConfig
 from gossipmed.learn.optim import SiteOptimizer
+from gossipmed.privacy.dp import clip_sum
 
 AdapterState = dict[str, torch.Tensor]
 
 
-def load_base_model(path: str | Path) -> tuple[nn.Module, object]:
-    """Any local Hugging Face causal-LM folder (never the hub) -> (model, tokenizer)."""
+def load_base_model(
+    path: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, object]:
+    """Any local Hugging Face causal-LM folder (never the hub) -> (model, tokenizer).
+
+    Weights load with `weights_only` semantics: a pickled checkpoint that needs arbitrary
+    code is refused, and the refusal is a one-line ModelError, not a traceback."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -35,9 +49,15 @@ def load_base_model(path: str | Path) -> tuple[nn.Module, object]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, attn_implementation="eager", dtype=torch.float32
+            path, local_files_only=True, attn_implementation="eager", dtype=dtype
         )
-    except (OSError, ValueError) as exc:
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"refusing the pickled weights in {path}: they need code to load ({first[:160]}); "
+            "convert them to model.safetensors"
+        ) from exc
+    except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load base model from {path}: {exc}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -45,6 +65,19 @@ def load_base_model(path: str | Path) -> tuple[nn.Module, object]:
         tokenizer.bos_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+def _no_padding_warning(*_args: object, **_kwargs: object) -> None:
+    return None
+
+
+def _silence_padding_check(module: nn.Module) -> None:
+    """No attention mask is ever passed (right padding under causal attention cannot change
+    the real positions), so transformers' "padded input without a mask" warning is moot here,
+    and its data-dependent test breaks vmap (GPT-2 runs it on every forward)."""
+    for m in module.modules():
+        if callable(getattr(m, "warn_if_padding_and_no_attention_mask", None)):
+            object.__setattr__(m, "warn_if_padding_and_no_attention_mask", _no_padding_warning)
 
 
 def expected_schema(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -64,6 +97,14 @@ class Targets:
     query: torch.Tensor  # [B, K]
     token: torch.Tensor  # [B, K]
     weight: torch.Tensor  # [B, K]
+
+    def to(self, device: torch.device) -> Targets:
+        return Targets(
+            ids=self.ids.to(device),
+            query=self.query.to(device),
+            token=self.token.to(device),
+            weight=self.weight.to(device),
+        )
 
 
 def loss_targets(ids: torch.Tensor, mask: torch.Tensor) -> Targets:
@@ -115,11 +156,14 @@ class _TargetLogits(nn.Module):
         """head(decoder(x)) must be the model's own logits: some architectures post-process
         logits (e.g. soft-capping) in their LM forward; those keep the full forward."""
         try:
-            ids = torch.tensor([[3, 9, 4, 7, 5, 8]])  # any vocabulary has these ids
-            query = torch.arange(6)[None]
-            full: torch.Tensor = self.inner(input_ids=ids).logits[:, -6:]
-            return bool(torch.allclose(self.forward(ids, query), full, rtol=1e-4, atol=1e-4))
-        except (AttributeError, TypeError, ValueError, RuntimeError, IndexError):
+            param = next(self.inner.parameters())
+            ids = torch.tensor([[3, 9, 4, 7, 5, 8]], device=param.device)  # in any vocabulary
+            query = torch.arange(6, device=param.device)[None]
+            full = self.inner(input_ids=ids).logits[:, -6:].float()
+            split = self.forward(ids, query).float()
+            tol = 1e-4 if param.dtype == torch.float32 else 2e-2
+            return bool(torch.allclose(split, full, rtol=tol, atol=tol))
+        except (AttributeError, TypeError, ValueError, RuntimeError, IndexError, StopIteration):
             return False
 
     def forward(self, ids: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -135,14 +179,48 @@ class _TargetLogits(nn.Module):
         return full.gather(1, index.expand(-1, -1, full.shape[-1]))
 
 
-class AdapterModel:
-    """The frozen base + adapter shared by all sites in a process."""
+@dataclass(frozen=True)
+class ClippedSum:
+    """One logical batch under DP, before noise: the sum of per-example clipped gradients."""
 
-    def __init__(self, base: nn.Module, tokenizer: object, adapter: AdapterConfig) -> None:
+    grads: dict[str, torch.Tensor]  # float32, on the model's device
+    losses: torch.Tensor  # [B] per-example losses (CPU)
+    norms: torch.Tensor  # [B] per-example gradient norms before clipping (CPU, float64)
+
+
+def _chunks(n: int, size: int) -> range:
+    if size < 1:
+        raise ValueError("microbatch must be >= 1")
+    return range(0, n, size)
+
+
+class AdapterModel:
+    """The frozen base + adapter shared by all sites in a process (on one device)."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        tokenizer: object,
+        adapter: AdapterConfig,
+        *,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.adapter_config = adapter
         self.tokenizer = tokenizer
-        self.module = wrap_with_adapter(base, adapter)
+        self.base_config: Any = getattr(base, "config", None)
+        self.base_dtype = next(
+            (p.dtype for p in base.parameters() if p.is_floating_point()), torch.float32
+        )
+        self.device = torch.device(device)
+        _silence_padding_check(base)
+        # the adapter is made on the CPU (same init everywhere), then everything moves
+        self.module = wrap_with_adapter(base, adapter).to(self.device)
         self.module.eval()
+        peft_config = getattr(self.module, "peft_config", {}).get("default")
+        targets = getattr(peft_config, "target_modules", None)
+        self.target_modules: tuple[str, ...] | None = (
+            tuple(sorted(targets)) if isinstance(targets, set | list | tuple) else None
+        )
         self.names = trainable_names(self.module)
         params = dict(self.module.named_parameters())
         self._params = {n: params[n] for n in self.names}
@@ -153,13 +231,24 @@ class AdapterModel:
         )
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, adapter: AdapterConfig) -> AdapterModel:
-        base, tokenizer = load_base_model(path)
-        return cls(base, tokenizer, adapter)
+    def from_pretrained(
+        cls, path: str | Path, adapter: AdapterConfig, *, compute: ComputeConfig | None = None
+    ) -> AdapterModel:
+        compute = compute or ComputeConfig()
+        device = resolve_device(compute.device)  # fail before loading gigabytes
+        base, tokenizer = load_base_model(path, dtype=torch_dtype(compute.base_dtype))
+        return cls(base, tokenizer, adapter, device=device)
+
+    def auto_microbatch(self, *, seq_len: int) -> int:
+        """Examples per pass that keep this base's activations within the memory budget."""
+        return auto_microbatch(
+            self.base_config, seq_len=seq_len, dtype=self.base_dtype, device=self.device
+        )
 
     # --- state swapping -------------------------------------------------------------------
     def read_state(self) -> AdapterState:
-        return {n: p.detach().clone() for n, p in self._params.items()}
+        """float32 CPU copies: the state that is checkpointed, averaged and sent."""
+        return {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in self._params.items()}
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         if set(state) != set(self.names):
@@ -184,17 +273,13 @@ class AdapterModel:
 
     # --- forward / gradients ---------------------------------------------------------------
     def example_losses(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-example masked mean NLL with autograd (for non-private steps and eval)."""
-        t = loss_targets(ids, mask)
+        """Per-example masked mean NLL with autograd (on the model's device)."""
+        t = loss_targets(ids, mask).to(self.device)
         return _weighted_nll(self._target_logits(t.ids, t.query), t.token, t.weight)
 
-    def per_sample_grads(
-        self, ids: torch.Tensor, mask: torch.Tensor, *, microbatch: int = 64
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(name -> [B, *shape] gradients of each example's own loss, per-example losses)."""
+    def _per_sample_fn(self) -> Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]:
         from torch.func import functional_call, grad_and_value, vmap
 
-        params = {n: p.detach() for n, p in self._params.items()}
         wrapped = self._target_logits
 
         def loss_one(
@@ -208,19 +293,87 @@ class AdapterModel:
             logits = functional_call(wrapped, inner, (x[None], q[None]), strict=False)
             return _weighted_nll(logits, tok[None], w[None])[0]
 
+        fn: Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]
         fn = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0, 0, 0))
+        return fn
+
+    def per_sample_grads(
+        self, ids: torch.Tensor, mask: torch.Tensor, *, microbatch: int = 64
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(name -> [B, *shape] gradients of each example's own loss, per-example losses).
+
+        Holds every example's gradient at once: for inspection and tests. Training uses
+        `clipped_grad_sum`, which keeps only one micro-batch of them."""
+        params = {n: p.detach() for n, p in self._params.items()}
+        fn = self._per_sample_fn()
         grads: dict[str, list[torch.Tensor]] = {n: [] for n in params}
         losses = []
-        for start in range(0, ids.shape[0], microbatch):
-            t = loss_targets(ids[start : start + microbatch], mask[start : start + microbatch])
+        for start in _chunks(ids.shape[0], microbatch):
+            end = start + microbatch
+            t = loss_targets(ids[start:end], mask[start:end]).to(self.device)
             g, loss = fn(params, t.ids, t.query, t.token, t.weight)
             for n in params:
                 grads[n].append(g[n])
             losses.append(loss)
         if not losses:
-            empty = {n: torch.zeros((0, *p.shape)) for n, p in params.items()}
+            empty = {n: p.new_zeros((0, *p.shape)) for n, p in params.items()}
             return empty, torch.zeros(0)
         return {n: torch.cat(v) for n, v in grads.items()}, torch.cat(losses)
+
+    def clipped_grad_sum(
+        self, ids: torch.Tensor, mask: torch.Tensor, *, clip_norm: float, microbatch: int
+    ) -> ClippedSum:
+        """Sum over the batch of each example's gradient clipped to `clip_norm` (DP-SGD).
+
+        Each micro-batch's per-example gradients are clipped and added to one running sum,
+        then dropped: peak memory is one micro-batch's, whatever the batch size."""
+        params = {n: p.detach() for n, p in self._params.items()}
+        total = {
+            n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()
+        }
+        fn = self._per_sample_fn()
+        losses, norms = [], []
+        for start in _chunks(ids.shape[0], microbatch):
+            end = start + microbatch
+            t = loss_targets(ids[start:end], mask[start:end]).to(self.device)
+            per_sample, loss = fn(params, t.ids, t.query, t.token, t.weight)
+            summed, chunk_norms = clip_sum(per_sample, clip_norm=clip_norm)
+            del per_sample
+            for n in total:
+                total[n].add_(summed[n])
+            losses.append(loss.detach().float().cpu())
+            norms.append(chunk_norms.cpu())
+        return ClippedSum(
+            grads=total,
+            losses=torch.cat(losses) if losses else torch.zeros(0),
+            norms=torch.cat(norms) if norms else torch.zeros(0, dtype=torch.float64),
+        )
+
+    def grad_sum(
+        self, ids: torch.Tensor, mask: torch.Tensor, *, microbatch: int
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """(gradient of the batch's summed per-example loss, that summed loss), computed one
+        micro-batch at a time (the non-private step)."""
+        params = list(self._params.values())
+        total = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
+        loss_sum = 0.0
+        for start in _chunks(ids.shape[0], microbatch):
+            end = start + microbatch
+            loss = self.example_losses(ids[start:end], mask[start:end]).sum()
+            for acc, g in zip(total, torch.autograd.grad(loss, params), strict=True):
+                acc.add_(g)
+            loss_sum += float(loss.detach())
+        return dict(zip(self.names, total, strict=True)), loss_sum
+
+    def mean_grad(
+        self, ids: torch.Tensor, mask: torch.Tensor, *, microbatch: int | None = None
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """Gradient of the batch's mean per-example loss (the non-private step)."""
+        n = int(ids.shape[0])
+        if n == 0:
+            raise ValueError("mean_grad needs a non-empty batch")
+        grads, loss_sum = self.grad_sum(ids, mask, microbatch=microbatch or n)
+        return {k: g / n for k, g in grads.items()}, loss_sum / n
 
     def apply_update(
         self,
@@ -235,12 +388,3 @@ class AdapterModel:
                 raise ValueError("apply_update needs lr or an optimizer")
             optimizer = SiteOptimizer(kind="sgd", lr=lr)
         optimizer.step(self._params, grads)
-
-    def mean_grad(
-        self, ids: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], float]:
-        """Gradient of the batch's mean per-example loss (the non-private step)."""
-        params = list(self._params.values())
-        loss = self.example_losses(ids, mask).mean()
-        grads = torch.autograd.grad(loss, params)
-        return dict(zip(self.names, grads, strict=True)), float(loss.detach())

@@ -3,11 +3,14 @@
 All sites of a process share ONE `AdapterModel`; a `SiteLearner` owns only its trainable
 tensors, data, privacy ledger and RNG, loads its state into the shared model for a round and
 reads it back; its optimiser moments (Adam) stay in the learner, so swapping is exact.
+
+The RNG that draws a site's Poisson batches and DP noise is always passed in (a
+`gossipmed.privacy.randomness.RandomSource`): from the OS for a real site, seeded only in
+simulations.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Mapping
@@ -26,13 +29,19 @@ from gossipmed.learn.learner import AdapterState, EvalStats, TrainStats
 from gossipmed.learn.model import AdapterModel, expected_schema
 from gossipmed.learn.optim import SiteOptimizer
 from gossipmed.learn.partition import partition
-from gossipmed.privacy.dp import calibrate_noise, clip_and_noise, poisson_sample
+from gossipmed.privacy.dp import add_noise, calibrate_noise, poisson_sample
 from gossipmed.privacy.ledger import PrivacyLedger
+from gossipmed.privacy.randomness import RandomSource, site_seed
 
-
-def site_seed(seed: int, site: int) -> int:
-    digest = hashlib.blake2b(f"gossipmed-site:{seed}:{site}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+__all__ = [
+    "RandomSource",
+    "SiteLearner",
+    "SiteSetup",
+    "build_site_learners",
+    "load_shared_model",
+    "resolve_base_model",
+    "site_seed",
+]
 
 
 class SiteLearner:
@@ -48,6 +57,7 @@ class SiteLearner:
         eval_set: EvalSet,
         config: LearningConfig,
         ledger: PrivacyLedger | None,
+        generator: torch.Generator,
     ) -> None:
         if config.dp.enabled and ledger is None:
             raise PrivacyError("a DP learner needs a privacy ledger")
@@ -59,7 +69,10 @@ class SiteLearner:
         self.config = config
         self.ledger = ledger
         self.sample_rate = min(1.0, config.train.batch_size / len(train_data))
-        self.generator = torch.Generator().manual_seed(site_seed(config.train.seed, index))
+        self.generator = generator  # Poisson sampling and DP noise: the caller's source
+        self.microbatch = config.train.microbatch or model.auto_microbatch(
+            seq_len=config.data.max_length
+        )
         self._state = {k: v.clone() for k, v in model.initial_state.items()}
         self.noise_multiplier = self._noise_multiplier() if config.dp.enabled else None
         self.last_grad_norms = torch.zeros(0)  # unclipped per-sample norms of the last DP step
@@ -84,7 +97,7 @@ class SiteLearner:
     def set_state(self, state: Mapping[str, torch.Tensor]) -> None:
         if expected_schema(state) != expected_schema(self._state):
             raise ModelError("adapter state does not match this site's schema")
-        self._state = {k: v.detach().clone() for k, v in state.items()}
+        self._state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
     @property
     def epsilon(self) -> float:
@@ -95,7 +108,6 @@ class SiteLearner:
         if steps < 1:
             raise ValueError("steps must be >= 1")
         start = time.perf_counter()
-        tc = self.config.train
         if self.noise_multiplier is not None:
             assert self.ledger is not None
             self.ledger.charge(
@@ -110,22 +122,29 @@ class SiteLearner:
             batch = self.train_data.subset(idx)
             seen += len(idx)
             if self.noise_multiplier is not None:
-                per_sample, loss = self.model.per_sample_grads(
-                    batch.input_ids, batch.loss_mask, microbatch=tc.microbatch
+                clip_norm = self.config.dp.clip_norm
+                clipped = self.model.clipped_grad_sum(
+                    batch.input_ids,
+                    batch.loss_mask,
+                    clip_norm=clip_norm,
+                    microbatch=self.microbatch,
                 )
-                grad, self.last_grad_norms = clip_and_noise(
-                    per_sample,
-                    clip_norm=self.config.dp.clip_norm,
+                grad = add_noise(
+                    clipped.grads,
+                    clip_norm=clip_norm,
                     noise_multiplier=self.noise_multiplier,
                     expected_batch=self.sample_rate * n,
                     generator=self.generator,
                 )
-                if len(loss):
-                    losses.append(float(loss.mean()))
+                self.last_grad_norms = clipped.norms
+                if len(clipped.losses):
+                    losses.append(float(clipped.losses.mean()))
             else:
                 if len(idx) == 0:
                     continue
-                grad, mean_loss = self.model.mean_grad(batch.input_ids, batch.loss_mask)
+                grad, mean_loss = self.model.mean_grad(
+                    batch.input_ids, batch.loss_mask, microbatch=self.microbatch
+                )
                 losses.append(mean_loss)
             self.model.apply_update(grad, optimizer=self.optimizer)
         self._state = self.model.read_state()
@@ -179,8 +198,12 @@ def resolve_base_model(config: LearningConfig, *, progress: bool = False) -> Pat
 
 
 def load_shared_model(config: LearningConfig, *, progress: bool = False) -> AdapterModel:
+    """The one base + adapter of this process, on `config.compute`'s device and dtype."""
+    from gossipmed.learn.compute import resolve_device
+
+    resolve_device(config.compute.device)  # a missing GPU fails before any build or load
     return AdapterModel.from_pretrained(
-        resolve_base_model(config, progress=progress), config.adapter
+        resolve_base_model(config, progress=progress), config.adapter, compute=config.compute
     )
 
 
@@ -210,9 +233,67 @@ def _eval_set(encoder: Encoder, dataset: TaskDataset, config: LearningConfig) ->
     )
 
 
+@dataclass(frozen=True)
+class _Split:
+    dataset: TaskDataset
+    encoder: Encoder
+    eval_set: EvalSet
+    train_all: EncodedSet
+    names: list[str]
+    parts: list[list[int]]
+
+
+def _split(config: LearningConfig, model: AdapterModel, *, pooled: bool) -> _Split:
+    dc = config.data
+    dataset = load_dataset(dc)
+    encoder = Encoder(model.tokenizer, dataset=dataset, max_length=dc.max_length)
+    eval_set = _eval_set(encoder, dataset, config)
+    train_all = encoder.encode(dataset.train, loss_on=config.train.loss_on)
+    if pooled:
+        return _Split(
+            dataset, encoder, eval_set, train_all, ["pooled"], [list(range(len(dataset.train)))]
+        )
+    parts = partition(
+        dataset.train,
+        scheme=dc.partition,
+        n_sites=dc.n_sites,
+        alpha=dc.alpha,
+        seed=dc.seed,
+        natural_sites=dataset.natural_sites,
+    )
+    names = (
+        list(dataset.natural_sites)
+        if dc.partition == "natural"
+        else [f"site-{k}" for k in range(dc.n_sites)]
+    )
+    return _Split(dataset, encoder, eval_set, train_all, names, [list(p) for p in parts])
+
+
+def _learner(
+    split: _Split,
+    k: int,
+    *,
+    config: LearningConfig,
+    model: AdapterModel,
+    ledger: PrivacyLedger | None,
+    randomness: RandomSource,
+) -> SiteLearner:
+    return SiteLearner(
+        name=split.names[k],
+        index=k,
+        model=model,
+        train_data=split.train_all.subset(torch.tensor(split.parts[k], dtype=torch.long)),
+        eval_set=split.eval_set,
+        config=config,
+        ledger=ledger,
+        generator=randomness.generator(k),
+    )
+
+
 def build_site_learners(
     config: LearningConfig,
     *,
+    randomness: RandomSource,
     model: AdapterModel | None = None,
     ledger_dir: str | Path | None = None,
     pooled: bool = False,
@@ -222,43 +303,45 @@ def build_site_learners(
 
     `pooled=True` gives the centralised baseline: one learner on the union of all sites'
     data, with the same DP, batch and step settings. `model` lets callers reuse an already
-    loaded shared model (it must carry the configured adapter).
+    loaded shared model (it must carry the configured adapter). `randomness` gives each
+    site's sampling and noise generator: `RandomSource.from_os()` for a real site,
+    `RandomSource.seeded(config.train.seed)` for reproducible simulations and tests.
     """
-    dc = config.data
-    dataset = load_dataset(dc)
     model = model or load_shared_model(config, progress=progress)
-    encoder = Encoder(model.tokenizer, dataset=dataset, max_length=dc.max_length)
-    eval_set = _eval_set(encoder, dataset, config)
-    train_all = encoder.encode(dataset.train, loss_on=config.train.loss_on)
-    if pooled:
-        parts = [list(range(len(dataset.train)))]
-        names = ["pooled"]
-    else:
-        parts = partition(
-            dataset.train,
-            scheme=dc.partition,
-            n_sites=dc.n_sites,
-            alpha=dc.alpha,
-            seed=dc.seed,
-            natural_sites=dataset.natural_sites,
-        )
-        names = (
-            list(dataset.natural_sites)
-            if dc.partition == "natural"
-            else [f"site-{k}" for k in range(dc.n_sites)]
-        )
+    split = _split(config, model, pooled=pooled)
     learners = [
-        SiteLearner(
-            name=name,
-            index=k,
-            model=model,
-            train_data=train_all.subset(torch.tensor(idx, dtype=torch.long)),
-            eval_set=eval_set,
+        _learner(
+            split,
+            k,
             config=config,
+            model=model,
             ledger=_ledger(config, name, ledger_dir),
+            randomness=randomness,
         )
-        for k, (name, idx) in enumerate(zip(names, parts, strict=True))
+        for k, name in enumerate(split.names)
     ]
     return SiteSetup(
-        model=model, learners=learners, eval_set=eval_set, dataset=dataset, encoder=encoder
+        model=model,
+        learners=learners,
+        eval_set=split.eval_set,
+        dataset=split.dataset,
+        encoder=split.encoder,
     )
+
+
+def build_site_learner(
+    config: LearningConfig,
+    *,
+    site: int,
+    ledger: PrivacyLedger | None,
+    randomness: RandomSource,
+    progress: bool = False,
+) -> SiteLearner:
+    """One site's learner, its ledger given (a daemon: the site's own, checked ledger)."""
+    if config.dp.enabled and ledger is None:
+        raise PrivacyError("a DP learner needs its privacy ledger")
+    if not 0 <= site < config.data.n_sites:
+        raise PrivacyError(f"site index {site} is outside 0..{config.data.n_sites - 1}")
+    model = load_shared_model(config, progress=progress)
+    split = _split(config, model, pooled=False)
+    return _learner(split, site, config=config, model=model, ledger=ledger, randomness=randomness)

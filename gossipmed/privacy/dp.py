@@ -3,6 +3,9 @@
 Accounting is Opacus' (RDP or PRV), never hand-rolled. Batches are drawn by Poisson sampling
 (each record independently with probability q) because that is the subsampling the RDP/PRV
 analyses assume; the noisy sum is divided by the *expected* batch size q*n, as in Opacus.
+Clipping (`clip_sum`) runs per micro-batch and its sums add up; noise (`add_noise`) is added
+once per logical batch. The generator for sampling and noise is always the caller's
+(gossipmed.privacy.randomness): seeded from the OS for a real site, from a seed only in simulations.
 """
 
 from __future__ import annotations
@@ -108,6 +111,54 @@ def poisson_sample(n: int, *, sample_rate: float, generator: torch.Generator) ->
     return mask.nonzero().flatten()
 
 
+def clip_sum(
+    per_sample: Mapping[str, torch.Tensor], *, clip_norm: float
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(sum over the leading batch dim of each example's gradient clipped to `clip_norm`,
+    per-example norms before clipping). Norms are taken over all tensors together, in float64
+    where the device has it; the sums are float32 on the gradients' device."""
+    names = sorted(per_sample)
+    if not names:
+        raise PrivacyError("no trainable parameters to privatise")
+    first = per_sample[names[0]]
+    batch, device = int(first.shape[0]), first.device
+    if not batch:
+        zeros = {n: torch.zeros(per_sample[n].shape[1:], device=device) for n in names}
+        return zeros, torch.zeros(0, dtype=torch.float64)
+    wide = torch.float32 if device.type == "mps" else torch.float64
+    sq = torch.zeros(batch, dtype=wide, device=device)
+    for n in names:
+        sq += torch.linalg.vector_norm(per_sample[n].reshape(batch, -1), dim=1, dtype=wide) ** 2
+    norms = sq.sqrt()
+    scale = (clip_norm / (norms + 1e-12)).clamp(max=1.0).float()
+    summed = {n: torch.einsum("b,b...->...", scale, per_sample[n].float()) for n in names}
+    return summed, norms.double()
+
+
+def add_noise(
+    summed: Mapping[str, torch.Tensor],
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    expected_batch: float,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """(clipped sum + N(0, (noise_multiplier * clip_norm)^2)) / expected batch, per tensor.
+
+    Noise is drawn once per logical batch, tensor by tensor in sorted-name order, on the CPU
+    from `generator` (whose seed is the caller's: the OS for a real site), then moved to the
+    gradients' device: the draws do not depend on the device or the micro-batch size."""
+    if not expected_batch > 0:
+        raise PrivacyError("expected batch must be > 0")
+    std = noise_multiplier * clip_norm
+    out: dict[str, torch.Tensor] = {}
+    for n in sorted(summed):
+        s = summed[n]
+        noise = torch.randn(s.shape, generator=generator, dtype=torch.float32) * std
+        out[n] = (s.float() + noise.to(s.device)) / expected_batch
+    return out
+
+
 def clip_and_noise(
     per_sample: Mapping[str, torch.Tensor],
     *,
@@ -121,24 +172,12 @@ def clip_and_noise(
     Returns (gradient, per-sample norms before clipping). The batch may be empty (Poisson
     sampling); the result is then pure noise, as the accountant assumes.
     """
-    names = sorted(per_sample)
-    if not names:
-        raise PrivacyError("no trainable parameters to privatise")
-    batch = per_sample[names[0]].shape[0]
-    if batch:
-        sq = torch.zeros(batch, dtype=torch.float64)
-        for n in names:
-            sq += per_sample[n].reshape(batch, -1).double().pow(2).sum(dim=1)
-        norms = sq.sqrt()
-        scale = (clip_norm / (norms + 1e-12)).clamp(max=1.0).float()
-    else:
-        norms = torch.zeros(0, dtype=torch.float64)
-        scale = torch.zeros(0)
-    out: dict[str, torch.Tensor] = {}
-    std = noise_multiplier * clip_norm
-    for n in names:
-        g = per_sample[n]
-        summed = torch.einsum("b,b...->...", scale, g) if batch else torch.zeros(g.shape[1:])
-        noise = torch.randn(summed.shape, generator=generator, dtype=summed.dtype) * std
-        out[n] = (summed + noise) / expected_batch
-    return out, norms
+    summed, norms = clip_sum(per_sample, clip_norm=clip_norm)
+    noisy = add_noise(
+        summed,
+        clip_norm=clip_norm,
+        noise_multiplier=noise_multiplier,
+        expected_batch=expected_batch,
+        generator=generator,
+    )
+    return noisy, norms

@@ -29,13 +29,33 @@ def register(sub: Any) -> None:
     p.add_argument("--site", type=Path, required=True, metavar="SITE_DIR", help="site folder")
     p.add_argument("--log-file", type=Path, help="append logs here instead of stderr")
     p.add_argument("--verbose", action="store_true", help="debug logging (libp2p included)")
+    p.add_argument("--device", help="override [compute] device: auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="override [compute] base_dtype (the adapter and DP arithmetic stay float32)",
+    )
     p.set_defaults(func=run)
+
+
+def with_compute(settings: Any, *, device: str | None, dtype: str | None) -> Any:
+    """The settings with the command line's device and dtype, when given."""
+    import dataclasses
+
+    compute = settings.learning.compute
+    changes = {k: v for k, v in (("device", device), ("base_dtype", dtype)) if v is not None}
+    if not changes:
+        return settings
+    learning = dataclasses.replace(
+        settings.learning, compute=dataclasses.replace(compute, **changes)
+    )
+    return dataclasses.replace(settings, learning=learning)
 
 
 def run(args: argparse.Namespace) -> int:
     from node.daemon.config import load_daemon_settings
     from node.daemon.process import configure_logging, run_daemon
 
-    settings = load_daemon_settings(args.site)
+    settings = with_compute(load_daemon_settings(args.site), device=args.device, dtype=args.dtype)
     configure_logging(args.log_file, verbose=args.verbose)
     return run_daemon(settings)

@@ -73,6 +73,23 @@ def register(sub: Any) -> None:
         "(--adapter full) with the loss on all tokens",
     )
     d.add_argument("--base-model", help="local Hugging Face model folder (default: tiny base)")
+    d.add_argument(
+        "--target-modules",
+        help="LoRA targets, comma-separated (e.g. q_proj,v_proj or c_attn); default auto: chosen "
+        "per architecture",
+    )
+    d.add_argument(
+        "--device", help="where the shared base runs: auto (default), cpu, cuda, cuda:N, mps"
+    )
+    d.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="dtype of the frozen base (adapters and DP arithmetic stay float32)",
+    )
+    d.add_argument(
+        "--microbatch",
+        help="examples per forward/backward pass: bounds memory, not results (default auto)",
+    )
     d.add_argument("--eval-every", type=int, help="evaluate every N rounds (default 1)")
     d.add_argument(
         "--gossip-steps",
@@ -208,7 +225,12 @@ def build_config(args: argparse.Namespace) -> Any:
             "max_train_examples": args.max_train_examples,
             "eval_size": args.eval_size,
         },
-        "adapter": {"kind": "full" if args.pretrain else args.adapter, "rank": args.rank},
+        "adapter": {
+            "kind": "full" if args.pretrain else args.adapter,
+            "rank": args.rank,
+            "target_modules": _targets(args.target_modules),
+        },
+        "compute": {"device": args.device, "base_dtype": args.dtype},
         "dp": {
             "epsilon": args.epsilon,
             "noise_multiplier": args.noise,
@@ -221,6 +243,7 @@ def build_config(args: argparse.Namespace) -> Any:
             "batch_size": args.batch_size,
             "loss_on": "all" if args.pretrain else None,
             "seed": seed,
+            "microbatch": _auto_or_int(args.microbatch),
         },
     }
     merged = merge_overrides(raw, overrides)
@@ -240,6 +263,23 @@ def build_config(args: argparse.Namespace) -> Any:
         merged["base_model"] = args.base_model
     config: SimConfig = sim_config_from_mapping(merged)
     return config
+
+
+def _targets(value: str | None) -> str | list[str] | None:
+    if value is None or value == "auto":
+        return value
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _auto_or_int(value: str | None) -> str | int | None:
+    from gossipmed.errors import ConfigError
+
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--microbatch takes a number or auto, got {value!r}") from None
 
 
 def parse_params(items: list[str], *, flag: str) -> dict[str, Any]:

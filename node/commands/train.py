@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train the adapter of one site on its own slice of a dataset with DP-SGD, print "
             "held-out accuracy before/after and the epsilon spent, and save the adapter in "
-            "PEFT format. No networking: this is the baseline gossip must beat."
+            "PEFT format. No networking: this is the baseline gossip must beat. DP sampling "
+            "and noise are seeded from the OS at every start, so two runs differ."
         ),
     )
     p.add_argument("--dataset", required=True, choices=("icd10", "heart", "notes", "user"))
@@ -36,15 +37,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-size", type=int, default=300, help="held-out examples to score")
     p.add_argument("--max-train", type=int, default=8000, help="pooled training examples")
     p.add_argument("--base-model", help="local Hugging Face model folder (default: tiny base)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--target-modules",
+        default="auto",
+        help="LoRA targets, comma-separated (e.g. q_proj,v_proj or c_attn); default auto: "
+        "chosen per architecture",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (first GPU, else CPU), cpu, cuda, cuda:N or mps"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="dtype of the frozen base (the adapter and DP arithmetic stay float32)",
+    )
+    p.add_argument(
+        "--microbatch",
+        default="auto",
+        help="examples per forward/backward pass (memory, not results); default auto: sized "
+        "from the model",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="data split seed; DP sampling and noise always come fresh from the OS",
+    )
     p.add_argument("--out", help="save the adapter (and the privacy ledger) here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
+def _auto_or(value: str, parse: type, flag: str) -> object:
+    from gossipmed.errors import ConfigError
+
+    if value == "auto":
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag} must be auto or {parse.__name__}: {value!r}") from exc
+
+
 def _config(args: argparse.Namespace) -> object:
     from gossipmed.learn.config import (
         AdapterConfig,
+        ComputeConfig,
         DataConfig,
         DPConfig,
         LearningConfig,
@@ -58,7 +97,11 @@ def _config(args: argparse.Namespace) -> object:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "optimizer": args.optimizer,
+        "microbatch": _auto_or(args.microbatch, int, "--microbatch"),
     }
+    targets = None
+    if args.target_modules != "auto":
+        targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
     if args.lr is not None:
         train_kw["lr"] = args.lr
     return LearningConfig(
@@ -72,10 +115,11 @@ def _config(args: argparse.Namespace) -> object:
             max_train_examples=args.max_train,
             eval_size=args.eval_size,
         ),
-        adapter=AdapterConfig(kind=args.adapter),
+        adapter=AdapterConfig(kind=args.adapter, target_modules=targets),
         dp=DPConfig(enabled=args.epsilon is not None, epsilon=args.epsilon or 1.0, **dp_kw),  # type: ignore[arg-type]
         train=TrainConfig(**train_kw),  # type: ignore[arg-type]
         base_model=args.base_model,
+        compute=ComputeConfig(device=args.device, base_dtype=args.dtype),
     )
 
 
@@ -87,13 +131,17 @@ def run(args: argparse.Namespace) -> int:
     from gossipmed.errors import ConfigError
     from gossipmed.learn.config import LearningConfig
     from gossipmed.learn.train import build_site_learners
+    from gossipmed.privacy.randomness import RandomSource
 
     config = _config(args)
     assert isinstance(config, LearningConfig)
     if not 0 <= args.site < config.data.n_sites:
         raise ConfigError(f"--site must be in 0..{config.data.n_sites - 1}")
     out = Path(args.out) if args.out else None
-    setup = build_site_learners(config, ledger_dir=out, progress=not args.json)
+    # a real site: sampling and noise must not be reproducible from anything public
+    setup = build_site_learners(
+        config, randomness=RandomSource.from_os(), ledger_dir=out, progress=not args.json
+    )
     learner = setup.learners[args.site]
     before = learner.evaluate_report()
     chunk = max(1, min(20, args.steps))
@@ -115,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
         "site": learner.name,
         "n_train": len(learner.train_data),
         "adapter": args.adapter,
+        "target_modules": list(setup.model.target_modules or ()),
+        "device": str(setup.model.device),
+        "base_dtype": config.compute.base_dtype,
+        "microbatch": learner.microbatch,
         "steps": args.steps,
         "accuracy_before": before.accuracy,
         "accuracy_after": after.accuracy,

@@ -119,7 +119,7 @@ def load_daemon_settings(site_dir: Path) -> DaemonSettings:
         daemon = section_from_mapping(DaemonSection, raw.get("daemon", {}), section="daemon")
         gossip = GossipConfig.from_mapping(raw.get("gossip", {}))
         learning = learning_config_from_mapping(
-            {k: raw[k] for k in ("data", "adapter", "dp", "train") if k in raw}
+            {k: raw[k] for k in ("data", "adapter", "dp", "train", "compute") if k in raw}
         )
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc

@@ -139,14 +139,16 @@ def build_learner(settings: DaemonSettings, *, roster: Roster) -> Learner:
         factory = QuadraticFactory(n_sites=n, seed=d.seed, lr=min(settings.learning.train.lr, 1.0))
         return factory.site_learners()[d.site_index]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gossipmed.learn.train import build_site_learners
+    from gossipmed.learn.train import build_site_learner
+    from gossipmed.privacy.randomness import RandomSource
 
     # the site's own ledger, checked against its records before anything else loads
     ledger = open_site_ledger(settings) if settings.learning.dp.enabled else None
-    learner = build_site_learners(settings.learning).learners[d.site_index]
-    if ledger is not None:  # persisted on every charge
-        learner.ledger = ledger
-    return learner
+    # DP sampling and noise from the OS at every start and resume: a neighbour who knows the
+    # config must not be able to replay them (a public seed let one strip the noise exactly)
+    return build_site_learner(
+        settings.learning, site=d.site_index, ledger=ledger, randomness=RandomSource.from_os()
+    )
 
 
 class SiteDaemon:

@@ -10,7 +10,8 @@ flags override the file):
                   (node.round.config)
     [attack]      kind, attackers, scale, noise_std -- simulator only (node.sim.attacks)
     [faults]      drop_prob, offline_prob, straggler_prob, straggler_delay
-    [data] [adapter] [dp] [train]   as in gossipmed.learn.config (data.n_sites = number of sites)
+    [data] [adapter] [dp] [train] [compute]   as in gossipmed.learn.config (data.n_sites =
+                  number of sites; [compute]: device and base_dtype of the one shared base)
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ SECTIONS = (
     "adapter",
     "dp",
     "train",
+    "compute",
     "base_model",
 )
 MOVED = {
@@ -123,6 +125,7 @@ class SimConfig:
             "adapter": _table(self.learning.adapter),
             "dp": _table(self.learning.dp),
             "train": _table(self.learning.train),
+            "compute": _table(self.learning.compute),
         }
         if self.learning.base_model is not None:
             out["base_model"] = self.learning.base_model

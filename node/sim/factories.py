@@ -12,6 +12,7 @@ from typing import Protocol
 
 from gossipmed.learn.config import LearningConfig
 from gossipmed.learn.learner import Learner
+from gossipmed.privacy.randomness import RandomSource
 from node.sim.config import SimConfig
 from node.sim.quadratic import QuadraticFactory
 
@@ -54,13 +55,19 @@ class LanguageModelFactory:
         self.learning = _planned(learning, site_steps)
         self.pooled = _planned(learning, site_steps * learning.data.n_sites)
         self.model = load_shared_model(learning, progress=False)
+        # a simulation is reproducible on purpose: its DP draws come from the seed
+        self.randomness = RandomSource.seeded(learning.train.seed)
 
     def site_learners(self) -> Sequence[Learner]:
         from gossipmed.learn.train import build_site_learners
 
-        return build_site_learners(self.learning, model=self.model).learners
+        return build_site_learners(
+            self.learning, model=self.model, randomness=self.randomness
+        ).learners
 
     def pooled_learner(self) -> Learner:
         from gossipmed.learn.train import build_site_learners
 
-        return build_site_learners(self.pooled, model=self.model, pooled=True).learners[0]
+        return build_site_learners(
+            self.pooled, model=self.model, pooled=True, randomness=self.randomness
+        ).learners[0]
