@@ -52,6 +52,17 @@ def test_the_wheel_carries_every_package_directory_of_the_source(wheel: Path) ->
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
+def test_the_wheel_carries_the_dashboard_page(wheel: Path) -> None:
+    from node.report.dashboard import ASSETS
+
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        for name in ASSETS:
+            path = f"node/report/dashboard/{name}"
+            assert path in names
+            assert zf.read(path) == (ROOT / path).read_bytes()
+
+
 def test_the_installed_wheel_runs_outside_the_source_tree(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "installed"
     subprocess.run(
@@ -80,6 +91,8 @@ def test_the_installed_wheel_runs_outside_the_source_tree(wheel: Path, tmp_path:
         f"importlib.import_module({name!r})\n" for name in sorted(source_packages())
     )
     assert run("-c", imports).returncode == 0
+    page = run("-c", "from node.report.dashboard import asset; print(len(asset('index.html')))")
+    assert page.returncode == 0 and int(page.stdout) > 0, page.stderr
     helped = run(str(target / "bin" / "gossipmed"), "--help")
     assert helped.returncode == 0 and "simulate" in helped.stdout, helped.stderr
     topo = run(str(target / "bin" / "gossipmed"), "topology", "ring", "--nodes", "4", "--json")

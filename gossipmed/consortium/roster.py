@@ -10,6 +10,15 @@ gossipmed.consortium.settings; a version-1 file has none and loads with the defa
 Addresses and the `topology`/`created` labels are deliberately left out: addresses are
 routing hints that may change without invalidating in-flight updates.
 
+Outbound-only sites (version 3): a card may say `reachable = false` (a hospital whose firewall
+allows only outbound connections). The file then records, per edge with such an end, which
+end dials (`dial = [[dialler, other], ...]`): the unreachable end dials and keeps the
+connection open, the other end never dials it. An edge between two unreachable sites cannot
+work and is refused. Reachability and dialling enter the hash; a roster in which every member
+is reachable and no edge has a fixed dialler hashes exactly as version 2 did, so upgrading
+the software does not change an existing consortium's hash. Files of versions 1 and 2 load
+as all-reachable.
+
 Validation policy: structural problems (duplicate names or peer IDs, a peer ID that does not
 match its key, edges naming non-members, self loops) are errors. A graph that is disconnected
 among non-revoked members is only a *warning* (`Roster.warnings()`): revoking a compromised
@@ -36,8 +45,9 @@ from gossipmed.consortium.settings import ConsortiumSettings
 from gossipmed.errors import ConfigError, IdentityError, RosterError
 from gossipmed.toml_writer import toml_value
 
-ROSTER_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+ROSTER_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+HASH_VERSION_ALL_REACHABLE = 2  # the canonical form when no outbound-only fields are in use
 ROSTER_HASH_BYTES = 32
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HASH_PERSON = b"gossipmed-roster"
@@ -90,6 +100,7 @@ class Member:
     box_key: bytes  # X25519 public key
     addrs: tuple[str, ...] = ()
     revoked: bool = False
+    reachable: bool = True  # False: accepts no inbound connections (dials out only)
 
     def __post_init__(self) -> None:
         check_site_name(self.name)
@@ -111,10 +122,12 @@ class Member:
             raise RosterError(f"{self.name}: addrs must be a list of multiaddr strings")
         if not isinstance(self.revoked, bool):
             raise RosterError(f"{self.name}: revoked must be true or false")
+        if not isinstance(self.reachable, bool):
+            raise RosterError(f"{self.name}: reachable must be true or false")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, allow_revoked: bool = True) -> Member:
-        allowed = {"name", "peer_id", "sign_key", "box_key", "addrs"}
+        allowed = {"name", "peer_id", "sign_key", "box_key", "addrs", "reachable"}
         if allow_revoked:
             allowed.add("revoked")
         unknown = set(data) - allowed
@@ -134,6 +147,7 @@ class Member:
             box_key=decode_key(data["box_key"], what=f"{name}: box_key"),
             addrs=tuple(addrs),
             revoked=data.get("revoked", False),
+            reachable=data.get("reachable", True),
         )
 
     def to_mapping(self) -> dict[str, Any]:
@@ -143,6 +157,7 @@ class Member:
             "sign_key": self.sign_key.hex(),
             "box_key": self.box_key.hex(),
             "addrs": list(self.addrs),
+            "reachable": self.reachable,
             "revoked": self.revoked,
         }
 
@@ -150,6 +165,8 @@ class Member:
         """The public card a site hands to whoever builds the consortium file."""
         m = self.to_mapping()
         del m["revoked"]
+        if self.reachable:
+            del m["reachable"]  # cards of reachable sites read as they always did
         return "".join(f"{k} = {toml_value(v)}\n" for k, v in m.items())
 
 
@@ -182,6 +199,54 @@ def _normalise_edges(edges: Iterable[Sequence[str]]) -> tuple[tuple[str, str], .
     return tuple(sorted(out))
 
 
+def unreachable_edge_error(a: str, b: str) -> str:
+    """One line for an edge neither end of which can dial the other."""
+    return (
+        f"sites {a!r} and {b!r} are both unreachable (reachable = false) and share an edge, so "
+        f"neither can connect to the other: give each of them a reachable neighbour instead "
+        f"(change the edges, e.g. --topology file) or make one of them reachable"
+    )
+
+
+def resolve_dialers(
+    by_name: Mapping[str, Member],
+    edges: Sequence[tuple[str, str]],
+    dial: Iterable[Sequence[str]],
+) -> tuple[tuple[str, str], ...]:
+    """The complete `(dialler, other)` list: the given entries (each on an edge, at most one
+    per edge) plus, for every edge with an unreachable end, that end; sorted."""
+    edge_set = set(edges)
+    chosen: dict[tuple[str, str], str] = {}
+    for entry in dial:
+        if (
+            not isinstance(entry, list | tuple)
+            or len(entry) != 2
+            or not all(isinstance(x, str) for x in entry)
+        ):
+            raise RosterError(f"dial entry {entry!r} must be a pair [dialler, other]")
+        dialler, other = entry
+        key = (dialler, other) if dialler < other else (other, dialler)
+        if key not in edge_set:
+            raise RosterError(f"dial entry [{dialler}, {other}] is not an edge")
+        if chosen.get(key, dialler) != dialler:
+            raise RosterError(f"edge ({key[0]}, {key[1]}) has two dial entries")
+        chosen[key] = dialler
+    for a, b in edges:
+        ra, rb = by_name[a].reachable, by_name[b].reachable
+        if not ra and not rb:
+            raise RosterError(unreachable_edge_error(a, b))
+        if ra and rb:
+            continue
+        unreachable = a if not ra else b
+        if chosen.get((a, b), unreachable) != unreachable:
+            raise RosterError(
+                f"dial entry of edge ({a}, {b}) names {chosen[(a, b)]!r}, but {unreachable!r} "
+                "is unreachable: it must be the end that dials"
+            )
+        chosen[(a, b)] = unreachable
+    return tuple(sorted((d, b if d == a else a) for (a, b), d in chosen.items()))
+
+
 @dataclass(frozen=True)
 class Roster:
     members: tuple[Member, ...]
@@ -189,6 +254,9 @@ class Roster:
     topology: str = "custom"
     created: str = ""
     settings: ConsortiumSettings = field(default_factory=ConsortiumSettings)
+    dial: tuple[tuple[str, str], ...] = ()
+    """(dialler, other) per edge whose connection only one end opens; completed on
+    construction with the unreachable end of every edge that has one."""
     _by_name: dict[str, Member] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -210,13 +278,20 @@ class Roster:
             for end in (a, b):
                 if end not in by_name:
                     raise RosterError(f"edge ({a}, {b}) names {end!r}, which is not a member")
+        object.__setattr__(self, "dial", resolve_dialers(by_name, self.edges, self.dial))
         object.__setattr__(self, "_by_name", by_name)
+
+    @property
+    def outbound_only(self) -> bool:
+        """Whether any member is unreachable or any edge has a fixed dialler (version 3)."""
+        return bool(self.dial) or not all(m.reachable for m in self.members)
 
     @cached_property
     def hash(self) -> bytes:
         """BLAKE2b-256 over a canonical JSON encoding of version, members and edges."""
-        canonical = {
-            "v": ROSTER_VERSION,
+        extended = self.outbound_only
+        canonical: dict[str, Any] = {
+            "v": ROSTER_VERSION if extended else HASH_VERSION_ALL_REACHABLE,
             "members": [
                 {
                     "name": m.name,
@@ -224,12 +299,15 @@ class Roster:
                     "sign_key": m.sign_key.hex(),
                     "box_key": m.box_key.hex(),
                     "revoked": m.revoked,
+                    **({"reachable": m.reachable} if extended else {}),
                 }
                 for m in self.members
             ],
             "edges": [list(e) for e in self.edges],
             "gossip": self.settings.to_mapping(),
         }
+        if extended:
+            canonical["dial"] = [list(d) for d in self.dial]
         blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.blake2b(
             blob.encode("ascii"), digest_size=ROSTER_HASH_BYTES, person=_HASH_PERSON
@@ -258,6 +336,13 @@ class Roster:
     @property
     def active_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.members if not m.revoked)
+
+    def dialer(self, a: str, b: str) -> str | None:
+        """The end of edge (a, b) that opens its connection; None when either end may."""
+        for d, other in self.dial:
+            if {d, other} == {a, b}:
+                return d
+        return None
 
     def neighbours(self, name: str) -> tuple[str, ...]:
         """Non-revoked graph neighbours of `name` (sorted)."""
@@ -322,6 +407,7 @@ class Roster:
             "hash": self.hash_hex,
             "members": [m.to_mapping() for m in self.members],
             "edges": [list(e) for e in self.edges],
+            "dial": [list(d) for d in self.dial],
             "gossip": self.settings.to_mapping(),
         }
 
@@ -336,6 +422,11 @@ class Roster:
             "edges = [",
             *(f"  {toml_value(list(e))}," for e in self.edges),
             "]",
+            "# [dialler, other]: the other end never dials the dialler (an unreachable site);",
+            "# edges not listed here are dialled by whichever end needs the connection",
+            "dial = [",
+            *(f"  {toml_value(list(d))}," for d in self.dial),
+            "]",
             "",
             "# gossip settings every site must share (they enter the hash)",
             "[gossip]",
@@ -349,7 +440,8 @@ class Roster:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Roster:
-        unknown = set(data) - {"version", "topology", "created", "members", "edges", "gossip"}
+        known = {"version", "topology", "created", "members", "edges", "gossip", "dial"}
+        unknown = set(data) - known
         if unknown:
             raise RosterError(f"unknown roster key(s): {', '.join(sorted(unknown))}")
         version = data.get("version")
@@ -360,12 +452,17 @@ class Roster:
             )
         if version == 1 and "gossip" in data:
             raise RosterError("a version-1 roster has no [gossip] table; set version = 2")
+        if version < 3 and "dial" in data:
+            raise RosterError(f"a version-{version} roster has no dial list; set version = 3")
         try:
             settings = ConsortiumSettings.from_mapping(data.get("gossip", {}), where="[gossip]")
         except ConfigError as exc:
             raise RosterError(str(exc)) from None
         members = data.get("members")
         edges = data.get("edges", [])
+        dial = data.get("dial", [])
+        if not isinstance(dial, list):
+            raise RosterError("dial must be a list of [dialler, other] pairs")
         if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
             raise RosterError("roster needs a [[members]] array of tables")
         if not isinstance(edges, list):
@@ -373,12 +470,15 @@ class Roster:
         topology, created = data.get("topology", "custom"), data.get("created", "")
         if not isinstance(topology, str) or not isinstance(created, str):
             raise RosterError("topology and created must be strings")
+        if version < 3 and any("reachable" in m for m in members):
+            raise RosterError(f"a version-{version} roster has no reachable field; set version = 3")
         return cls(
             members=tuple(Member.from_mapping(m) for m in members),
             edges=_normalise_edges(edges),
             topology=topology,
             created=created,
             settings=settings,
+            dial=tuple(tuple(d) if isinstance(d, list) else d for d in dial),
         )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gossipmed.consortium.crypto import generate_identity, save_identity
-from gossipmed.consortium.roster import Member, Roster
+from gossipmed.consortium.roster import Member, Roster, unreachable_edge_error
 from gossipmed.consortium.settings import ConsortiumSettings
 from gossipmed.consortium.site import CARD_FILE, DEFAULT_LISTEN, SITE_FILE, Site, SiteConfig
 from gossipmed.errors import ConfigError, IdentityError, RosterError
@@ -19,9 +19,16 @@ from gossipmed.storage.files import open_private, private_dir
 from topology.graphs import build_graph
 
 
-def create_site(site_dir: Path, *, name: str, listen: Sequence[str] = DEFAULT_LISTEN) -> Member:
+def create_site(
+    site_dir: Path,
+    *,
+    name: str,
+    listen: Sequence[str] = DEFAULT_LISTEN,
+    reachable: bool = True,
+) -> Member:
     """A new site folder: site.toml, its identity (key files 0600, never overwritten) and its
-    public card (card.toml), which is returned."""
+    public card (card.toml), which is returned. `reachable=False`: the site accepts no
+    inbound connections and dials its neighbours itself."""
     config = SiteConfig(name=name, listen=tuple(listen))
     site = Site(directory=site_dir, config=config)
     site_file, card_file = site_dir / SITE_FILE, site_dir / CARD_FILE
@@ -42,6 +49,7 @@ def create_site(site_dir: Path, *, name: str, listen: Sequence[str] = DEFAULT_LI
         sign_key=identity.sign_key,
         box_key=identity.box_key,
         addrs=tuple(listen),
+        reachable=reachable,
     )
     with open_private(card_file, "w") as f:
         f.write(card.card_toml())
@@ -77,6 +85,15 @@ def build_consortium(
     else:
         graph = build_graph(topology, nodes=len(cards), degree=degree, p=p, seed=seed)
         edges = [(names[a], names[b]) for a, b in graph.edges]
+    by_name = {c.name: c for c in cards}
+    stuck = sorted(
+        tuple(sorted((a, b)))
+        for a, b in edges
+        if not by_name[a].reachable and not by_name[b].reachable
+    )
+    if stuck:
+        more = f" ({len(stuck) - 1} more such edges)" if len(stuck) > 1 else ""
+        raise RosterError(unreachable_edge_error(*stuck[0]) + more)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     roster = Roster(
         members=tuple(cards),

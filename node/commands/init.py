@@ -30,6 +30,14 @@ def register(sub: Any) -> None:
         metavar="MULTIADDR",
         help="address to listen on and advertise, repeatable (default /ip4/0.0.0.0/tcp/4001)",
     )
+    p.add_argument(
+        "--unreachable",
+        action="store_true",
+        help=(
+            "this site accepts no inbound connections (a firewall that allows only outbound "
+            "ones): the card says reachable = false and the site dials its neighbours itself"
+        ),
+    )
     p.add_argument("--json", action="store_true", help="print the card as one JSON object")
     p.set_defaults(func=run)
 
@@ -50,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     listen = tuple(args.listen) if args.listen else DEFAULT_LISTEN
     for addr in listen:
         _check_multiaddr(addr)
-    card = create_site(args.site_dir, name=args.name, listen=listen)
+    card = create_site(args.site_dir, name=args.name, listen=listen, reachable=not args.unreachable)
     card_file = args.site_dir / CARD_FILE
     if args.json:
         doc = card.to_mapping()

@@ -1,8 +1,17 @@
 """What the control endpoint serves: a table from path to page, and the page builders.
 
-Kept apart from the socket code (node.daemon.control_server) so a new page (the planned HTML
-dashboard at `/`) is one entry in a table and every page gets the server's connection cap,
-timeouts and Host check without repeating them.
+Kept apart from the socket code (node.daemon.control_server) so a new page is one entry in a
+table and every page gets the server's connection cap, timeouts and Host check without
+repeating them.
+
+    GET /                the dashboard (node/report/dashboard/: HTML, JS and CSS shipped as
+    GET /dashboard.js    package data, no external resource); it polls /dashboard.json
+    GET /dashboard.css
+    GET /dashboard.json  status + the site's recent metrics (node.report.dashboard)
+    GET /status          the status JSON;  GET /metrics  Prometheus text
+
+Every response forbids framing and any resource from elsewhere (Content-Security-Policy), so
+the page cannot be made to load or send anything off the machine.
 """
 
 from __future__ import annotations
@@ -12,9 +21,19 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from node.report.dashboard import ASSETS, asset, encode, site_snapshot
+from node.report.history import MetricsTail
+
 StatusProvider = Callable[[], dict[str, Any]]
+History = Callable[[], Mapping[str, list[list[Any]]]]
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +50,9 @@ class Response:
             f"Content-Length: {len(self.body)}\r\n"
             "Cache-Control: no-store\r\n"
             "X-Content-Type-Options: nosniff\r\n"
+            f"Content-Security-Policy: {CONTENT_SECURITY_POLICY}\r\n"
+            "X-Frame-Options: DENY\r\n"
+            "Referrer-Policy: no-referrer\r\n"
             "Connection: close\r\n\r\n"
         )
         return head.encode("ascii") + self.body
@@ -54,9 +76,48 @@ def metrics_page(status: StatusProvider) -> Response:
     )
 
 
-# `/` answers /status until the dashboard replaces it
+def asset_routes() -> dict[str, Route]:
+    """`/` and the page's script and style sheet (read once)."""
+    routes: dict[str, Route] = {}
+    for name, content_type in ASSETS.items():
+        path = "/" if name == "index.html" else f"/{name}"
+        routes[path] = _fixed(Response("200 OK", content_type, asset(name)))
+    return routes
+
+
+def _fixed(page: Response) -> Route:
+    def route(_status: StatusProvider) -> Response:
+        return page
+
+    return route
+
+
+def dashboard_routes(history: History | None = None) -> dict[str, Route]:
+    """The dashboard of a daemon: its status and `history()` (rows of its metrics)."""
+
+    def data(status: StatusProvider) -> Response:
+        rows = history() if history is not None else {}
+        return Response("200 OK", "application/json", encode(site_snapshot(status(), rows)))
+
+    return {**asset_routes(), "/dashboard.json": data}
+
+
+def site_routes(metrics_file: Path) -> dict[str, Route]:
+    """Everything a daemon serves, the dashboard's history read from its metrics file."""
+    return {**DEFAULT_ROUTES, **dashboard_routes(MetricsTail(metrics_file).rows)}
+
+
+def directory_routes() -> dict[str, Route]:
+    """`gossipmed dashboard PATH`: the status provider is the folder's snapshot itself."""
+
+    def snapshot(status: StatusProvider) -> Response:
+        return Response("200 OK", "application/json", encode(status()))
+
+    return {**asset_routes(), "/dashboard.json": snapshot, "/status": snapshot}
+
+
 DEFAULT_ROUTES: Mapping[str, Route] = {
-    "/": status_page,
+    **dashboard_routes(),
     "/status": status_page,
     "/metrics": metrics_page,
 }
@@ -68,7 +129,7 @@ def route_response(
     """The page for one GET path; the query string is ignored."""
     page = routes.get(path.split("?", 1)[0])
     if page is None:
-        return text("404 Not Found", "not found: try /status or /metrics\n")
+        return text("404 Not Found", "not found: try /, /status or /metrics\n")
     return page(status)
 
 

@@ -16,6 +16,7 @@ from gossipmed.errors import GossipmedError
 from gossipmed.storage.files import open_private
 from node.daemon.config import DaemonSettings
 from node.daemon.site_daemon import SiteDaemon
+from node.daemon.systemd import JournaldFormatter, stderr_is_journal
 
 
 class DaemonError(GossipmedError):
@@ -44,16 +45,25 @@ def check_not_running(settings: DaemonSettings) -> None:
 
 
 def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
-    """Log to stderr (or a file); libp2p's logger does not propagate, so attach it too."""
+    """Log to stderr (or a file); libp2p's logger does not propagate, so attach it too.
+    When stderr is systemd's journal stream, lines carry journald's `<priority>` prefix and
+    no time stamp (node.daemon.systemd)."""
     handler: logging.Handler = (
         logging.StreamHandler(open_private(log_file, "a"))  # 0600: logs name sites and rounds
         if log_file is not None
         else logging.StreamHandler()
     )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_file is None and stderr_is_journal():
+        handler.setFormatter(JournaldFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Importing libp2p clears its logger's handlers (libp2p.utils.logging.setup_logging), which
+    # left its warnings to Python's bare last-resort handler: import it before attaching ours.
+    import libp2p  # noqa: F401
+
     libp2p_log = logging.getLogger("libp2p")
     libp2p_log.addHandler(handler)
     libp2p_log.setLevel(logging.INFO if verbose else logging.WARNING)

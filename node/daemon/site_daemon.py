@@ -48,8 +48,10 @@ from gossipmed.storage.files import private_dir
 from gossipmed.storage.peer_state import has_checkpoint, read_checkpoint
 from gossipmed.wire.envelope import EnvelopeSealer
 from gossipmed.wire.limits import update_size_limit
+from node.daemon import systemd
 from node.daemon.config import DaemonSettings
 from node.daemon.control import serve_control
+from node.daemon.control_routes import site_routes
 from node.daemon.ledger import open_site_ledger
 from node.daemon.status import Resumed, build_status
 from node.round.audit import AuditLogSink
@@ -62,6 +64,7 @@ from topology.spectral import lambda2
 
 log = logging.getLogger("gossipmed.daemon")
 
+STOP_WAIT_S = 60.0  # for an abandoned training step to finish (the unit waits 90 s)
 SEALED_FILE = "sealed.json"  # the last exchange whose updates may have left
 
 
@@ -215,6 +218,7 @@ class SiteDaemon:
             )
         self.driver: RoundDriver | None = None
         self.transport: Any = None
+        self.ready_at: float | None = None  # listening, driving rounds and serving /status
 
     def mark_sealed(self, round: int, step: int) -> None:
         """Before an exchange's updates leave: on resume, a checkpoint older than this mark
@@ -240,16 +244,22 @@ class SiteDaemon:
             rejected=self.audit.rejected,
             max_update_bytes=self.max_bytes,
             started_at=self.started_at,
+            ready_at=self.ready_at,
         )
 
     # --- the run -------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        from node.net.libp2p.links import dial_policy
         from node.net.libp2p.transport import Libp2pTimeouts, Libp2pTransport, PeerInfo
 
         d = self.settings.daemon
         members = {
-            m.name: PeerInfo(peer_id=m.peer_id, addrs=m.addrs)
+            m.name: PeerInfo(
+                peer_id=m.peer_id,
+                addrs=m.addrs,
+                dial=dial_policy(self.roster.dialer(self.name, m.name), local=self.name),
+            )
             for m in self.roster.members
             if not m.revoked and m.name != self.name
         }
@@ -286,11 +296,22 @@ class SiteDaemon:
                     self.status,
                     port=d.control_port,
                     control_file=self.settings.control_file,
+                    routes=site_routes(self.settings.directory / METRICS_FILE),
                 )
             )
+            self.ready_at = time.time()
+            systemd.notify(f"READY=1\nSTATUS={self.name}: gossiping")
+            nursery.start_soon(systemd.watchdog)
             task_status.started()
-            await self.driver.run(rounds=d.rounds)
+            try:
+                await self.driver.run(rounds=d.rounds)
+            finally:
+                systemd.notify("STOPPING=1")
             nursery.cancel_scope.cancel()
+        if self.driver is not None:  # a stop abandons training: let it end before we do
+            finished = await trio.to_thread.run_sync(self.driver.wait_idle, STOP_WAIT_S)
+            if not finished:
+                log.warning("a training step still runs %.0f s after the stop", STOP_WAIT_S)
         self.metrics.close()
         last = self.state.last_record
         log.info("%s stopped (last completed round %s)", self.name, last.round if last else None)

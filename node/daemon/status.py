@@ -50,12 +50,15 @@ def build_status(
     rejected: int,
     max_update_bytes: int,
     started_at: float,
+    ready_at: float | None = None,
 ) -> dict[str, Any]:
     spent, budget = ledger_budget(peer.learner)
     stats = peer.neighbour_stats()
     peers = []
     for name in sorted(peer.schedule.neighbours(state.round, peer.name)):
         seen = stats.get(name)
+        link = getattr(transport, "link", None)  # libp2p only: who dials, which direction
+        info = link(name) if link is not None else None
         peers.append(
             {
                 "name": name,
@@ -64,6 +67,9 @@ def build_status(
                 "last_heard": seen.last_heard if seen else None,
                 "last_round": seen.last_round if seen else None,
                 "accepted": seen.accepted if seen else 0,
+                "reachable": roster.member(name).reachable,
+                "link": asdict(info) if info is not None else None,
+                "wait_s": state.waits.get(name),  # this exchange's wait for it (adaptive)
             }
         )
     last = state.last_record
@@ -78,6 +84,7 @@ def build_status(
             "phase": state.phase,
             "completed": state.completed,
             "skipped_rounds": [list(r) for r in state.skipped],
+            "deferred_rounds": state.deferred,
             "rounds_planned": settings.daemon.rounds or None,
             "round_timeout_s": settings.gossip.round_timeout_s,
             "max_update_bytes": max_update_bytes,
@@ -86,6 +93,9 @@ def build_status(
             "gossip": settings.gossip.describe(),
             "restored": list(restored),
             "uptime_s": time.time() - started_at,
+            # listening, driving rounds and serving this endpoint (systemd got READY=1)
+            "ready": ready_at is not None,
+            "ready_since": ready_at,
             "resumed": asdict(resumed) if resumed else None,
             "epsilon": {"spent": spent if spent is not None else peer.epsilon, "budget": budget},
             "peers": peers,

@@ -15,14 +15,24 @@ neighbours. A site that learns (from an authentic update of a graph neighbour) t
 neighbour is already past its round jumps ahead to that round without training for the
 rounds it skipped; that is how a restarted site rejoins.
 
+Stragglers (measured in BENCHMARKS.md, scripts/bench_straggler.py): each neighbour has its own
+wait, adapted to when its updates arrived in recent exchanges and never longer than the round
+timeout (node.round.patience), so a much slower neighbour no longer sets everybody's pace. And
+a site whose training ends after its neighbours moved past its round offers the trained state
+in the round after theirs (`Peer.defer_round`) instead of sealing it for a round they already
+closed, where it would be refused as stale: its update arrives before they open that round
+and is mixed there. Admission is unchanged: no stale or replayed round is ever accepted.
+
 With `offload=True` (the daemon) training, sealing, opening and mixing run in a worker thread
 so the trio loop keeps reading streams meanwhile (yamux resets a stream left unread for 5 s).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -33,6 +43,7 @@ from gossipmed.consortium.audit import payload_hash
 from gossipmed.errors import TransportError
 from gossipmed.metrics import RoundRecord
 from node.net.transport import Transport
+from node.round.patience import Patience, PatienceSettings
 from node.round.peer import Peer
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,10 @@ class DriverState:
     last_record: RoundRecord | None = None
     skipped: list[tuple[int, int]] = field(default_factory=list)
     """Rounds jumped over to catch up, as [first, last] ranges (the most recent ones)."""
+    deferred: int = 0
+    """Rounds whose training ended after the neighbours had moved on (offered later)."""
+    waits: dict[str, float] = field(default_factory=dict)
+    """Each awaited neighbour's wait in the current exchange, in seconds."""
 
 
 class RoundDriver:
@@ -68,10 +83,12 @@ class RoundDriver:
         retry_pause_s: float = RETRY_PAUSE_S,
         before_send: Callable[[int, int], None] | None = None,
         audit_hashes: bool = False,
+        patience: PatienceSettings | None = None,
     ) -> None:
         """`before_send(round, step)` runs after sealing and before anything leaves (the
         daemon records that an exchange's updates may be out). `audit_hashes` puts each
-        message's BLAKE2b in the audit events."""
+        message's BLAKE2b in the audit events. `patience`: how the per-neighbour waits adapt
+        (node.round.patience; each is at most the round timeout)."""
         self.peer = peer
         self.transport = transport
         self.round_timeout_s = round_timeout_s
@@ -80,7 +97,12 @@ class RoundDriver:
         self.before_send = before_send
         self.audit_hashes = audit_hashes
         self.state = DriverState(round=peer.round)
+        self.patience = Patience(patience)
         self._arrival = trio.Event()
+        self._rounds = 0  # run()'s limit, which a deferred round must not pass
+        self._own_work_s = 0.0  # this round's training and sealing time
+        self._offloaded = 0  # steps running in worker threads (abandoned ones included)
+        self._idle = threading.Condition()
 
     @property
     def send_failures(self) -> int:
@@ -108,6 +130,7 @@ class RoundDriver:
 
     async def run(self, *, rounds: int = 0) -> None:
         """Rounds from the peer's current one until `rounds` are done (0: until cancelled)."""
+        self._rounds = rounds
         r = self.peer.round
         while not rounds or r < rounds:
             ahead = self.peer.furthest_neighbour_round()
@@ -128,18 +151,24 @@ class RoundDriver:
                 record.consensus_distance or 0.0,
                 record.seconds,
             )
-            r += 1
+            r = record.round + 1
 
     async def run_round(self, round: int, *, timeout: float | None = None) -> RoundRecord:
-        """Train, then `peer.gossip_steps` exchanges, each waiting up to the round timeout."""
+        """Train, then `peer.gossip_steps` exchanges, each waiting up to the round timeout.
+        The record is of a later round when training ended after the neighbours had moved
+        past `round` (see `_defer`)."""
         wait = self.round_timeout_s if timeout is None else timeout
         self.state.round, self.state.phase = round, "training"
+        started = trio.current_time()
         await self._call(self.peer.train, round, abandon=True)
+        round = self._defer(round)
         for step in range(self.peer.gossip_steps):
             if step > 0:
                 self.state.phase = "mixing"
                 await self._call(self.peer.mix_step, round, step - 1, abandon=True)
             envelopes = await self._call(self.peer.seal_outgoing, round, step, abandon=True)
+            if step == 0:
+                self._own_work_s = trio.current_time() - started
             if self.before_send is not None:
                 self.before_send(round, step)
             self.state.phase = "exchanging"
@@ -150,50 +179,127 @@ class RoundDriver:
         self.state.last_record = record
         return record
 
+    def _defer(self, round: int) -> int:
+        """After training: if an authentic update showed a neighbour already past `round`, an
+        update for `round` would be refused as stale everywhere it is late, so the trained
+        state goes into the round after the furthest neighbour's (buffered by them until they
+        open it). Returns the round the exchanges run in."""
+        ahead = self.peer.furthest_neighbour_round()
+        if ahead is None or ahead <= round:
+            return round
+        target = ahead + 1
+        if self._rounds:
+            target = min(target, self._rounds - 1)
+        if target <= round:
+            return round
+        log.info(
+            "training ended after neighbours reached round %d: offering it in %d", ahead, target
+        )
+        self.state.skipped = [*self.state.skipped, (round, target - 1)][-MAX_SKIP_RECORDS:]
+        self.state.deferred += 1
+        self.peer.force_keyframes(1)  # neighbours' copies of us miss the rounds in between
+        self.peer.defer_round(round, target)
+        self.state.round = target
+        return target
+
     async def _exchange(
         self, round: int, step: int, envelopes: dict[str, bytes], wait: float
     ) -> None:
-        deadline = trio.current_time() + (wait if math.isfinite(wait) else math.inf)
+        start = trio.current_time()
+        deadline = start + (wait if math.isfinite(wait) else math.inf)
         awaited = self.peer.expected(round, step)
-        optional: list[trio.CancelScope] = []
+        waits = {
+            n: self.patience.wait_s(n, own_work_s=self._own_work_s, timeout_s=wait)
+            for n in sorted(awaited)
+        }
+        self.state.waits = waits
+        scopes: dict[str, trio.CancelScope] = {}
         async with trio.open_nursery() as sends:
             for recipient, data in envelopes.items():
-                scope = trio.CancelScope()
-                if recipient not in awaited:  # silent in the previous exchange
-                    optional.append(scope)
-                sends.start_soon(self._deliver, recipient, data, deadline, scope)
-            with trio.move_on_at(deadline):
-                while self.peer.pending(round, step):
+                scopes[recipient] = scope = trio.CancelScope()
+                deliver = functools.partial(self._deliver, awaited=recipient in awaited)
+                sends.start_soon(deliver, recipient, data, deadline, scope)
+            await self._await_neighbours(round, step, start, waits)
+            heard = self.peer.heard(round, step)
+            for recipient, scope in scopes.items():
+                # not heard: silent before, waited out, or already past this round; so a dead
+                # neighbour costs one (adapted) wait per round, not the exchange's deadline
+                if recipient not in heard:
+                    scope.cancel()
+
+    async def _await_neighbours(
+        self, round: int, step: int, start: float, waits: dict[str, float]
+    ) -> None:
+        """Until each awaited neighbour is heard, known to be past `round`, or out of its own
+        wait; each outcome teaches `patience`."""
+        open_waits = {n: start + w for n, w in waits.items()}
+        while open_waits:
+            now = trio.current_time()
+            pending = self.peer.pending(round, step)
+            heard = self.peer.heard(round, step)
+            for n, until in list(open_waits.items()):
+                if n in heard:
+                    self.patience.heard(n, now - start)
+                elif n in pending and now >= until:
+                    self.patience.missed(n)
+                elif n in pending:
+                    continue
+                del open_waits[n]  # heard, missed, or moved past the round (no lesson)
+            if open_waits:
+                with trio.move_on_at(min(open_waits.values())):
                     await self._arrival.wait()
-            for scope in optional:  # so a dead neighbour costs one timeout per round
-                scope.cancel()
 
     async def _deliver(
-        self, recipient: str, data: bytes, deadline: float, scope: trio.CancelScope
+        self,
+        recipient: str,
+        data: bytes,
+        deadline: float,
+        scope: trio.CancelScope,
+        *,
+        awaited: bool,
     ) -> None:
         """Keep trying until the exchange's deadline: a neighbour that is (re)starting still
-        gets this exchange's update if it comes up in time. `scope` is cancelled once the
-        wait is over when the neighbour was silent in the previous exchange."""
-        with scope:
-            with trio.move_on_at(deadline):
-                while True:
-                    try:
-                        await self.transport.send(recipient, data)
-                        self.state.bytes_sent += len(data)
-                        return
-                    except TransportError as exc:
-                        log.info("send to %s failed, retrying: %s", recipient, exc)
-                    await trio.sleep(self.retry_pause_s)
+        gets this exchange's update if it comes up in time. `scope` is cancelled when the wait
+        ends without the neighbour's update (it is silent, slow or already past the round).
+        Giving up on an awaited neighbour counts as a failure."""
+        with scope, trio.move_on_at(deadline):
+            while True:
+                try:
+                    await self.transport.send(recipient, data)
+                    self.state.bytes_sent += len(data)
+                    return
+                except TransportError as exc:
+                    log.info("send to %s failed, retrying: %s", recipient, exc)
+                await trio.sleep(self.retry_pause_s)
+        if awaited:
             self.state.failures += 1
-            log.warning("gave up sending to %s at the exchange deadline", recipient)
+            log.warning("gave up sending to %s when the wait for it ended", recipient)
         self.peer.force_keyframes(1)  # its copy of us misses an exchange
 
     async def _call(self, fn: Callable[..., T], *args: Any, abandon: bool = False) -> T:
         """`abandon`: a stop request need not wait for this step (training, sealing); the
         checkpoint at the end of a round is always waited for."""
         if self.offload:
-            return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon)  # type: ignore[call-arg]
+            step = functools.partial(self._counted, fn, *args)
+            return await trio.to_thread.run_sync(step, abandon_on_cancel=abandon)  # type: ignore[call-arg]
         return fn(*args)
+
+    def _counted(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._idle:
+            self._offloaded += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._idle:
+                self._offloaded -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block (a thread, not the loop) until no offloaded step runs, e.g. training that a
+        stop abandoned; False after `timeout`. A process must not exit while one runs: the
+        interpreter would end the thread inside torch's C++ code, which aborts (SIGABRT)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._offloaded == 0, timeout)
 
 
 async def run_round(peer: Peer, transport: Transport, round: int, *, timeout: float) -> RoundRecord:

@@ -201,6 +201,18 @@ class Peer:
             )
             self._inbox.drop_senders(keep)
 
+    def defer_round(self, round: int, to: int) -> None:
+        """Offer what train(round) produced in the later round `to` instead: training took so
+        long that the neighbours are past `round`, where its update would only be refused as
+        stale (the driver's catch-up). Only before anything of `round` was sealed."""
+        work = self._require_work(round)
+        if to <= round or work.step != 0 or work.bytes_sent:
+            raise GossipmedError(f"{self.name}: cannot move round {round}'s work to round {to}")
+        with self._lock:
+            self.round = to
+            work.round = to
+            self._inbox.drop_before((to, 0))
+
     def force_keyframes(self, count: int = 1) -> bool:
         """The next `count` updates are dense: neighbours' copies of this site may be out of
         step (after a gap, a failed delivery, or a resume)."""

@@ -23,15 +23,25 @@ PROTOCOL_ID = TProtocol("/gossipmed/update/1.0.0")
 ACK_ACCEPTED = b"\x00"
 SEED_BYTES = 32
 
+# Who opens the connection to a member (from the consortium file's reachability and dial list):
+DIAL_ON_DEMAND = "on-demand"  # this site dials when it has something to send (both reachable)
+DIAL_KEEP_OPEN = "keep-open"  # this site dials, keeps it open, redials (this site is unreachable)
+DIAL_NEVER = "never"  # the member dials us; we wait for its connection (it is unreachable)
+DIAL_POLICIES = (DIAL_ON_DEMAND, DIAL_KEEP_OPEN, DIAL_NEVER)
+
 
 @dataclass(frozen=True)
 class PeerInfo:
-    """Where to reach one roster member: its libp2p peer ID and multiaddrs (no /p2p suffix)."""
+    """Where to reach one roster member: its libp2p peer ID and multiaddrs (no /p2p suffix),
+    and who opens the connection (`dial`, one of DIAL_POLICIES)."""
 
     peer_id: str
     addrs: Sequence[str] = ()
+    dial: str = DIAL_ON_DEMAND
 
     def __post_init__(self) -> None:
+        if self.dial not in DIAL_POLICIES:
+            raise ConfigError(f"dial must be one of {', '.join(DIAL_POLICIES)}, got {self.dial!r}")
         try:
             ID.from_base58(self.peer_id)
         except Exception as exc:
@@ -63,6 +73,11 @@ def _at_least_one(owner: object, *names: str) -> None:
 class Libp2pTimeouts:
     """Bounds on every network wait; a missing or slow peer costs a bounded time, never forever.
 
+    `keepalive_s` and `redial_max_s` are for connections this site keeps open itself (it is
+    unreachable, so its neighbours cannot dial it): each is checked with a libp2p ping after
+    `keepalive_s` without one, and redialled with backoff from `backoff_initial_s` up to
+    `redial_max_s` between attempts while it is down.
+
     `min_rate_bps` and `rate_grace_s` drop an inbound update stream whose average rate since
     it opened falls below `min_rate_bps` once `rate_grace_s` have passed: a stream must have
     delivered `min_rate_bps * (elapsed - rate_grace_s)` bytes at every moment. With the
@@ -82,6 +97,8 @@ class Libp2pTimeouts:
     handshake_s: float = 10.0  # an inbound connection's Noise + yamux upgrade
     min_rate_bps: float = 16 * 1024.0
     rate_grace_s: float = 10.0
+    keepalive_s: float = 20.0  # a kept-open connection is pinged when idle this long
+    redial_max_s: float = 10.0  # longest pause between redials of a kept-open connection
 
     def __post_init__(self) -> None:
         _positive(
@@ -93,6 +110,8 @@ class Libp2pTimeouts:
             "backoff_max_s",
             "handshake_s",
             "min_rate_bps",
+            "keepalive_s",
+            "redial_max_s",
         )
         for name in ("backoff_initial_s", "rate_grace_s"):
             value = getattr(self, name)

@@ -4,11 +4,16 @@ Each attempt opens a stream on the kept connection (a fresh dial costs ~250 ms i
 writes `uvarint(len) || envelope` in 1 MiB writes, and waits for the receiver's ack byte.
 After a failed attempt the connection is closed (`host.disconnect`) and the peer lifted from
 libp2p's 60 s negative dial cache (`unblock_peer`), so the next attempt dials afresh.
+
+A member whose dial policy is `DIAL_NEVER` (it is unreachable and dials us) is never dialled:
+an attempt waits at most `dial_s` for its connection (node.net.libp2p.links) and fails if
+none came, and the caller retries as for any failed send.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -17,7 +22,7 @@ from libp2p.peer.id import ID
 
 from gossipmed.errors import TransportError
 from node.net.framing import frame_header
-from node.net.libp2p.config import ACK_ACCEPTED, PROTOCOL_ID, Libp2pTimeouts
+from node.net.libp2p.config import ACK_ACCEPTED, DIAL_NEVER, PROTOCOL_ID, Libp2pTimeouts
 from node.net.libp2p.inbound import finish_stream
 
 CHUNK_BYTES = 1 << 20
@@ -26,21 +31,32 @@ CHUNK_BYTES = 1 << 20
 log = logging.getLogger("node.net.libp2p.transport").getChild("outbound")
 
 
+class NotConnected(TransportError):
+    """A member that dials us (it is unreachable) has no connection open to us."""
+
+
 class Outbound:
-    def __init__(self, *, host: IHost, timeouts: Libp2pTimeouts) -> None:
+    def __init__(
+        self,
+        *,
+        host: IHost,
+        timeouts: Libp2pTimeouts,
+        wait_connected: Callable[[ID, float], Awaitable[bool]],
+    ) -> None:
         self._host = host
         self._timeouts = timeouts
+        self._wait_connected = wait_connected
 
     def _swarm(self) -> Any:
         return self._host.get_network()  # unblock_peer lives on Swarm, not on INetwork
 
-    async def send(self, recipient: str, pid: ID, data: bytes) -> None:
+    async def send(self, recipient: str, pid: ID, data: bytes, *, dial: str) -> None:
         t = self._timeouts
         delay = t.backoff_initial_s
         last: Exception | None = None
         for attempt in range(1, t.send_attempts + 1):
             try:
-                await self._send_once(pid, data)
+                await self._send_once(pid, data, dial=dial)
                 return
             except Exception as exc:  # libp2p raises many unrelated types; all mean "failed"
                 last = exc
@@ -61,9 +77,13 @@ class Outbound:
             f"{type(last).__name__}: {last}"
         ) from last
 
-    async def _send_once(self, pid: ID, data: bytes) -> None:
+    async def _send_once(self, pid: ID, data: bytes, *, dial: str) -> None:
         t = self._timeouts
-        await self._ensure_connected(pid)
+        if dial == DIAL_NEVER:
+            if not await self._wait_connected(pid, t.dial_s):
+                raise NotConnected(f"no connection from {pid} (it is unreachable and dials us)")
+        else:
+            await self.connect(pid)
         with trio.fail_after(t.stream_open_s):
             stream = await self._host.new_stream(pid, [PROTOCOL_ID])
         ok = False
@@ -82,7 +102,8 @@ class Outbound:
         finally:
             await finish_stream(stream, graceful=ok)
 
-    async def _ensure_connected(self, pid: ID) -> None:
+    async def connect(self, pid: ID) -> None:
+        """Dial `pid` unless a connection (either direction) is open; bounded by `dial_s`."""
         network = self._swarm()
         if any(not c.is_closed for c in network.get_connections(pid)):
             return

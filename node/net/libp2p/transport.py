@@ -8,7 +8,7 @@ Interface (the daemon's side):
         await t.send(site, envelope)           # site must be a current neighbour
         site, envelope = await t.receive_from()  # site of the Noise-authenticated sender
         t.connected(site); t.set_neighbours(names); t.update_peer(site, info)
-        t.remove_peer(site); t.listen_addrs; t.peer_id; t.stats()
+        t.remove_peer(site); t.listen_addrs; t.peer_id; t.stats(); t.link(site)
 
 `members` are all active roster members (connections from them are kept, never throttled);
 `neighbours`, a subset, are the only members whose update streams are accepted. `on_reject`
@@ -16,6 +16,12 @@ is called as `on_reject(who, reason)` for every refused connection or stream: `w
 site name for a member, the peer ID for an authenticated outsider and the remote IP address
 for a connection refused before its handshake. It is rate limited per `who` (see
 `Libp2pLimits.reports_*`), so the daemon can audit every call.
+
+Who dials (`PeerInfo.dial`, from the consortium file): by default a site dials a neighbour
+when it has something to send. A site that is unreachable (`DIAL_KEEP_OPEN` for each of its
+neighbours) dials every neighbour at start, keeps the connections open and redials with
+backoff; its neighbours (`DIAL_NEVER` for it) never dial it and send over its connection
+(node.net.libp2p.links).
 
 Wire protocol `/gossipmed/update/1.0.0`: the sender opens a stream, writes
 `uvarint(len) || envelope`, and waits for one ack byte (0x00) that the receiver writes only
@@ -59,7 +65,7 @@ What a peer can still cost a site, with the default limits:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -85,6 +91,7 @@ from node.net.libp2p.gate import GateStats, InboundGate
 from node.net.libp2p.guard import MemberGuard
 from node.net.libp2p.host import build_host, refuse_ports_in_use
 from node.net.libp2p.inbound import Inbox, UpdateReceiver
+from node.net.libp2p.links import LinkInfo, Links
 from node.net.libp2p.outbound import Outbound
 from node.net.libp2p.roster import Roster
 
@@ -94,6 +101,7 @@ __all__ = [
     "Libp2pLimits",
     "Libp2pTimeouts",
     "Libp2pTransport",
+    "LinkInfo",
     "PeerInfo",
     "build_host",
     "key_pair_from_seed",
@@ -158,7 +166,17 @@ class Libp2pTransport:
             timeouts=timeouts,
             max_bytes=max_bytes,
         )
-        self._outbound = Outbound(host=self._host, timeouts=timeouts)
+        self._links = Links(
+            host=self._host,
+            roster=self._roster,
+            timeouts=timeouts,
+            dial=self._connect,
+            forget=self._forget,
+        )
+        self._links.install()
+        self._outbound = Outbound(
+            host=self._host, timeouts=timeouts, wait_connected=self._links.wait_connected
+        )
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
         self._host_done = trio.Event()
@@ -203,6 +221,7 @@ class Libp2pTransport:
             async with trio.open_nursery() as nursery:
                 transport._nursery = nursery
                 await nursery.start(transport._run_host, listen_addrs)
+                transport._links.start(nursery)
                 try:
                     listening = transport.listen_addrs
                     if len(listening) < len(listen_addrs):  # libp2p only logs a failed listen
@@ -247,6 +266,7 @@ class Libp2pTransport:
         if self._closed:
             return
         self._closed = True
+        self._links.stop()
         self._inbox.close()
         self._stop.set()
         with trio.CancelScope(shield=True):
@@ -280,6 +300,22 @@ class Libp2pTransport:
         """Inbound connection counters (handshakes in flight, established, refused)."""
         return self._gate.stats()
 
+    def link(self, site: str) -> LinkInfo | None:
+        """The connection to member `site` and who dials it, for status pages."""
+        return self._links.info(site)
+
+    async def wait_link(self, site: str, condition: Callable[[LinkInfo], bool]) -> LinkInfo:
+        """Wait (unbounded: the caller bounds it) until `site`'s link satisfies `condition`."""
+
+        def holds() -> bool:
+            info = self._links.info(site)
+            return info is not None and condition(info)
+
+        await self._links.wait_until(holds)
+        info = self._links.info(site)
+        assert info is not None
+        return info
+
     def _swarm(self) -> Any:
         # unblock_peer and the methods our gate replaces live on Swarm, not on INetwork.
         return self._host.get_network()
@@ -301,6 +337,7 @@ class Libp2pTransport:
     def set_neighbours(self, names: Collection[str]) -> None:
         """Graph neighbours changed: only these members' update streams are accepted now."""
         self._roster.set_neighbours(names)
+        self._links.reconcile()
 
     def update_peer(self, site: str, info: PeerInfo) -> None:
         """Add a member or change its addresses (e.g. it restarted on a new port)."""
@@ -308,10 +345,12 @@ class Libp2pTransport:
         if replaced is not None:
             self._spawn_drop(replaced)
         self._set_addrs(ID.from_base58(info.peer_id), info.addrs)
+        self._links.reconcile()
 
     def remove_peer(self, site: str) -> None:
         """Revoke a member: its connections are closed and its streams refused."""
         pid = self._roster.remove(site)
+        self._links.reconcile()
         if pid is not None:
             self._host.get_peerstore().clear_addrs(pid)
             self._spawn_drop(pid)
@@ -327,6 +366,12 @@ class Libp2pTransport:
         if addrs:
             store.add_addrs(pid, [multiaddr.Multiaddr(a) for a in addrs], PERMANENT_ADDR_TTL)
         self._swarm().unblock_peer(pid)
+
+    async def _connect(self, pid: ID) -> None:
+        await self._outbound.connect(pid)
+
+    async def _forget(self, pid: ID) -> None:
+        await self._outbound.forget(pid)
 
     def _spawn_drop(self, pid: ID) -> None:
         if self._nursery is not None and not self._closed:
@@ -346,7 +391,7 @@ class Libp2pTransport:
             raise TransportError(
                 f"message of {len(data)} bytes exceeds the {self._max_bytes}-byte limit"
             )
-        await self._outbound.send(recipient, ID.from_base58(info.peer_id), data)
+        await self._outbound.send(recipient, ID.from_base58(info.peer_id), data, dial=info.dial)
 
     # ---- receiving -------------------------------------------------------------------
 
