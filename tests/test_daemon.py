@@ -52,7 +52,9 @@ def make_intruder(root: Path, *, victim: Path, toy_base: Path) -> Path:
         edges=(("intruder", victim.name),),
     )
     save_roster(roster, site / "consortium.toml")
-    sections = toy_sections(index=0, nodes=2, base_model=toy_base, rounds=1, round_timeout_s=5.0)
+    # it retries its send until its exchange deadline: long enough to outlast a victim that
+    # starts slowly on a busy machine
+    sections = toy_sections(index=0, nodes=2, base_model=toy_base, rounds=1, round_timeout_s=60.0)
     write_site_toml(
         site, name="intruder", listen=listen, consortium="consortium.toml", sections=sections
     )
@@ -96,7 +98,7 @@ def test_three_daemons_reach_consensus_and_refuse_an_outsider(
     for p in processes[:3]:
         p.wait(timeout=STARTUP_S)
     assert [p.returncode for p in processes[:3]] == [0, 0, 0]
-    processes[3].wait(timeout=60)
+    processes[3].wait(timeout=STARTUP_S)
 
     records = {s.name: rounds_done(s) for s in sites}
     for name, recs in records.items():
