@@ -31,6 +31,29 @@ def test_build_refuses_to_overwrite(tiny_base: Path) -> None:
         build_base(BaseSpec(steps=1, max_docs=10), tiny_base)
 
 
+def test_a_build_that_loses_the_race_uses_the_winners_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two commands started at once on a fresh machine both build the cached base; the one
+    that finishes second must use the first one's folder, not crash on the rename."""
+    import gossipmed.learn.base_model as bm
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    spec = BaseSpec(steps=1, max_docs=10)
+    target = bm.cache_root() / f"base-{spec.digest()}"
+    real_replace = bm.os.replace
+
+    def other_process_wins(src: str | Path, dst: str | Path) -> None:
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")  # the winner's complete folder
+        real_replace(src, dst)  # the real rename now fails: the folder exists and is not empty
+
+    monkeypatch.setattr(bm.os, "replace", other_process_wins)
+    assert bm.ensure_base_model(spec, progress=False) == target
+    assert (target / "config.json").read_text() == "{}"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # our temp dir is gone
+
+
 def test_pretraining_corpus_never_pairs_text_with_chapter_titles() -> None:
     import simple_icd_10_cm as icd
 

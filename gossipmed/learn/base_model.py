@@ -186,7 +186,14 @@ def build_base(
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / "gossipmed_base.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:  # another process finished the same build first
+            if out.exists():
+                raise ModelError(
+                    f"{out} already exists (built meanwhile by another process)"
+                ) from exc
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
