@@ -112,7 +112,8 @@ def bench_update(*, size_mib: int, repeats: int) -> dict[str, Any]:
     import trio
 
     from gossipmed.consortium.crypto import generate_identity
-    from gossipmed.consortium.roster import Member, Roster
+    from gossipmed.consortium.member import Member
+    from gossipmed.consortium.roster import Roster
     from gossipmed.wire.envelope import EnvelopeSealer
     from node.net.libp2p.transport import Libp2pTransport, PeerInfo
 

@@ -21,7 +21,8 @@ import torch
 from nacl.public import Box, PrivateKey, PublicKey
 
 from gossipmed.consortium.crypto import derive_identity
-from gossipmed.consortium.roster import Member, Roster
+from gossipmed.consortium.member import Member
+from gossipmed.consortium.roster import Roster
 from gossipmed.wire.envelope import EnvelopeSealer, ReplayGuard
 from gossipmed.wire.tensors import encode_payload, schema_of
 

@@ -51,7 +51,8 @@ def main() -> None:
                 root, nodes=3, topology="ring", addresses=net.addresses, sections=sections
             )
             if not args.all_reachable:
-                from gossipmed.consortium.roster import load_card, save_roster
+                from gossipmed.consortium.member import load_card
+                from gossipmed.consortium.roster import save_roster
                 from gossipmed.consortium.setup import build_consortium
 
                 cards = [load_card(s / "card.toml") for s in sites]

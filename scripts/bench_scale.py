@@ -305,7 +305,8 @@ def worker_envelope(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _sealers(max_bytes: int) -> tuple[Any, Any]:
     from gossipmed.consortium.crypto import derive_identity
-    from gossipmed.consortium.roster import Member, Roster
+    from gossipmed.consortium.member import Member
+    from gossipmed.consortium.roster import Roster
     from gossipmed.wire.envelope import EnvelopeSealer
 
     ids = {n: derive_identity(b"bench-scale-secret-0123456789", n) for n in ("a", "b")}

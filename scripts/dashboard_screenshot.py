@@ -67,7 +67,8 @@ def capture(exe: str, url: str, *, png: Path, dom: Path, profile: Path) -> None:
 
 
 def make_cluster(directory: Path) -> list[Path]:
-    from gossipmed.consortium.roster import load_card, save_roster
+    from gossipmed.consortium.member import load_card
+    from gossipmed.consortium.roster import save_roster
     from gossipmed.consortium.setup import build_consortium
     from node.daemon.cluster import CONSORTIUM_FILE, create_cluster, ensure_toy_base, toy_sections
 

@@ -31,7 +31,8 @@ import torch
 from nacl.public import Box, PrivateKey, PublicKey
 
 from gossipmed.consortium.crypto import derive_identity
-from gossipmed.consortium.roster import Member, Roster
+from gossipmed.consortium.member import Member
+from gossipmed.consortium.roster import Roster
 from gossipmed.errors import GossipmedError
 from gossipmed.wire.envelope import EnvelopeSealer, ReplayGuard
 from gossipmed.wire.envelope_format import signed_message

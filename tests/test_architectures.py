@@ -96,7 +96,8 @@ def test_saved_adapter_reloads_with_peft_to_identical_logits(
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_adapter_state_crosses_a_real_envelope(arch_dirs: dict[str, Path], arch: str) -> None:
     from gossipmed.consortium.crypto import derive_identity
-    from gossipmed.consortium.roster import Member, Roster
+    from gossipmed.consortium.member import Member
+    from gossipmed.consortium.roster import Roster
     from gossipmed.wire.envelope import EnvelopeSealer
 
     ids = {n: derive_identity(b"architecture-test-secret-0123", n) for n in ("a", "b")}

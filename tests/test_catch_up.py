@@ -20,7 +20,8 @@ import trio
 from nacl.public import Box, PublicKey
 
 from gossipmed.consortium.crypto import generate_identity
-from gossipmed.consortium.roster import Member, Roster
+from gossipmed.consortium.member import Member
+from gossipmed.consortium.roster import Roster
 from gossipmed.learn.learner import AdapterState, EvalStats, TrainStats
 from gossipmed.wire.envelope import EnvelopeSealer
 from gossipmed.wire.envelope_format import signed_message

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gossipmed.consortium.roster import load_card, load_roster
+from gossipmed.consortium.member import load_card
+from gossipmed.consortium.roster import load_roster
 from gossipmed.consortium.site import SiteConfig, load_site
 from gossipmed.errors import ConfigError
 from node.cli import main

@@ -17,7 +17,8 @@ import pytest
 from daemon_support import STARTUP_S, rounds_done
 
 from gossipmed.consortium.audit import read_audit
-from gossipmed.consortium.roster import Member, Roster, save_roster
+from gossipmed.consortium.member import Member
+from gossipmed.consortium.roster import Roster, save_roster
 from node.daemon.cluster import (
     LOOPBACK,
     create_cluster,

@@ -22,7 +22,8 @@ from daemon_support import STARTUP_S, completed
 
 from gossipmed.consortium.audit import read_audit
 from gossipmed.consortium.crypto import generate_identity
-from gossipmed.consortium.roster import Member, Roster, load_roster, save_roster
+from gossipmed.consortium.member import Member
+from gossipmed.consortium.roster import Roster, load_roster, save_roster
 from gossipmed.errors import TransportError
 from gossipmed.metrics import METRICS_FILE, read_metrics
 from gossipmed.wire.envelope import EnvelopeSealer

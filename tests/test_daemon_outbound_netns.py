@@ -19,7 +19,8 @@ import pytest
 from daemon_support import STARTUP_S
 from netns_support import Namespaces
 
-from gossipmed.consortium.roster import load_card, save_roster
+from gossipmed.consortium.member import load_card
+from gossipmed.consortium.roster import save_roster
 from gossipmed.consortium.setup import build_consortium
 from gossipmed.consortium.site import CARD_FILE
 from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics

@@ -18,7 +18,8 @@ from nacl.public import Box, PrivateKey, PublicKey
 
 from gossipmed.consortium.audit import AuditLog, read_audit
 from gossipmed.consortium.crypto import Identity, derive_identity
-from gossipmed.consortium.roster import Member, NotAMember, RevokedMember, Roster, RosterMismatch
+from gossipmed.consortium.member import Member
+from gossipmed.consortium.roster import NotAMember, RevokedMember, Roster, RosterMismatch
 from gossipmed.errors import GossipmedError, RosterError, WireError
 from gossipmed.wire.envelope import DEFAULT_SKEW_S, EnvelopeSealer, ReplayGuard
 from gossipmed.wire.envelope_format import signed_message

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from gossipmed.consortium.crypto import generate_identity
-from gossipmed.consortium.roster import Member, Roster
+from gossipmed.consortium.member import Member
+from gossipmed.consortium.roster import Roster
 from gossipmed.errors import WireError
 from gossipmed.wire.codecs import topk_sparsify
 from gossipmed.wire.compression import ReplicaDecoder, TopkEncoder

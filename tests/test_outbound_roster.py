@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from test_roster import as_version_2, member, ring
 
-from gossipmed.consortium.roster import Roster, load_card, load_roster, save_roster
+from gossipmed.consortium.member import load_card
+from gossipmed.consortium.roster import Roster, load_roster, save_roster
 from gossipmed.consortium.setup import build_consortium
 from gossipmed.errors import RosterError
 from node.cli import main

@@ -9,15 +9,8 @@ from pathlib import Path
 import pytest
 
 from gossipmed.consortium.crypto import derive_identity
-from gossipmed.consortium.roster import (
-    Member,
-    NotAMember,
-    RevokedMember,
-    Roster,
-    load_card,
-    load_roster,
-    save_roster,
-)
+from gossipmed.consortium.member import Member, load_card
+from gossipmed.consortium.roster import NotAMember, RevokedMember, Roster, load_roster, save_roster
 from gossipmed.consortium.settings import ConsortiumSettings
 from gossipmed.errors import RosterError
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gossipmed.consortium.crypto import derive_identity
-from gossipmed.consortium.roster import Member, Roster
+from gossipmed.consortium.member import Member
+from gossipmed.consortium.roster import Roster
 from gossipmed.wire.compression import TopkEncoder
 from gossipmed.wire.envelope import EnvelopeSealer
 from gossipmed.wire.limits import update_size_limit

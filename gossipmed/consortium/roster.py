@@ -19,6 +19,8 @@ is reachable and no edge has a fixed dialler hashes exactly as version 2 did, so
 the software does not change an existing consortium's hash. Files of versions 1 and 2 load
 as all-reachable.
 
+Members and cards: gossipmed.consortium.member; edges and who dials them: gossipmed.consortium.edges.
+
 Validation policy: structural problems (duplicate names or peer IDs, a peer ID that does not
 match its key, edges naming non-members, self loops) are errors. A graph that is disconnected
 among non-revoked members is only a *warning* (`Roster.warnings()`): revoking a compromised
@@ -28,28 +30,25 @@ to create a disconnected roster in the first place.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
-import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from gossipmed.consortium.crypto import KEY_BYTES, peer_id_from_ed25519
+from gossipmed.consortium.edges import normalise_edges, resolve_dialers
+from gossipmed.consortium.member import Member
 from gossipmed.consortium.settings import ConsortiumSettings
-from gossipmed.errors import ConfigError, IdentityError, RosterError
+from gossipmed.errors import ConfigError, RosterError
 from gossipmed.toml_writer import toml_value
 
 ROSTER_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 HASH_VERSION_ALL_REACHABLE = 2  # the canonical form when no outbound-only fields are in use
 ROSTER_HASH_BYTES = 32
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HASH_PERSON = b"gossipmed-roster"
 
 
@@ -63,188 +62,6 @@ class RevokedMember(RosterError):
 
 class RosterMismatch(RosterError):
     """An envelope was made under a different roster (hash) than this site's."""
-
-
-def check_site_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise RosterError(
-            f"invalid site name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
-def decode_key(value: object, *, what: str) -> bytes:
-    """32-byte public key from hex (64 chars) or base64 (44 chars)."""
-    if isinstance(value, bytes):
-        raw = value
-    elif isinstance(value, str):
-        try:
-            raw = bytes.fromhex(value) if len(value) == 2 * KEY_BYTES else base64.b64decode(value)
-        except (ValueError, binascii.Error) as exc:
-            raise RosterError(f"{what} is neither hex nor base64") from exc
-    else:
-        raise RosterError(f"{what} must be a hex or base64 string")
-    if len(raw) != KEY_BYTES:
-        raise RosterError(f"{what} must be {KEY_BYTES} bytes, got {len(raw)}")
-    return raw
-
-
-@dataclass(frozen=True)
-class Member:
-    """One site as the consortium knows it; a site's *card* is a Member that is not revoked."""
-
-    name: str
-    peer_id: str
-    sign_key: bytes  # Ed25519 public key
-    box_key: bytes  # X25519 public key
-    addrs: tuple[str, ...] = ()
-    revoked: bool = False
-    reachable: bool = True  # False: accepts no inbound connections (dials out only)
-
-    def __post_init__(self) -> None:
-        check_site_name(self.name)
-        for what, key in (("sign_key", self.sign_key), ("box_key", self.box_key)):
-            if not isinstance(key, bytes) or len(key) != KEY_BYTES:
-                raise RosterError(f"{self.name}: {what} must be {KEY_BYTES} raw bytes")
-        try:
-            expected = peer_id_from_ed25519(self.sign_key)
-        except IdentityError as exc:
-            raise RosterError(str(exc)) from exc
-        if self.peer_id != expected:
-            raise RosterError(
-                f"{self.name}: peer_id {self.peer_id!r} does not match its sign_key "
-                f"(expected {expected})"
-            )
-        if not isinstance(self.addrs, tuple) or not all(
-            isinstance(a, str) and a.startswith("/") for a in self.addrs
-        ):
-            raise RosterError(f"{self.name}: addrs must be a list of multiaddr strings")
-        if not isinstance(self.revoked, bool):
-            raise RosterError(f"{self.name}: revoked must be true or false")
-        if not isinstance(self.reachable, bool):
-            raise RosterError(f"{self.name}: reachable must be true or false")
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, allow_revoked: bool = True) -> Member:
-        allowed = {"name", "peer_id", "sign_key", "box_key", "addrs", "reachable"}
-        if allow_revoked:
-            allowed.add("revoked")
-        unknown = set(data) - allowed
-        if unknown:
-            raise RosterError(f"unknown member key(s): {', '.join(sorted(unknown))}")
-        missing = {"name", "peer_id", "sign_key", "box_key"} - set(data)
-        if missing:
-            raise RosterError(f"member is missing: {', '.join(sorted(missing))}")
-        name = check_site_name(data["name"])
-        addrs = data.get("addrs", [])
-        if not isinstance(addrs, list):
-            raise RosterError(f"{name}: addrs must be a list")
-        return cls(
-            name=name,
-            peer_id=str(data["peer_id"]),
-            sign_key=decode_key(data["sign_key"], what=f"{name}: sign_key"),
-            box_key=decode_key(data["box_key"], what=f"{name}: box_key"),
-            addrs=tuple(addrs),
-            revoked=data.get("revoked", False),
-            reachable=data.get("reachable", True),
-        )
-
-    def to_mapping(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "peer_id": self.peer_id,
-            "sign_key": self.sign_key.hex(),
-            "box_key": self.box_key.hex(),
-            "addrs": list(self.addrs),
-            "reachable": self.reachable,
-            "revoked": self.revoked,
-        }
-
-    def card_toml(self) -> str:
-        """The public card a site hands to whoever builds the consortium file."""
-        m = self.to_mapping()
-        del m["revoked"]
-        if self.reachable:
-            del m["reachable"]  # cards of reachable sites read as they always did
-        return "".join(f"{k} = {toml_value(v)}\n" for k, v in m.items())
-
-
-def load_card(path: Path) -> Member:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RosterError(f"cannot read card {path}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RosterError(f"card {path} is not valid TOML: {exc}") from exc
-    try:
-        return Member.from_mapping(data, allow_revoked=False)
-    except RosterError as exc:
-        raise RosterError(f"card {path}: {exc}") from exc
-
-
-def _normalise_edges(edges: Iterable[Sequence[str]]) -> tuple[tuple[str, str], ...]:
-    out = set()
-    for edge in edges:
-        if (
-            not isinstance(edge, list | tuple)
-            or len(edge) != 2
-            or not all(isinstance(x, str) for x in edge)
-        ):
-            raise RosterError(f"edge {edge!r} must be a pair of member names")
-        a, b = edge
-        if a == b:
-            raise RosterError(f"self loop on {a!r} is not allowed")
-        out.add((a, b) if a < b else (b, a))
-    return tuple(sorted(out))
-
-
-def unreachable_edge_error(a: str, b: str) -> str:
-    """One line for an edge neither end of which can dial the other."""
-    return (
-        f"sites {a!r} and {b!r} are both unreachable (reachable = false) and share an edge, so "
-        f"neither can connect to the other: give each of them a reachable neighbour instead "
-        f"(change the edges, e.g. --topology file) or make one of them reachable"
-    )
-
-
-def resolve_dialers(
-    by_name: Mapping[str, Member],
-    edges: Sequence[tuple[str, str]],
-    dial: Iterable[Sequence[str]],
-) -> tuple[tuple[str, str], ...]:
-    """The complete `(dialler, other)` list: the given entries (each on an edge, at most one
-    per edge) plus, for every edge with an unreachable end, that end; sorted."""
-    edge_set = set(edges)
-    chosen: dict[tuple[str, str], str] = {}
-    for entry in dial:
-        if (
-            not isinstance(entry, list | tuple)
-            or len(entry) != 2
-            or not all(isinstance(x, str) for x in entry)
-        ):
-            raise RosterError(f"dial entry {entry!r} must be a pair [dialler, other]")
-        dialler, other = entry
-        key = (dialler, other) if dialler < other else (other, dialler)
-        if key not in edge_set:
-            raise RosterError(f"dial entry [{dialler}, {other}] is not an edge")
-        if chosen.get(key, dialler) != dialler:
-            raise RosterError(f"edge ({key[0]}, {key[1]}) has two dial entries")
-        chosen[key] = dialler
-    for a, b in edges:
-        ra, rb = by_name[a].reachable, by_name[b].reachable
-        if not ra and not rb:
-            raise RosterError(unreachable_edge_error(a, b))
-        if ra and rb:
-            continue
-        unreachable = a if not ra else b
-        if chosen.get((a, b), unreachable) != unreachable:
-            raise RosterError(
-                f"dial entry of edge ({a}, {b}) names {chosen[(a, b)]!r}, but {unreachable!r} "
-                "is unreachable: it must be the end that dials"
-            )
-        chosen[(a, b)] = unreachable
-    return tuple(sorted((d, b if d == a else a) for (a, b), d in chosen.items()))
 
 
 @dataclass(frozen=True)
@@ -262,7 +79,7 @@ class Roster:
     def __post_init__(self) -> None:
         members = tuple(sorted(self.members, key=lambda m: m.name))
         object.__setattr__(self, "members", members)
-        object.__setattr__(self, "edges", _normalise_edges(self.edges))
+        object.__setattr__(self, "edges", normalise_edges(self.edges))
         if not members:
             raise RosterError("a roster needs at least one member")
         by_name: dict[str, Member] = {}
@@ -474,7 +291,7 @@ class Roster:
             raise RosterError(f"a version-{version} roster has no reachable field; set version = 3")
         return cls(
             members=tuple(Member.from_mapping(m) for m in members),
-            edges=_normalise_edges(edges),
+            edges=normalise_edges(edges),
             topology=topology,
             created=created,
             settings=settings,

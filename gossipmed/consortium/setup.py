@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gossipmed.consortium.crypto import generate_identity, save_identity
-from gossipmed.consortium.roster import Member, Roster, unreachable_edge_error
+from gossipmed.consortium.edges import unreachable_edge_error
+from gossipmed.consortium.member import Member
+from gossipmed.consortium.roster import Roster
 from gossipmed.consortium.settings import ConsortiumSettings
 from gossipmed.consortium.site import CARD_FILE, DEFAULT_LISTEN, SITE_FILE, Site, SiteConfig
 from gossipmed.errors import ConfigError, IdentityError, RosterError

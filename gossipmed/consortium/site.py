@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from gossipmed.consortium.crypto import Identity, load_identity
-from gossipmed.consortium.roster import Roster, check_site_name, load_roster
+from gossipmed.consortium.member import check_site_name
+from gossipmed.consortium.roster import Roster, load_roster
 from gossipmed.errors import ConfigError, RosterError
 from gossipmed.toml_writer import toml_value
 

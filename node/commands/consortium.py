@@ -103,7 +103,8 @@ def _summary(roster: Any, path: Path) -> dict[str, Any]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from gossipmed.consortium.roster import load_card, save_roster
+    from gossipmed.consortium.member import load_card
+    from gossipmed.consortium.roster import save_roster
     from gossipmed.consortium.settings import ConsortiumSettings
     from gossipmed.consortium.setup import build_consortium
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gossipmed.consortium.roster import Member, load_card, save_roster
+from gossipmed.consortium.member import Member, load_card
+from gossipmed.consortium.roster import save_roster
 from gossipmed.consortium.settings import ConsortiumSettings
 from gossipmed.consortium.setup import build_consortium, create_site
 from gossipmed.consortium.site import CARD_FILE, SITE_FILE, SiteConfig

@@ -48,7 +48,8 @@ def build_sealers(
     if mode == "plaintext":
         return {n: PlaintextSealer(identity=n) for n in names}
     from gossipmed.consortium.crypto import generate_identity
-    from gossipmed.consortium.roster import Member, Roster
+    from gossipmed.consortium.member import Member
+    from gossipmed.consortium.roster import Roster
     from gossipmed.wire.envelope import EnvelopeSealer
 
     identities = {n: generate_identity() for n in names}
