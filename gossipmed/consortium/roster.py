@@ -19,7 +19,8 @@ is reachable and no edge has a fixed dialler hashes exactly as version 2 did, so
 the software does not change an existing consortium's hash. Files of versions 1 and 2 load
 as all-reachable.
 
-Members and cards: gossipmed.consortium.member; edges and who dials them: gossipmed.consortium.edges.
+Members and cards live in gossipmed.consortium.member; edges and who dials them in
+gossipmed.consortium.edges.
 
 Validation policy: structural problems (duplicate names or peer IDs, a peer ID that does not
 match its key, edges naming non-members, self loops) are errors. A graph that is disconnected
