@@ -58,6 +58,7 @@ from node.round.audit import AuditLogSink
 from node.round.builder import RoundPlan, build_peer
 from node.round.driver import DriverState, RoundDriver
 from node.round.peer import state_schema
+from node.round.secure_config import check_secure_gossip
 from topology.mixing import mixing_matrix
 from topology.schedule import MixingSchedule
 from topology.spectral import lambda2
@@ -166,6 +167,12 @@ class SiteDaemon:
             raise ConfigError(
                 f"site.toml names this site {site.config.name!r} but the roster knows its "
                 f"key as {self.name!r}"
+            )
+        check_secure_gossip(self.roster.settings, settings.gossip)
+        if self.roster.settings.secure_aggregation:
+            raise ConfigError(
+                "secure_aggregation is not yet carried by the daemon (only by `gossipmed "
+                "simulate`); it refuses to start rather than exchange individual updates"
             )
         private_dir(settings.directory, tighten=True)  # older site folders were 0755
         private_dir(settings.state_dir, tighten=True)
