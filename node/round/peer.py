@@ -46,6 +46,7 @@ from gossipmed.wire.compression import DenseEncoder, ReplicaDecoder, UpdateEncod
 from gossipmed.wire.update import Sealer, Update
 from node.round.audit import AuditSink, NullAudit
 from node.round.inbox import Inbox, NeighbourStats, Refused
+from node.round.secure_mix import SecureOutcome, secure_mix
 from topology.schedule import MixingSchedule
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -71,6 +72,7 @@ class _RoundWork:
     heard_last: frozenset[str] | None = None  # in the previous exchange
     local_cd: float | None = None  # before the first exchange's mix
     seconds: float = 0.0
+    secure: SecureOutcome | None = None  # secure aggregation: this exchange's outcome
 
 
 class Peer:
@@ -97,11 +99,15 @@ class Peer:
         checkpoint_dir: Path | None = None,
         metrics: MetricsWriter | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        secure: bool = False,
     ) -> None:
         if name not in schedule.sites:
             raise GossipmedError(f"site {name!r} is not in the topology")
         if gossip_steps < 1:
             raise GossipmedError("gossip_steps must be >= 1 (resolve 'auto' before the peer)")
+        if secure and gossip_steps != 1:
+            raise GossipmedError("secure aggregation runs one exchange per round")
+        self.secure = secure
         self.name = name
         self.learner = learner
         self.sealer = sealer
@@ -218,6 +224,27 @@ class Peer:
         step (after a gap, a failed delivery, or a resume)."""
         return self.encoder.force_keyframes(count)
 
+    # -- secure aggregation: the exchange runs outside, on masked messages --------------------
+
+    def secure_input(self, round: int) -> AdapterState:
+        """What this site contributes to its neighbours' secure exchanges of `round`: its
+        state after training (each contributor clips, weights and masks it itself)."""
+        if not self.secure:
+            raise GossipmedError(f"{self.name}: secure aggregation is off")
+        return self._require_work(round).state
+
+    def accept_secure(self, round: int, outcome: SecureOutcome) -> None:
+        """The outcome of this site's own secure exchange of `round`, mixed by
+        complete_round (a sum, or the reason there is none)."""
+        work = self._require_work(round)
+        if not self.secure:
+            raise GossipmedError(f"{self.name}: secure aggregation is off")
+        if outcome.result is not None and (
+            outcome.result.instance.receiver != self.name or outcome.result.instance.round != round
+        ):
+            raise GossipmedError(f"{self.name}: a secure aggregate of another exchange")
+        work.secure = outcome
+
     # -- phase 4+5: receive and verify ------------------------------------------------------
 
     def receive(self, data: bytes, *, payload_hash: str = "") -> bool:
@@ -309,7 +336,10 @@ class Peer:
             self._work.state = _snapshot(self.learner.get_state())
         work = self._work
         started = self.clock()
-        mixed = self._mix_exchange(work, round, work.step)
+        if self.secure:
+            mixed = self._mix_secure(work, round)
+        else:
+            mixed = self._mix_exchange(work, round, work.step)
         self.learner.set_state(mixed)
         local_cd = work.local_cd
         eval_loss = accuracy = None
@@ -335,6 +365,7 @@ class Peer:
             local_consensus_distance=local_cd,
             trained=work.trained,
             rejected=self._take_rejected(),
+            **_secure_fields(work.secure) if self.secure else {},
         )
         self._work = None
         if self.metrics is not None:  # after the checkpoint: a record means a saved round
@@ -430,6 +461,48 @@ class Peer:
         )
         return _snapshot(work.state)
 
+    def _mix_secure(self, work: _RoundWork, round: int) -> AdapterState:
+        """Mix this round's secure aggregate: x_i <- (1 - W) x_i + s. No sum (below
+        threshold, out of range, nothing ran) leaves the state as it is, audited."""
+        with self._lock:
+            self.round = round + 1
+            self._inbox.drop_before((self.round, 0))
+        outcome = work.secure
+        if outcome is None:
+            outcome = work.secure = SecureOutcome(skipped="no secure exchange ran")
+        work.bytes_sent += outcome.bytes_sent
+        work.bytes_received += outcome.bytes_received
+        work.seconds += outcome.seconds
+        if outcome.result is None:
+            self.audit.record(
+                "secure_exchange_skipped", site=self.name, round=round, reason=outcome.skipped
+            )
+            work.local_cd = None
+            return _snapshot(work.state)
+        result = outcome.result
+        mixed, work.local_cd = secure_mix(work.state, result)
+        work.heard |= set(result.contributors)
+        work.heard_last = frozenset(result.contributors)
+        self.audit.record(
+            "secure_exchange",
+            site=self.name,
+            round=round,
+            contributors=sorted(result.contributors),
+            reconstructed=sorted(result.reconstructed),
+        )
+        reason = self.mix_bound.rollback_reason(work.state, mixed)
+        if reason is None:
+            return mixed
+        self.audit.record(
+            "mix_rolled_back",
+            site=self.name,
+            round=round,
+            step=0,
+            reason=reason,
+            heard=sorted(result.contributors),
+        )
+        return _snapshot(work.state)
+
     def _require_work(self, round: int) -> _RoundWork:
         if self._work is None or self._work.round != round:
             raise GossipmedError(f"{self.name}: seal_outgoing({round}) before train({round})")
@@ -448,6 +521,17 @@ class Peer:
         with self._lock:
             n, self.rejected = self.rejected, 0
         return n
+
+
+def _secure_fields(outcome: SecureOutcome | None) -> dict[str, Any]:
+    if outcome is None or outcome.result is None:
+        skipped = outcome.skipped if outcome is not None else "no secure exchange ran"
+        return {"secure": True, "secure_skipped": skipped}
+    return {
+        "secure": True,
+        "secure_contributors": len(outcome.result.contributors),
+        "secure_reconstructed": len(outcome.result.reconstructed),
+    }
 
 
 def _snapshot(state: Mapping[str, torch.Tensor]) -> AdapterState:
