@@ -244,7 +244,7 @@ class RoundDriver:
             self._send_frames(secure.tick())
             if secure.settled(round):
                 break
-            with trio.move_on_at(min(secure.phase_deadline(), secure.round_deadline())):
+            with trio.move_on_at(secure.next_deadline(round)):
                 await self._arrival.wait()
         self.peer.accept_secure(round, secure.outcome(round))
         self.state.phase = "mixing"

@@ -125,6 +125,15 @@ class SecureSession:
         self.bytes_sent += len(data)
         return recipient, data
 
+    def set_roster(
+        self, *, roster_hash: bytes, sign_keys: Mapping[str, bytes], schedule: MixingSchedule
+    ) -> None:
+        """A reloaded consortium file (a revocation): instances opened from now on use it."""
+        self.roster_hash = roster_hash
+        self.sign_keys = dict(sign_keys)
+        self.schedule = schedule
+        self._buffer.clear()
+
     # -- the round ------------------------------------------------------------------------
 
     def open(self, round: int) -> Outbox:
@@ -244,17 +253,38 @@ class SecureSession:
         return own.aggregator is None or own.aggregator.finished
 
     def settled(self, round: int) -> bool:
-        """The round may end: the own instance is over and every contribution of this round
-        has given its unmask shares (or aborted), or the whole timeout since `begin` is
-        spent (a receiver that declared this site dropped, or died, never answers). Waiting
-        for the contributions keeps neighbours in step: a site whose own instance ended
-        early would otherwise open the next round before its neighbours can advertise."""
+        """The round may end: the own instance is over, and each contribution of this round
+        has given its unmask shares, aborted, or stalled past its phase's share of the
+        deadline (its receiver is dead, or declared this site dropped and will never
+        answer); or the whole timeout since `begin` is spent. A stalled contribution is not
+        abandoned: it still answers while the next round runs. Waiting for the contributions
+        keeps neighbours in step: a site whose own instance ended early would otherwise open
+        the next round before its neighbours could advertise in it."""
         self._require(round)
-        if self.clock() >= self.round_deadline():
+        now = self.clock()
+        if now >= self.round_deadline():
             return True
         if not self.finished(round):
             return False
-        return all(c.finished for (_, r), c in self._contributors.items() if r == round)
+        return all(now >= deadline for deadline in self._waiting(round))
+
+    def next_deadline(self, round: int) -> float:
+        """The next moment `settled` or `tick` may change without a frame arriving."""
+        now = self.clock()
+        later = [d for d in self._waiting(round) if d > now]
+        return min([self.phase_deadline(), self.round_deadline(), *later])
+
+    def _waiting(self, round: int) -> list[float]:
+        """Phase deadlines of this round's contributions that are not over."""
+        own = self._own
+        if own is None or own.begun_at is None:
+            return []
+        share = self.timeout_s / PHASES
+        return [
+            own.begun_at + (min(int(c.phase), PHASES - 1) + 1) * share
+            for (_, r), c in self._contributors.items()
+            if r == round and not c.finished
+        ]
 
     def round_deadline(self) -> float:
         own = self._own
