@@ -46,7 +46,7 @@ from gossipmed.wire.compression import DenseEncoder, ReplicaDecoder, UpdateEncod
 from gossipmed.wire.update import Sealer, Update
 from node.round.audit import AuditSink, NullAudit
 from node.round.inbox import Inbox, NeighbourStats, Refused
-from node.round.secure_mix import SecureOutcome, secure_mix
+from node.round.secure_mix import SecureOutcome, mix_outcome, secure_fields
 from topology.schedule import MixingSchedule
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -365,7 +365,7 @@ class Peer:
             local_consensus_distance=local_cd,
             trained=work.trained,
             rejected=self._take_rejected(),
-            **_secure_fields(work.secure) if self.secure else {},
+            **secure_fields(work.secure) if self.secure else {},
         )
         self._work = None
         if self.metrics is not None:  # after the checkpoint: a record means a saved round
@@ -462,46 +462,20 @@ class Peer:
         return _snapshot(work.state)
 
     def _mix_secure(self, work: _RoundWork, round: int) -> AdapterState:
-        """Mix this round's secure aggregate: x_i <- (1 - W) x_i + s. No sum (below
-        threshold, out of range, nothing ran) leaves the state as it is, audited."""
+        """Mix this round's secure aggregate (node.round.secure_mix.mix_outcome)."""
         with self._lock:
             self.round = round + 1
             self._inbox.drop_before((self.round, 0))
-        outcome = work.secure
-        if outcome is None:
-            outcome = work.secure = SecureOutcome(skipped="no secure exchange ran")
+        outcome = work.secure = work.secure or SecureOutcome(skipped="no secure exchange ran")
         work.bytes_sent += outcome.bytes_sent
         work.bytes_received += outcome.bytes_received
         work.seconds += outcome.seconds
-        if outcome.result is None:
-            self.audit.record(
-                "secure_exchange_skipped", site=self.name, round=round, reason=outcome.skipped
-            )
-            work.local_cd = None
-            return _snapshot(work.state)
-        result = outcome.result
-        mixed, work.local_cd = secure_mix(work.state, result)
-        work.heard |= set(result.contributors)
-        work.heard_last = frozenset(result.contributors)
-        self.audit.record(
-            "secure_exchange",
-            site=self.name,
-            round=round,
-            contributors=sorted(result.contributors),
-            reconstructed=sorted(result.reconstructed),
+        mixed, work.local_cd, contributors = mix_outcome(
+            work.state, outcome, site=self.name, round=round, audit=self.audit, bound=self.mix_bound
         )
-        reason = self.mix_bound.rollback_reason(work.state, mixed)
-        if reason is None:
-            return mixed
-        self.audit.record(
-            "mix_rolled_back",
-            site=self.name,
-            round=round,
-            step=0,
-            reason=reason,
-            heard=sorted(result.contributors),
-        )
-        return _snapshot(work.state)
+        work.heard |= contributors
+        work.heard_last = frozenset(contributors)
+        return mixed
 
     def _require_work(self, round: int) -> _RoundWork:
         if self._work is None or self._work.round != round:
@@ -521,17 +495,6 @@ class Peer:
         with self._lock:
             n, self.rejected = self.rejected, 0
         return n
-
-
-def _secure_fields(outcome: SecureOutcome | None) -> dict[str, Any]:
-    if outcome is None or outcome.result is None:
-        skipped = outcome.skipped if outcome is not None else "no secure exchange ran"
-        return {"secure": True, "secure_skipped": skipped}
-    return {
-        "secure": True,
-        "secure_contributors": len(outcome.result.contributors),
-        "secure_reconstructed": len(outcome.result.reconstructed),
-    }
 
 
 def _snapshot(state: Mapping[str, torch.Tensor]) -> AdapterState:

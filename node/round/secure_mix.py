@@ -24,13 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
 from gossipmed.errors import GossipmedError
 from gossipmed.learn.learner import AdapterState
 from gossipmed.metrics import flatten_state
+from gossipmed.mixing.bounds import InfluenceBound
 from gossipmed.mixing.secagg import AggregateResult
+
+
+class Audit(Protocol):
+    def record(self, event: str, **fields: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,3 +78,50 @@ def secure_mix(
     mean = flatten_state(total) / weight
     distance = float(torch.linalg.vector_norm(flatten_state(own) - mean))
     return mixed, distance
+
+
+def mix_outcome(
+    state: Mapping[str, torch.Tensor],
+    outcome: SecureOutcome,
+    *,
+    site: str,
+    round: int,
+    audit: Audit,
+    bound: InfluenceBound,
+) -> tuple[AdapterState, float | None, frozenset[str]]:
+    """(new state, sum-based local distance, contributors) for one round. No sum (below
+    threshold, out of range, nothing ran) keeps the state, audited; a mix that fails the
+    influence bound is rolled back, audited, as on the plain path."""
+    keep = {k: v.detach().clone() for k, v in state.items()}
+    result = outcome.result
+    if result is None:
+        audit.record("secure_exchange_skipped", site=site, round=round, reason=outcome.skipped)
+        return keep, None, frozenset()
+    mixed, distance = secure_mix(state, result)
+    contributors = frozenset(result.contributors)
+    audit.record(
+        "secure_exchange",
+        site=site,
+        round=round,
+        contributors=sorted(contributors),
+        reconstructed=sorted(result.reconstructed),
+    )
+    reason = bound.rollback_reason(state, mixed)
+    if reason is None:
+        return mixed, distance, contributors
+    audit.record(
+        "mix_rolled_back", site=site, round=round, step=0, reason=reason, heard=sorted(contributors)
+    )
+    return keep, distance, contributors
+
+
+def secure_fields(outcome: SecureOutcome | None) -> dict[str, Any]:
+    """The RoundRecord fields of a secure round."""
+    if outcome is None or outcome.result is None:
+        skipped = outcome.skipped if outcome is not None else "no secure exchange ran"
+        return {"secure": True, "secure_skipped": skipped}
+    return {
+        "secure": True,
+        "secure_contributors": len(outcome.result.contributors),
+        "secure_reconstructed": len(outcome.result.reconstructed),
+    }
