@@ -120,3 +120,26 @@ def test_the_simulator_refuses_multi_gossip_and_attacks_with_secure_aggregation(
                 "attack": {"kind": "sign-flip", "attackers": 1},
             }
         )
+
+
+def test_consortium_build_cli_refuses_a_ring_and_writes_a_regular_graph(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gossipmed.consortium.site import CARD_FILE
+    from node.cli import main
+    from node.daemon.cluster import init_site
+
+    cards = []
+    for i in range(6):
+        site = tmp_path / f"site-{i}"
+        init_site(site, name=f"site-{i}", listen=[f"/ip4/127.0.0.1/tcp/{4001 + i}"])
+        cards.append(str(site / CARD_FILE))
+    out = tmp_path / "consortium.toml"
+    ring = ["consortium", "build", *cards, "--topology", "ring", "--secure-aggregation"]
+    assert main([*ring, "--out", str(out)]) == 2
+    assert "too few at: site-0, site-1, site-2, site-3, site-4, site-5" in capsys.readouterr().err
+    assert not out.exists()
+    regular = ["--topology", "random-regular", "--degree", "4", "--secure-aggregation"]
+    assert main(["consortium", "build", *cards, *regular, "--out", str(out)]) == 0
+    settings = load_roster(out).settings
+    assert settings.secure_aggregation and settings.gossip_steps == 1
