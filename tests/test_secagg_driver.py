@@ -219,3 +219,42 @@ def test_the_driver_refuses_a_session_for_a_plain_peer() -> None:
         assert "secure aggregation" in str(exc)
     else:
         raise AssertionError("a plain peer was given a secure session")
+
+
+def test_a_restarted_site_never_contributes_twice_to_one_instance(tmp_path: object) -> None:
+    """The guard is written before the advertisements leave; a session started from the
+    written guard (a restart) refuses to contribute to the same round again, and contributes
+    to the next one."""
+    from pathlib import Path
+
+    from node.daemon.secure import guard_writer, load_guard
+
+    state_dir = Path(str(tmp_path))
+    peers, sessions, _ = _sites()
+    first = sessions["site-00"]
+    written: list[dict[str, object]] = []
+    write = guard_writer(state_dir)
+
+    def persist(guard: ContributionGuard) -> None:
+        write(guard)
+        written.append(guard.state_dict())
+
+    first._persist = persist
+    first.open(0)
+    adverts = first.begin(0, peers["site-00"].learner.get_state())
+    assert len(adverts) == N - 1 and len(written) == 1
+    restarted = SecureSession(
+        name="site-00",
+        signing_key=first._key,
+        sign_keys=first.sign_keys,
+        roster_hash=ROSTER,
+        schedule=first.schedule,
+        schema=first.schema,
+        fixed_point=FixedPoint(),
+        timeout_s=TIMEOUT,
+        guard=load_guard(state_dir),
+    )
+    restarted.open(0)
+    assert restarted.begin(0, peers["site-00"].learner.get_state()) == []
+    restarted.open(1)
+    assert len(restarted.begin(1, peers["site-00"].learner.get_state())) == N - 1
