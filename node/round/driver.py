@@ -114,10 +114,8 @@ class RoundDriver:
         self._idle = threading.Condition()
         self.secure = secure
         self._sends: trio.Nursery | None = None
-        if secure is not None:
-            if not peer.secure:
-                raise TransportError("a secure session needs a peer built for secure aggregation")
-            secure.clock = trio.current_time
+        if secure is not None and not peer.secure:
+            raise TransportError("a secure session needs a peer built for secure aggregation")
 
     @property
     def send_failures(self) -> int:
@@ -138,7 +136,7 @@ class RoundDriver:
                     return
                 if self.secure is not None and is_frame(data):
                     self.state.bytes_received += len(data)
-                    self._send_frames(self.secure.handle(site, data))
+                    self._send_frames(await self._call(self.secure.handle, site, data))
                 elif await self._call(self._receive, data):
                     self.state.bytes_received += len(data)
                 arrived, self._arrival = self._arrival, trio.Event()
@@ -233,18 +231,19 @@ class RoundDriver:
         """Open the own instance, train, contribute, run the phases until the own instance
         is over (each phase bounded by its share of the timeout), mix the aggregate."""
         self.state.round, self.state.phase = round, "training"
-        self._send_frames(secure.open(round))
+        self._send_frames(await self._call(secure.open, round))
         await self._call(self.peer.train, round, abandon=True)
         state = self.peer.secure_input(round)
         if self.before_send is not None:
             self.before_send(round, 0)
         self.state.phase = "exchanging"
-        self._send_frames(secure.begin(round, state))
+        self._send_frames(await self._call(secure.begin, round, state))
         while not secure.settled(round):
-            self._send_frames(secure.tick())
+            self._send_frames(await self._call(secure.tick))
             if secure.settled(round):
                 break
-            with trio.move_on_at(secure.next_deadline(round)):
+            # the session's clock is time.monotonic (it also runs in worker threads)
+            with trio.move_on_after(max(0.0, secure.next_deadline(round) - secure.clock())):
                 await self._arrival.wait()
         self.peer.accept_secure(round, secure.outcome(round))
         self.state.phase = "mixing"

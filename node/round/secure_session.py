@@ -19,10 +19,13 @@ counted; a contributor that refuses a message aborts its own part of that instan
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from nacl.signing import SigningKey
@@ -47,6 +50,19 @@ from topology.schedule import MixingSchedule
 PHASES = 5
 MAX_BUFFERED_PER_SENDER = 4
 Outbox = list[tuple[str, bytes]]
+T = TypeVar("T")
+
+
+def _locked(method: Callable[..., T]) -> Callable[..., T]:
+    """The daemon runs the protocol's heavy steps (masks, unmasking) in worker threads, one
+    at a time per call site; the session's state is changed under one lock."""
+
+    @functools.wraps(method)
+    def wrapper(self: SecureSession, *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 @dataclass
@@ -97,6 +113,7 @@ class SecureSession:
         self.refused = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._lock = threading.RLock()
 
     # -- configuration --------------------------------------------------------------------
 
@@ -125,6 +142,7 @@ class SecureSession:
         self.bytes_sent += len(data)
         return recipient, data
 
+    @_locked
     def set_roster(
         self, *, roster_hash: bytes, sign_keys: Mapping[str, bytes], schedule: MixingSchedule
     ) -> None:
@@ -136,6 +154,7 @@ class SecureSession:
 
     # -- the round ------------------------------------------------------------------------
 
+    @_locked
     def open(self, round: int) -> Outbox:
         """Open this site's own instance of `round` (before training) and take the frames
         neighbours sent for it early. Contributions to older rounds are given up."""
@@ -156,6 +175,7 @@ class SecureSession:
             self._buffer[sender] = keep
         return out
 
+    @_locked
     def begin(self, round: int, state: Mapping[str, torch.Tensor]) -> Outbox:
         """After training: contribute `state` to every neighbour's instance of `round`. The
         guard is persisted before any advertisement leaves."""
@@ -184,6 +204,7 @@ class SecureSession:
         self._contributors.update({(r, round): c for r, c in created.items()})
         return [self._frame(r, c.advertise()) for r, c in created.items()]
 
+    @_locked
     def handle(self, sender: str, data: bytes) -> Outbox:
         """One inbound frame from the transport's authenticated `sender`."""
         try:
@@ -229,6 +250,7 @@ class SecureSession:
         except GossipmedError as exc:
             return self._refuse(sender, str(exc))
 
+    @_locked
     def tick(self) -> Outbox:
         """Close the own instance's phases whose share of the deadline is over."""
         own = self._own
@@ -282,8 +304,8 @@ class SecureSession:
         share = self.timeout_s / PHASES
         return [
             own.begun_at + (min(int(c.phase), PHASES - 1) + 1) * share
-            for (_, r), c in self._contributors.items()
-            if r == round and not c.finished
+            for (_, r), c in list(self._contributors.items())  # a snapshot: handle() may run
+            if r == round and not c.finished  # in a worker thread meanwhile
         ]
 
     def round_deadline(self) -> float:
@@ -292,6 +314,7 @@ class SecureSession:
             return float("inf")
         return own.begun_at + self.timeout_s
 
+    @_locked
     def outcome(self, round: int) -> SecureOutcome:
         """The own instance's result (or why there is none); bytes since the last outcome."""
         own = self._require(round)
