@@ -202,6 +202,12 @@ def test_frames_that_are_forged_or_from_outsiders_are_refused() -> None:
     assert session.handle("site-01", b"GMSA" + b"\xff" * 10) == [] and session.refused == 3
     huge = b"GMSA" + b"\x00" * (session.limits.max_bytes + 1000)
     assert session.handle("site-01", huge) == [] and session.refused == 4
+    far = 2**41  # a member cannot make us jump past the rounds updates may carry
+    other.open(far)
+    frames = other.begin(far, peers["site-01"].learner.get_state())
+    far_frame = next(data for recipient, data in frames if recipient == "site-00")
+    assert session.handle("site-01", far_frame) == [] and session.refused == 5
+    assert session.furthest_round is None
 
 
 def test_the_driver_refuses_a_session_for_a_plain_peer() -> None:

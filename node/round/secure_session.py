@@ -43,6 +43,7 @@ from gossipmed.mixing.secagg import (
     instance_config,
 )
 from gossipmed.mixing.secagg.params import MAX_CONTRIBUTORS
+from gossipmed.wire.update import MAX_ROUND
 from node.round.secure_frame import open_frame, seal_frame
 from node.round.secure_mix import SecureOutcome
 from topology.schedule import MixingSchedule
@@ -220,6 +221,8 @@ class SecureSession:
             inst = message.instance
             if inst.roster_hash != self.roster_hash:
                 raise GossipmedError("frame of another consortium file")
+            if inst.round > MAX_ROUND:  # as for updates: a member cannot push us to 2**63
+                raise GossipmedError(f"round {inst.round} is above {MAX_ROUND}")
             if sender not in self.schedule.neighbours(inst.round, self.name):
                 raise GossipmedError(f"{sender!r} is not a neighbour")
         except GossipmedError as exc:
