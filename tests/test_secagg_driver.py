@@ -264,3 +264,21 @@ def test_a_restarted_site_never_contributes_twice_to_one_instance(tmp_path: obje
     assert restarted.begin(0, peers["site-00"].learner.get_state()) == []
     restarted.open(1)
     assert len(restarted.begin(1, peers["site-00"].learner.get_state())) == N - 1
+
+
+def test_a_secure_site_never_opens_an_individual_update() -> None:
+    """With secure aggregation a site holds no neighbour's state: a sealed update (which an
+    honest neighbour would never send under this consortium file) is refused unread."""
+    peers, _sessions, _ = _sites()
+    sender, receiver = peers["site-01"], peers["site-00"]
+    plain = Peer(
+        name="site-01",
+        learner=sender.learner,
+        sealer=sender.sealer,
+        schedule=sender.schedule,
+        local_steps=1,
+        train=False,
+    )
+    sealed = plain.outgoing(0)["site-00"]
+    assert receiver.receive(sealed) is False
+    assert receiver.rejected == 1 and receiver.heard(0) == set()

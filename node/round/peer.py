@@ -248,7 +248,10 @@ class Peer:
     # -- phase 4+5: receive and verify ------------------------------------------------------
 
     def receive(self, data: bytes, *, payload_hash: str = "") -> bool:
-        """Verify and buffer one update; True if kept. Bad input is audited, never raised."""
+        """Verify and buffer one update; True if kept. Bad input is audited, never raised.
+        With secure aggregation no individual update is opened: it is refused unread."""
+        if self.secure:
+            return self._reject("secure_aggregation", size=len(data), payload_hash=payload_hash)
         claimed: dict[str, Any] = {}
         admitted: dict[str, torch.Tensor] = {}
 
