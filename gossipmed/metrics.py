@@ -9,6 +9,8 @@ A daemon only sees its neighbourhood, so it reports the local version
     d_i = || x_i - mean_{j in heard(i) ∪ {i}} x_j ||
 computed on the states it mixed this round (before mixing). It is zero exactly when every
 neighbour heard agrees with the site, so it goes to zero with D on a connected graph.
+With secure aggregation a site never holds a neighbour's state, so it reports the sum-based
+|| x_i - s_i / W_i || instead (node.round.secure_mix; `secure` is true in its records).
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class RoundRecord:
     online: bool = True
     rejected: int = 0
     run: str = "gossip"  # gossip | local | central
+    secure: bool = False  # mixed from a secure aggregate (gossipmed.mixing.secagg)
+    secure_contributors: int | None = None  # neighbours in the sum (None: no sum)
+    secure_reconstructed: int | None = None  # dropped after sharing keys: masks rebuilt
+    secure_skipped: str | None = None  # why the secure exchange gave no sum
 
     def to_json(self) -> dict[str, Any]:
         doc = {"v": METRICS_VERSION, **asdict(self)}

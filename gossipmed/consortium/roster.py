@@ -44,6 +44,7 @@ from gossipmed.consortium.edges import normalise_edges, resolve_dialers
 from gossipmed.consortium.member import Member
 from gossipmed.consortium.settings import ConsortiumSettings
 from gossipmed.errors import ConfigError, RosterError
+from gossipmed.mixing.secagg.params import MIN_THRESHOLD, check_threshold
 from gossipmed.toml_writer import toml_value
 
 ROSTER_VERSION = 3
@@ -208,7 +209,24 @@ class Roster:
             )
         if not self.active_names:
             out.append("every member is revoked")
+        short = self.secagg_short_sites()
+        if short:
+            out.append(
+                f"secure aggregation needs at least {MIN_THRESHOLD} neighbours per site (a "
+                f"strict majority of them, never below {MIN_THRESHOLD}, must contribute); too "
+                f"few at: {', '.join(short)}"
+            )
         return out
+
+    def secagg_short_sites(self) -> list[str]:
+        """With secure aggregation on, the active sites whose neighbourhood cannot reach the
+        threshold (gossipmed.mixing.secagg.check_threshold); empty when it is off."""
+        if not self.settings.secure_aggregation:
+            return []
+        active = set(self.active_names)
+        return check_threshold(
+            {n: [m for m in self.neighbours(n) if m in active] for n in sorted(active)}
+        )
 
     def revoke(self, name: str) -> Roster:
         m = self.member(name)

@@ -9,6 +9,18 @@ from its `[consortium]` table.
     gossip_steps   exchanges (send-and-mix steps) per round; 0 = auto: the fewest that
                    shrink disagreement to 0.2 per round given the graph's lambda2
     mixing         how mixing weights follow from the graph (topology.mixing)
+    secure_aggregation
+                   true: each site learns only the weighted sum of its neighbours' states
+                   (gossipmed.mixing.secagg); forces one exchange per round (gossip_steps 0
+                   resolves to 1, any other value is refused: several exchanges of the same
+                   round-start states are public linear maps that reveal individual states)
+    secagg_range, secagg_frac_bits, secagg_modulus_bits
+                   its public fixed-point encoding (gossipmed.mixing.secagg.FixedPoint):
+                   values are clipped to [-range, range], scaled by 2**frac_bits, summed mod
+                   2**modulus_bits; only meaningful (and only written) when it is on
+
+The secure-aggregation keys enter the mapping (and so the roster hash) only when it is on, so
+the hash of every consortium file written before they existed is unchanged.
 """
 
 from __future__ import annotations
@@ -18,18 +30,25 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from gossipmed.errors import ConfigError
+from gossipmed.mixing.secagg.params import FixedPoint
 from gossipmed.wire.update import MAX_STEPS_PER_ROUND
 from topology.mixing import DEFAULT_RULE as DEFAULT_MIXING
 from topology.mixing import RULES as MIXING_RULES
 from topology.spectral import gossip_steps_for
 
 AUTO_GOSSIP_STEPS = 0
+_SECAGG_KEYS = ("secagg_range", "secagg_frac_bits", "secagg_modulus_bits")
+_DEFAULT_FIXED_POINT = FixedPoint()
 
 
 @dataclass(frozen=True)
 class ConsortiumSettings:
     gossip_steps: int = AUTO_GOSSIP_STEPS
     mixing: str = DEFAULT_MIXING
+    secure_aggregation: bool = False
+    secagg_range: float = _DEFAULT_FIXED_POINT.range
+    secagg_frac_bits: int = _DEFAULT_FIXED_POINT.frac_bits
+    secagg_modulus_bits: int = _DEFAULT_FIXED_POINT.modulus_bits
 
     def __post_init__(self) -> None:
         if type(self.gossip_steps) is not int or not (
@@ -38,6 +57,39 @@ class ConsortiumSettings:
             raise ConfigError(f"gossip_steps must be 0 (auto) or 1..{MAX_STEPS_PER_ROUND}")
         if self.mixing not in MIXING_RULES:
             raise ConfigError(f"mixing must be one of {', '.join(MIXING_RULES)}")
+        if type(self.secure_aggregation) is not bool:
+            raise ConfigError("secure_aggregation must be true or false")
+        if isinstance(self.secagg_range, bool):
+            raise ConfigError("secagg_range must be a number")
+        self.fixed_point  # noqa: B018  (validated here, built where it is used)
+        if not self.secure_aggregation:
+            defaults = [
+                k for k in _SECAGG_KEYS if getattr(self, k) != getattr(ConsortiumSettings, k)
+            ]
+            if defaults:
+                raise ConfigError(
+                    f"{', '.join(defaults)} only apply with secure_aggregation = true"
+                )
+            return
+        if self.gossip_steps not in (AUTO_GOSSIP_STEPS, 1):
+            raise ConfigError(
+                f"secure_aggregation allows one exchange per round, not gossip_steps = "
+                f"{self.gossip_steps}: sums of several exchanges of the same round-start "
+                f"states reveal individual states"
+            )
+        object.__setattr__(self, "gossip_steps", 1)
+        object.__setattr__(self, "secagg_range", float(self.secagg_range))
+
+    @property
+    def fixed_point(self) -> FixedPoint:
+        try:
+            return FixedPoint(
+                range=float(self.secagg_range),
+                frac_bits=self.secagg_frac_bits,
+                modulus_bits=self.secagg_modulus_bits,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"secure aggregation: {exc}") from None
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], *, where: str) -> ConsortiumSettings:
@@ -56,7 +108,13 @@ class ConsortiumSettings:
             raise ConfigError(f"{where}: {exc}") from None
 
     def to_mapping(self) -> dict[str, Any]:
-        return {"gossip_steps": self.gossip_steps, "mixing": self.mixing}
+        out: dict[str, Any] = {"gossip_steps": self.gossip_steps, "mixing": self.mixing}
+        if self.secure_aggregation:
+            out["secure_aggregation"] = True
+            out["secagg_range"] = float(self.secagg_range)
+            out["secagg_frac_bits"] = self.secagg_frac_bits
+            out["secagg_modulus_bits"] = self.secagg_modulus_bits
+        return out
 
 
 def resolve_gossip_steps(setting: int, *, lam2: float) -> int:

@@ -58,6 +58,12 @@ def register(sub: Any) -> None:
         choices=MIXING_RULES,
         help="how mixing weights follow from the graph (default metropolis-hastings)",
     )
+    b.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="each site learns only the weighted sum of its neighbours' states (one exchange "
+        "per round; needs at least 3 neighbours per site; default fixed point)",
+    )
     b.add_argument("--out", type=Path, required=True, help="roster file to write")
     b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     b.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -113,6 +119,7 @@ def run_build(args: argparse.Namespace) -> int:
     settings = ConsortiumSettings(
         gossip_steps=args.gossip_steps if args.gossip_steps is not None else 0,
         mixing=args.mixing or ConsortiumSettings().mixing,
+        secure_aggregation=args.secure_aggregation,
     )
     roster = build_consortium(
         [load_card(path) for path in args.cards],
@@ -150,6 +157,12 @@ def run_show(args: argparse.Namespace) -> int:
     gossip = roster.settings
     steps = "auto" if gossip.gossip_steps == 0 else str(gossip.gossip_steps)
     console.print(f"gossip: {steps} exchanges per round, {gossip.mixing} mixing weights")
+    if gossip.secure_aggregation:
+        fp = gossip.fixed_point
+        console.print(
+            f"secure aggregation: on (range {fp.range}, {fp.frac_bits} fraction bits, "
+            f"mod 2^{fp.modulus_bits})"
+        )
     table = Table("name", "peer id", "status", "neighbours", "addrs")
     for m in roster.members:
         table.add_row(

@@ -48,6 +48,13 @@ def register(sub: Any) -> None:
         help="how mixing weights follow from the graph ([consortium] mixing; default "
         "metropolis-hastings)",
     )
+    g.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        default=None,
+        help="each site learns only the weighted sum of its neighbours' states "
+        "([consortium] secure_aggregation; one exchange per round, >= 3 neighbours per site)",
+    )
     d = p.add_argument_group("data and learning")
     d.add_argument(
         "--problem",
@@ -202,7 +209,11 @@ def build_config(args: argparse.Namespace) -> Any:
             "problem": args.problem,
             "seed": seed,
         },
-        "consortium": {"gossip_steps": args.gossip_steps, "mixing": args.mixing},
+        "consortium": {
+            "gossip_steps": args.gossip_steps,
+            "mixing": args.mixing,
+            "secure_aggregation": args.secure_aggregation,
+        },
         "gossip": {"round_timeout_s": args.round_timeout, "drift": args.drift},
         "attack": {
             "kind": args.attack,

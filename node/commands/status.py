@@ -67,6 +67,22 @@ def print_status(status: dict[str, Any]) -> None:
         )
         if status.get("restored"):
             console.print(f"restored from the checkpoint: {', '.join(status['restored'])}")
+    secure = status.get("secure_aggregation") or {}
+    if secure.get("enabled"):
+        last_ex = secure.get("last_exchange") or {}
+        if not last_ex:
+            outcome = "no exchange yet"
+        elif last_ex.get("securely_aggregated"):
+            outcome = (
+                f"round {last_ex['round']}: sum of {last_ex['contributors']} neighbours, "
+                f"{last_ex['reconstructed']} reconstructed"
+            )
+        else:
+            outcome = f"round {last_ex['round']}: skipped ({last_ex.get('skipped')})"
+        console.print(
+            f"secure aggregation: {outcome}; {secure.get('refused_frames', 0)} frames refused; "
+            "consensus distance is sum-based"
+        )
     if status.get("resumed"):
         res = status["resumed"]
         console.print(f"resumed after round {res['round']} (epsilon {res['epsilon']:.3f})")

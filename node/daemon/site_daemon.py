@@ -53,11 +53,14 @@ from node.daemon.config import DaemonSettings
 from node.daemon.control import serve_control
 from node.daemon.control_routes import site_routes
 from node.daemon.ledger import open_site_ledger
+from node.daemon.secure import build_session, frame_limit, roster_sign_keys, secure_status
 from node.daemon.status import Resumed, build_status
 from node.round.audit import AuditLogSink
 from node.round.builder import RoundPlan, build_peer
 from node.round.driver import DriverState, RoundDriver
 from node.round.peer import state_schema
+from node.round.secure_config import check_secure_gossip
+from node.round.secure_session import SecureSession
 from topology.mixing import mixing_matrix
 from topology.schedule import MixingSchedule
 from topology.spectral import lambda2
@@ -167,6 +170,7 @@ class SiteDaemon:
                 f"site.toml names this site {site.config.name!r} but the roster knows its "
                 f"key as {self.name!r}"
             )
+        check_secure_gossip(self.roster.settings, settings.gossip)
         private_dir(settings.directory, tighten=True)  # older site folders were 0755
         private_dir(settings.state_dir, tighten=True)
         self.audit = DaemonAudit(AuditLog(site.audit_path))
@@ -176,6 +180,20 @@ class SiteDaemon:
             checkpoint = read_checkpoint(settings.state_dir, site=self.name)
         d = settings.daemon
         self.max_bytes = d.max_bytes or update_size_limit(state_schema(learner.get_state()))
+        schedule = schedule_from_roster(self.roster)
+        self.secure: SecureSession | None = None
+        if self.roster.settings.secure_aggregation:
+            self.secure = build_session(
+                name=self.name,
+                identity=self.identity,
+                roster=self.roster,
+                schedule=schedule,
+                state=learner.get_state(),
+                timeout_s=settings.gossip.round_timeout_s,
+                state_dir=settings.state_dir,
+                audit=self.audit.record,
+            )
+            self.max_bytes = max(self.max_bytes, frame_limit(self.secure))
         self.sealer = EnvelopeSealer(
             identity=self.identity, roster=self.roster, max_bytes=self.max_bytes
         )
@@ -184,12 +202,13 @@ class SiteDaemon:
             name=self.name,
             learner=learner,
             sealer=self.sealer,
-            schedule=schedule_from_roster(self.roster),
+            schedule=schedule,
             plan=RoundPlan(
                 local_steps=settings.learning.train.steps_per_round,
                 gossip_steps=roster_gossip_steps(self.roster),
                 eval_every=d.eval_every,
                 total_rounds=d.rounds or None,
+                secure=self.secure is not None,
             ),
             gossip=settings.gossip,
             audit=self.audit,
@@ -231,6 +250,11 @@ class SiteDaemon:
         return self.driver.state if self.driver is not None else DriverState(round=self.peer.round)
 
     def status(self) -> dict[str, Any]:
+        doc = self._status()
+        doc["secure_aggregation"] = secure_status(self.secure, self.state.last_record)
+        return doc
+
+    def _status(self) -> dict[str, Any]:
         return build_status(
             settings=self.settings,
             roster=self.roster,
@@ -284,6 +308,7 @@ class SiteDaemon:
                 offload=True,
                 before_send=self.mark_sealed,
                 audit_hashes=True,
+                secure=self.secure,
             )
             log.info(
                 "%s listening on %s as %s", self.name, transport.listen_addrs, transport.peer_id
@@ -344,6 +369,8 @@ class SiteDaemon:
                     f"{self.roster.settings.to_mapping()}); restart the daemon to adopt them"
                 )
             schedule = schedule_from_roster(new)
+            if self.secure is not None and new.secagg_short_sites():
+                raise ConfigError("secure aggregation: " + "; ".join(new.warnings()))
         except GossipmedError as exc:
             log.error("consortium reload refused, keeping the current one: %s", exc)
             self.audit.record("roster_reload_refused", reason=str(exc))
@@ -351,6 +378,10 @@ class SiteDaemon:
         from node.net.libp2p.config import PeerInfo
 
         old, self.roster = self.roster, new
+        if self.secure is not None:
+            self.secure.set_roster(
+                roster_hash=new.hash, sign_keys=roster_sign_keys(new), schedule=schedule
+            )
         self.sealer.set_roster(new)
         self.peer.set_schedule(schedule)
         if self.transport is not None:

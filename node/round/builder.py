@@ -35,6 +35,7 @@ class RoundPlan:
     train: bool = True
     eval_every: int = 1
     total_rounds: int | None = None
+    secure: bool = False  # secure aggregation (the consortium's): one exchange per round
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def build_peer(
         audit=audit,
         checkpoint_dir=checkpoint_dir,
         metrics=metrics,
+        secure=plan.secure,
     )
     restored: tuple[str, ...] = ()
     if resume is not None:  # after set_state: D² restarts on a set_state outside a round

@@ -23,6 +23,12 @@ in the round after theirs (`Peer.defer_round`) instead of sealing it for a round
 closed, where it would be refused as stale: its update arrives before they open that round
 and is mixed there. Admission is unchanged: no stale or replayed round is ever accepted.
 
+With secure aggregation (a `SecureSession`, node.round.secure_session) a round is one exchange
+of signed secure-aggregation frames instead of sealed updates: the own instance opens before
+training, the contributions leave after it, each phase closes at its share of the round
+timeout, and the round mixes the aggregate (or skips, audited) when the own instance is over.
+Frames ride the same transport; the pump tells them from envelopes by their magic prefix.
+
 With `offload=True` (the daemon) training, sealing, opening and mixing run in a worker thread
 so the trio loop keeps reading streams meanwhile (yamux resets a stream left unread for 5 s).
 """
@@ -45,6 +51,8 @@ from gossipmed.metrics import RoundRecord
 from node.net.transport import Transport
 from node.round.patience import Patience, PatienceSettings
 from node.round.peer import Peer
+from node.round.secure_frame import is_frame
+from node.round.secure_session import Outbox, SecureSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +92,7 @@ class RoundDriver:
         before_send: Callable[[int, int], None] | None = None,
         audit_hashes: bool = False,
         patience: PatienceSettings | None = None,
+        secure: SecureSession | None = None,
     ) -> None:
         """`before_send(round, step)` runs after sealing and before anything leaves (the
         daemon records that an exchange's updates may be out). `audit_hashes` puts each
@@ -103,6 +112,10 @@ class RoundDriver:
         self._own_work_s = 0.0  # this round's training and sealing time
         self._offloaded = 0  # steps running in worker threads (abandoned ones included)
         self._idle = threading.Condition()
+        self.secure = secure
+        self._sends: trio.Nursery | None = None
+        if secure is not None and not peer.secure:
+            raise TransportError("a secure session needs a peer built for secure aggregation")
 
     @property
     def send_failures(self) -> int:
@@ -112,16 +125,42 @@ class RoundDriver:
 
     async def pump(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Receive until cancelled or the transport closes."""
-        task_status.started()
-        while True:
-            try:
-                _site, data = await self.transport.receive_from()
-            except TransportError:
-                return
-            if await self._call(self._receive, data):
-                self.state.bytes_received += len(data)
-            arrived, self._arrival = self._arrival, trio.Event()
-            arrived.set()
+        async with trio.open_nursery() as sends:
+            self._sends = sends
+            task_status.started()
+            while True:
+                try:
+                    site, data = await self.transport.receive_from()
+                except TransportError:
+                    sends.cancel_scope.cancel()
+                    return
+                if self.secure is not None and is_frame(data):
+                    self.state.bytes_received += len(data)
+                    self._send_frames(await self._call(self.secure.handle, site, data))
+                elif await self._call(self._receive, data):
+                    self.state.bytes_received += len(data)
+                arrived, self._arrival = self._arrival, trio.Event()
+                arrived.set()
+
+    def _send_frames(self, frames: Outbox) -> None:
+        """Secure-aggregation frames go out in the background, a few tries each within one
+        phase's share of the timeout; a lost frame is the protocol's dropout, not an error."""
+        if self._sends is None:
+            raise TransportError("the driver's pump is not running")
+        for recipient, data in frames:
+            self._sends.start_soon(self._send_frame, recipient, data)
+
+    async def _send_frame(self, recipient: str, data: bytes) -> None:
+        share = self.round_timeout_s / 5 if math.isfinite(self.round_timeout_s) else 60.0
+        with trio.move_on_after(share):
+            while True:
+                try:
+                    await self.transport.send(recipient, data)
+                    self.state.bytes_sent += len(data)
+                    return
+                except TransportError as exc:
+                    log.info("secure frame to %s failed, retrying: %s", recipient, exc)
+                await trio.sleep(self.retry_pause_s)
 
     def _receive(self, data: bytes) -> bool:
         return self.peer.receive(data, payload_hash=payload_hash(data) if self.audit_hashes else "")
@@ -133,7 +172,7 @@ class RoundDriver:
         self._rounds = rounds
         r = self.peer.round
         while not rounds or r < rounds:
-            ahead = self.peer.furthest_neighbour_round()
+            ahead = self._furthest()
             if ahead is not None and ahead > r:
                 target = ahead if not rounds else min(ahead, rounds - 1)
                 log.info("neighbours are at round %d: skipping rounds %d..%d", ahead, r, target - 1)
@@ -158,6 +197,8 @@ class RoundDriver:
         The record is of a later round when training ended after the neighbours had moved
         past `round` (see `_defer`)."""
         wait = self.round_timeout_s if timeout is None else timeout
+        if self.secure is not None:
+            return await self._run_secure_round(round, self.secure)
         self.state.round, self.state.phase = round, "training"
         started = trio.current_time()
         await self._call(self.peer.train, round, abandon=True)
@@ -173,6 +214,38 @@ class RoundDriver:
                 self.before_send(round, step)
             self.state.phase = "exchanging"
             await self._exchange(round, step, envelopes, wait)
+        self.state.phase = "mixing"
+        record = await self._call(self.peer.complete_round, round)
+        self.state.completed += 1
+        self.state.last_record = record
+        return record
+
+    def _furthest(self) -> int | None:
+        rounds = [self.peer.furthest_neighbour_round()]
+        if self.secure is not None:
+            rounds.append(self.secure.furthest_round)
+        known = [r for r in rounds if r is not None]
+        return max(known) if known else None
+
+    async def _run_secure_round(self, round: int, secure: SecureSession) -> RoundRecord:
+        """Open the own instance, train, contribute, run the phases until the own instance
+        is over (each phase bounded by its share of the timeout), mix the aggregate."""
+        self.state.round, self.state.phase = round, "training"
+        self._send_frames(await self._call(secure.open, round))
+        await self._call(self.peer.train, round, abandon=True)
+        state = self.peer.secure_input(round)
+        if self.before_send is not None:
+            self.before_send(round, 0)
+        self.state.phase = "exchanging"
+        self._send_frames(await self._call(secure.begin, round, state))
+        while not secure.settled(round):
+            self._send_frames(await self._call(secure.tick))
+            if secure.settled(round):
+                break
+            # the session's clock is time.monotonic (it also runs in worker threads)
+            with trio.move_on_after(max(0.0, secure.next_deadline(round) - secure.clock())):
+                await self._arrival.wait()
+        self.peer.accept_secure(round, secure.outcome(round))
         self.state.phase = "mixing"
         record = await self._call(self.peer.complete_round, round)
         self.state.completed += 1

@@ -46,6 +46,7 @@ from gossipmed.wire.compression import DenseEncoder, ReplicaDecoder, UpdateEncod
 from gossipmed.wire.update import Sealer, Update
 from node.round.audit import AuditSink, NullAudit
 from node.round.inbox import Inbox, NeighbourStats, Refused
+from node.round.secure_mix import SecureOutcome, mix_outcome, secure_fields
 from topology.schedule import MixingSchedule
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -71,6 +72,7 @@ class _RoundWork:
     heard_last: frozenset[str] | None = None  # in the previous exchange
     local_cd: float | None = None  # before the first exchange's mix
     seconds: float = 0.0
+    secure: SecureOutcome | None = None  # secure aggregation: this exchange's outcome
 
 
 class Peer:
@@ -97,11 +99,15 @@ class Peer:
         checkpoint_dir: Path | None = None,
         metrics: MetricsWriter | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        secure: bool = False,
     ) -> None:
         if name not in schedule.sites:
             raise GossipmedError(f"site {name!r} is not in the topology")
         if gossip_steps < 1:
             raise GossipmedError("gossip_steps must be >= 1 (resolve 'auto' before the peer)")
+        if secure and gossip_steps != 1:
+            raise GossipmedError("secure aggregation runs one exchange per round")
+        self.secure = secure
         self.name = name
         self.learner = learner
         self.sealer = sealer
@@ -218,10 +224,34 @@ class Peer:
         step (after a gap, a failed delivery, or a resume)."""
         return self.encoder.force_keyframes(count)
 
+    # -- secure aggregation: the exchange runs outside, on masked messages --------------------
+
+    def secure_input(self, round: int) -> AdapterState:
+        """What this site contributes to its neighbours' secure exchanges of `round`: its
+        state after training (each contributor clips, weights and masks it itself)."""
+        if not self.secure:
+            raise GossipmedError(f"{self.name}: secure aggregation is off")
+        return self._require_work(round).state
+
+    def accept_secure(self, round: int, outcome: SecureOutcome) -> None:
+        """The outcome of this site's own secure exchange of `round`, mixed by
+        complete_round (a sum, or the reason there is none)."""
+        work = self._require_work(round)
+        if not self.secure:
+            raise GossipmedError(f"{self.name}: secure aggregation is off")
+        if outcome.result is not None and (
+            outcome.result.instance.receiver != self.name or outcome.result.instance.round != round
+        ):
+            raise GossipmedError(f"{self.name}: a secure aggregate of another exchange")
+        work.secure = outcome
+
     # -- phase 4+5: receive and verify ------------------------------------------------------
 
     def receive(self, data: bytes, *, payload_hash: str = "") -> bool:
-        """Verify and buffer one update; True if kept. Bad input is audited, never raised."""
+        """Verify and buffer one update; True if kept. Bad input is audited, never raised.
+        With secure aggregation no individual update is opened: it is refused unread."""
+        if self.secure:
+            return self._reject("secure_aggregation", size=len(data), payload_hash=payload_hash)
         claimed: dict[str, Any] = {}
         admitted: dict[str, torch.Tensor] = {}
 
@@ -309,7 +339,10 @@ class Peer:
             self._work.state = _snapshot(self.learner.get_state())
         work = self._work
         started = self.clock()
-        mixed = self._mix_exchange(work, round, work.step)
+        if self.secure:
+            mixed = self._mix_secure(work, round)
+        else:
+            mixed = self._mix_exchange(work, round, work.step)
         self.learner.set_state(mixed)
         local_cd = work.local_cd
         eval_loss = accuracy = None
@@ -335,6 +368,7 @@ class Peer:
             local_consensus_distance=local_cd,
             trained=work.trained,
             rejected=self._take_rejected(),
+            **secure_fields(work.secure) if self.secure else {},
         )
         self._work = None
         if self.metrics is not None:  # after the checkpoint: a record means a saved round
@@ -429,6 +463,22 @@ class Peer:
             heard=sorted(neighbour_states),
         )
         return _snapshot(work.state)
+
+    def _mix_secure(self, work: _RoundWork, round: int) -> AdapterState:
+        """Mix this round's secure aggregate (node.round.secure_mix.mix_outcome)."""
+        with self._lock:
+            self.round = round + 1
+            self._inbox.drop_before((self.round, 0))
+        outcome = work.secure = work.secure or SecureOutcome(skipped="no secure exchange ran")
+        work.bytes_sent += outcome.bytes_sent
+        work.bytes_received += outcome.bytes_received
+        work.seconds += outcome.seconds
+        mixed, work.local_cd, contributors = mix_outcome(
+            work.state, outcome, site=self.name, round=round, audit=self.audit, bound=self.mix_bound
+        )
+        work.heard |= contributors
+        work.heard_last = frozenset(contributors)
+        return mixed
 
     def _require_work(self, round: int) -> _RoundWork:
         if self._work is None or self._work.round != round:

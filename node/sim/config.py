@@ -3,7 +3,8 @@ flags override the file):
 
     [sim]         topology, degree, p, topology_file, rounds, eval_every, train, baselines,
                   sealing, problem, seed
-    [consortium]  gossip_steps, mixing -- what a deployment keeps in its consortium file
+    [consortium]  gossip_steps, mixing, secure_aggregation (+ secagg_range, secagg_frac_bits,
+                  secagg_modulus_bits) -- what a deployment keeps in its consortium file
                   (gossipmed.consortium.settings)
     [gossip]      aggregation, codec, drift, round_timeout_s, max_future_rounds -- each
                   site's own choices, the same table as in a daemon's site.toml
@@ -33,6 +34,7 @@ from gossipmed.learn.config import (
 )
 from gossipmed.toml_writer import toml_document
 from node.round.config import GossipConfig, reject_moved_keys
+from node.round.secure_config import check_secure_gossip
 from node.sim.attacks import AttackConfig
 from node.sim.faults import FaultConfig
 from topology.graphs import KINDS
@@ -108,6 +110,14 @@ class SimConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
+
+    def __post_init__(self) -> None:
+        check_secure_gossip(self.consortium, self.gossip)
+        if self.consortium.secure_aggregation and self.attack.active:
+            raise ConfigError(
+                "secure_aggregation with a simulated [attack] is not supported: the attacks "
+                "forge sealed updates, which secure aggregation does not send"
+            )
 
     @property
     def nodes(self) -> int:

@@ -11,6 +11,8 @@ noise: the simulator's randomness is seeded on purpose and is never what a real 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import torch
 from gossipmed.errors import ConfigError
 from gossipmed.learn.learner import AdapterState, Learner
 from gossipmed.metrics import MetricsWriter, RoundRecord, consensus_distances
+from gossipmed.mixing.secagg import MIN_THRESHOLD, check_threshold
 from gossipmed.wire.plaintext import PlaintextSealer
 from gossipmed.wire.tensors import NonFiniteTensor
 from gossipmed.wire.update import Sealer
@@ -31,6 +34,7 @@ from node.sim.attacks import attack_learner, attack_sealer, choose_attackers
 from node.sim.config import SimConfig
 from node.sim.factories import LearnerFactory, default_factory
 from node.sim.faults import FaultInjector
+from node.sim.secure import SecureNetwork
 from topology.graphs import graph_schedule
 from topology.schedule import MixingSchedule
 from topology.summary import TopologySummary, summarize
@@ -112,6 +116,23 @@ class Simulation:
             round_timeout=config.gossip.round_timeout_s,
         )
         self.audit = ListAudit()
+        self.secure = config.consortium.secure_aggregation
+        self.secure_network: SecureNetwork | None = None
+        if self.secure:
+            short = sorted(
+                {
+                    site
+                    for r in range(len(self.schedule.rows))
+                    for site in check_threshold(
+                        {n: sorted(self.schedule.neighbours(r, n)) for n in self.names}
+                    )
+                }
+            )
+            if short:
+                raise ConfigError(
+                    f"secure aggregation needs at least {MIN_THRESHOLD} neighbours per site; "
+                    f"too few at: {', '.join(short)}"
+                )
         self.attackers = (
             choose_attackers(self.names, count=config.attack.attackers, seed=sim.seed)
             if config.attack.active
@@ -145,7 +166,18 @@ class Simulation:
             train=cfg.sim.train,
             eval_every=cfg.sim.eval_every,
             total_rounds=cfg.sim.rounds,
+            secure=self.secure and communicate,
         )
+        if plan.secure:
+            digest = hashlib.blake2b(
+                json.dumps(cfg.to_mapping(), sort_keys=True, default=str).encode(),
+                digest_size=32,
+            )
+            self.secure_network = SecureNetwork(
+                sites=tuple(self.names),
+                roster_hash=digest.digest(),
+                fixed_point=cfg.consortium.fixed_point,
+            )
         peers = {}
         for i, name in enumerate(self.names):
             learner, sealer = learners[i], sealers[name]
@@ -179,7 +211,9 @@ class Simulation:
             live = [peer for name, peer in peers.items() if online[name]]
             for peer in live:
                 peer.train(r)
-            for step in range(self.gossip_steps if communicate else 0):
+            if communicate and self.secure:
+                self._secure_exchange(r, live, online)
+            for step in range(self.gossip_steps if communicate and not self.secure else 0):
                 if step > 0:
                     for peer in live:
                         peer.mix_step(r, step - 1)
@@ -221,6 +255,24 @@ class Simulation:
             states={n: _snapshot(p.learner.get_state()) for n, p in peers.items()},
             learners={n: p.learner for n, p in peers.items()},
         )
+
+    def _secure_exchange(self, round: int, live: list[Peer], online: Mapping[str, bool]) -> None:
+        """Every online site's secure exchange (node.sim.secure): faults become drops."""
+        assert self.secure_network is not None
+        faults = self.faults
+
+        def dropped(contributor: str, receiver: str) -> bool:
+            return faults.dropped(round, contributor, receiver) or faults.late(round, contributor)
+
+        outcomes = self.secure_network.exchange(
+            round=round,
+            schedule=self.schedule,
+            states={peer.name: peer.secure_input(round) for peer in live},
+            dropped=dropped,
+            audit=self.audit.record,
+        )
+        for peer in live:
+            peer.accept_secure(round, outcomes[peer.name])
 
     def _seal_or_audit(self, peer: Peer, round: int, step: int) -> dict[str, bytes]:
         """A site whose state overflowed (e.g. fed by a scaling attacker) cannot seal it: it

@@ -1,0 +1,56 @@
+"""Which of a site's own `[gossip]` choices secure aggregation allows.
+
+With `secure_aggregation` on in the consortium file, a site never holds a neighbour's
+individual state, only the weighted sum of those that completed the protocol
+(gossipmed.mixing.secagg). What needs individual updates cannot run, and is refused here, at
+config time, with the reason:
+
+- robust rules (median, trimmed-mean, clipped, cosine-clipped) look at each neighbour's
+  update separately;
+- top-k with error feedback sends sparse deltas against a per-neighbour replica;
+- the dense codecs (fp16, bf16, int8) do not apply: the masked input is the consortium's
+  public fixed-point encoding (secagg_modulus_bits per coordinate), not the site's codec, so
+  a codec choice would be silently ignored. Only "raw" is accepted; to halve the bytes set
+  secagg_modulus_bits = 32 (with a smaller secagg_frac_bits) in the consortium file.
+
+"weighted" and the default "bounded" are accepted. With secure aggregation "bounded" cannot
+scale each neighbour down separately; what replaces that per-update screening is: every
+contributor clips each coordinate to the public range before encoding, the decoded sum must
+lie within sum(w) x range (else SumOutOfRange: the exchange is skipped and audited), and the
+mixed state passes the same influence bound on its norm as every rule (`max_mix_growth`,
+rolled back and audited otherwise).
+"""
+
+from __future__ import annotations
+
+from gossipmed.consortium.settings import ConsortiumSettings
+from gossipmed.errors import ConfigError
+from node.round.config import GossipConfig
+
+SECURE_RULES = ("weighted", "bounded")
+SECURE_CODECS = ("raw",)
+
+
+def check_secure_gossip(settings: ConsortiumSettings, gossip: GossipConfig) -> None:
+    """Raise ConfigError, with the reason, if `gossip` needs what secure aggregation hides."""
+    if not settings.secure_aggregation:
+        return
+    rule = gossip.aggregation.name
+    if rule not in SECURE_RULES:
+        raise ConfigError(
+            f"secure_aggregation cannot use aggregation {rule!r}: robust rules need each "
+            f"neighbour's individual update, and a site only learns their sum "
+            f"(use {' or '.join(SECURE_RULES)})"
+        )
+    codec = gossip.codec.name
+    if codec == "topk":
+        raise ConfigError(
+            "secure_aggregation cannot use codec 'topk': top-k with error feedback sends "
+            "sparse deltas against each neighbour's replica, and masked inputs are dense sums"
+        )
+    if codec not in SECURE_CODECS:
+        raise ConfigError(
+            f"secure_aggregation cannot use codec {codec!r}: masked inputs use the "
+            f"consortium's fixed-point encoding, not a codec (use 'raw'; for fewer bytes set "
+            f"secagg_modulus_bits = 32 in the consortium settings)"
+        )
