@@ -30,7 +30,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,9 @@ from gossipmed.wire.compression import DenseEncoder, ReplicaDecoder, UpdateEncod
 from gossipmed.wire.update import Sealer, Update
 from node.round.audit import AuditSink, NullAudit
 from node.round.inbox import Inbox, NeighbourStats, Refused
-from node.round.secure_mix import SecureOutcome, mix_outcome, secure_fields
+from node.round.plain_mix import mix_states
+from node.round.secure_mix import SecureOutcome, mix_outcome
+from node.round.work import RoundWork, offline_record, snapshot
 from topology.schedule import MixingSchedule
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
@@ -55,24 +56,6 @@ Schema = dict[str, tuple[str, tuple[int, ...]]]
 
 def state_schema(state: Mapping[str, torch.Tensor]) -> Schema:
     return {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in state.items()}
-
-
-@dataclass
-class _RoundWork:
-    """What train(r) left for the exchanges and complete_round(r)."""
-
-    round: int
-    state: AdapterState
-    step: int = 0  # the exchange now open (0 .. gossip_steps - 1)
-    train_loss: float | None = None
-    trained: bool = False
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    heard: set[str] = field(default_factory=set)  # in any exchange of the round
-    heard_last: frozenset[str] | None = None  # in the previous exchange
-    local_cd: float | None = None  # before the first exchange's mix
-    seconds: float = 0.0
-    secure: SecureOutcome | None = None  # secure aggregation: this exchange's outcome
 
 
 class Peer:
@@ -131,7 +114,7 @@ class Peer:
         self.schema = state_schema(learner.get_state())
         self.rejected = 0
         self._budget_spent = False
-        self._work: _RoundWork | None = None
+        self._work: RoundWork | None = None
         self._inbox = Inbox(max_future_rounds=max_future_rounds)
         self._lock = threading.Lock()  # receive() may run while another thread trains
 
@@ -147,7 +130,7 @@ class Peer:
         work = self._work
         assert work is not None
         started = self.clock()
-        before = _snapshot(self.learner.get_state())
+        before = snapshot(self.learner.get_state())
         if not math.isfinite(state_norm(before)):  # never charge privacy for a broken state
             self.audit.record("non_finite_state", round=round, site=self.name)
         elif self.train_enabled and not self._budget_spent:
@@ -164,7 +147,7 @@ class Peer:
                 else:  # the privacy is spent, the state is not kept
                     self.learner.set_state(before)
                     self.audit.record("non_finite_training", round=round, site=self.name)
-        work.state = _snapshot(self.learner.get_state())
+        work.state = snapshot(self.learner.get_state())
         work.seconds += self.clock() - started
 
     def seal_outgoing(self, round: int, step: int = 0) -> dict[str, bytes]:
@@ -336,7 +319,7 @@ class Peer:
         if self._work is None or self._work.round != round:
             self._start(round)
             assert self._work is not None
-            self._work.state = _snapshot(self.learner.get_state())
+            self._work.state = snapshot(self.learner.get_state())
         work = self._work
         started = self.clock()
         if self.secure:
@@ -344,7 +327,6 @@ class Peer:
         else:
             mixed = self._mix_exchange(work, round, work.step)
         self.learner.set_state(mixed)
-        local_cd = work.local_cd
         eval_loss = accuracy = None
         if self._should_evaluate(round):
             ev = self.learner.evaluate()
@@ -352,23 +334,14 @@ class Peer:
         if self.checkpoint_dir is not None:
             self._checkpoint(round)
         work.seconds += self.clock() - started
-        record = RoundRecord(
-            round=round,
+        record = work.record(
             site=self.name,
-            train_loss=work.train_loss,
+            epsilon=self.epsilon,
+            expected=len(self.expected(round)),
+            rejected=self._take_rejected(),
             eval_loss=eval_loss,
             accuracy=accuracy,
-            consensus_distance=local_cd,
-            epsilon=self.epsilon,
-            bytes_sent=work.bytes_sent,
-            bytes_received=work.bytes_received,
-            neighbours_heard=len(work.heard),
-            seconds=work.seconds,
-            neighbours_expected=len(self.expected(round)),
-            local_consensus_distance=local_cd,
-            trained=work.trained,
-            rejected=self._take_rejected(),
-            **secure_fields(work.secure) if self.secure else {},
+            secure=self.secure,
         )
         self._work = None
         if self.metrics is not None:  # after the checkpoint: a record means a saved round
@@ -381,21 +354,11 @@ class Peer:
             self.round = round + 1
             self._inbox.drop_before((self.round, 0))
         self._work = None
-        return RoundRecord(
+        return offline_record(
             round=round,
             site=self.name,
-            train_loss=None,
-            eval_loss=None,
-            accuracy=None,
-            consensus_distance=None,
             epsilon=self.epsilon,
-            bytes_sent=0,
-            bytes_received=0,
-            neighbours_heard=0,
-            seconds=0.0,
-            neighbours_expected=len(self.expected(round)),
-            trained=False,
-            online=False,
+            expected=len(self.expected(round)),
             rejected=self._take_rejected(),
         )
 
@@ -420,7 +383,7 @@ class Peer:
             raise GossipmedError(f"{self.name}: round {round} is already complete")
         with self._lock:
             self.round = round
-            self._work = _RoundWork(round=round, state={})
+            self._work = RoundWork(round=round, state={})
             self._inbox.drop_before((round, 0))
 
     def _open_exchange(self) -> tuple[int, int]:
@@ -429,7 +392,7 @@ class Peer:
         step = work.step if work is not None and work.round == self.round else 0
         return (self.round, step)
 
-    def _mix_exchange(self, work: _RoundWork, round: int, step: int) -> AdapterState:
+    def _mix_exchange(self, work: RoundWork, round: int, step: int) -> AdapterState:
         """Mix what arrived for one exchange into `work.state`. The exchange closes in the same
         locked step that takes its buffer, so an update that arrives while we mix is refused
         as stale instead of being accepted and then silently dropped."""
@@ -446,25 +409,19 @@ class Peer:
         work.bytes_received += buffer.bytes_received
         work.heard |= set(neighbour_states)
         work.heard_last = frozenset(neighbour_states)
-        mixed = self.aggregator.mix(
-            self_name=self.name,
-            row=self.schedule.row(round, self.name),
-            states={self.name: work.state, **neighbour_states},
-        )
-        reason = self.mix_bound.rollback_reason(work.state, mixed)
-        if reason is None:
-            return mixed
-        self.audit.record(
-            "mix_rolled_back",
+        return mix_states(
+            work.state,
+            neighbour_states,
             site=self.name,
             round=round,
             step=step,
-            reason=reason,
-            heard=sorted(neighbour_states),
+            row=self.schedule.row(round, self.name),
+            aggregator=self.aggregator,
+            bound=self.mix_bound,
+            audit=self.audit,
         )
-        return _snapshot(work.state)
 
-    def _mix_secure(self, work: _RoundWork, round: int) -> AdapterState:
+    def _mix_secure(self, work: RoundWork, round: int) -> AdapterState:
         """Mix this round's secure aggregate (node.round.secure_mix.mix_outcome)."""
         with self._lock:
             self.round = round + 1
@@ -480,7 +437,7 @@ class Peer:
         work.heard_last = frozenset(contributors)
         return mixed
 
-    def _require_work(self, round: int) -> _RoundWork:
+    def _require_work(self, round: int) -> RoundWork:
         if self._work is None or self._work.round != round:
             raise GossipmedError(f"{self.name}: seal_outgoing({round}) before train({round})")
         return self._work
@@ -498,7 +455,3 @@ class Peer:
         with self._lock:
             n, self.rejected = self.rejected, 0
         return n
-
-
-def _snapshot(state: Mapping[str, torch.Tensor]) -> AdapterState:
-    return {k: v.detach().clone() for k, v in state.items()}
