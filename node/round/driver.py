@@ -153,14 +153,7 @@ class RoundDriver:
     async def _send_frame(self, recipient: str, data: bytes) -> None:
         share = self.round_timeout_s / 5 if math.isfinite(self.round_timeout_s) else 60.0
         with trio.move_on_after(share):
-            while True:
-                try:
-                    await self.transport.send(recipient, data)
-                    self.state.bytes_sent += len(data)
-                    return
-                except TransportError as exc:
-                    log.info("secure frame to %s failed, retrying: %s", recipient, exc)
-                await trio.sleep(self.retry_pause_s)
+            await self._send_retrying(recipient, data, what="secure frame")
 
     def _receive(self, data: bytes) -> bool:
         return self.peer.receive(data, payload_hash=payload_hash(data) if self.audit_hashes else "")
@@ -336,18 +329,23 @@ class RoundDriver:
         ends without the neighbour's update (it is silent, slow or already past the round).
         Giving up on an awaited neighbour counts as a failure."""
         with scope, trio.move_on_at(deadline):
-            while True:
-                try:
-                    await self.transport.send(recipient, data)
-                    self.state.bytes_sent += len(data)
-                    return
-                except TransportError as exc:
-                    log.info("send to %s failed, retrying: %s", recipient, exc)
-                await trio.sleep(self.retry_pause_s)
+            await self._send_retrying(recipient, data, what="update")
+            return
         if awaited:
             self.state.failures += 1
             log.warning("gave up sending to %s when the wait for it ended", recipient)
         self.peer.force_keyframes(1)  # its copy of us misses an exchange
+
+    async def _send_retrying(self, recipient: str, data: bytes, *, what: str) -> None:
+        """Send until it goes through; the caller's cancel scope bounds the attempts."""
+        while True:
+            try:
+                await self.transport.send(recipient, data)
+                self.state.bytes_sent += len(data)
+                return
+            except TransportError as exc:
+                log.info("%s to %s failed, retrying: %s", what, recipient, exc)
+            await trio.sleep(self.retry_pause_s)
 
     async def _call(self, fn: Callable[..., T], *args: Any, abandon: bool = False) -> T:
         """`abandon`: a stop request need not wait for this step (training, sealing); the
