@@ -55,6 +55,12 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4096},
     ),
+    "toy-qwen2": (
+        "Qwen2Config",
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4096},
+    ),
+    "toy-gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 4096}),
     "gpt2-124m": ("GPT2Config", {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257}),
     "smollm-135m": (
         "LlamaConfig",
