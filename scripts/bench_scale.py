@@ -406,7 +406,10 @@ def worker_sim(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_child(argv: list[str], timeout: float) -> list[dict[str, Any]]:
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:  # one slow row must not lose the others
+        return [{"kind": "error", "argv": argv, "rc": None, "stderr": [f"timeout {timeout} s"]}]
     rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not rows:
         tail = proc.stderr.strip().splitlines()[-3:]
