@@ -55,6 +55,12 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4096},
     ),
+    "toy-qwen2": (
+        "Qwen2Config",
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4096},
+    ),
+    "toy-gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 4096}),
     "gpt2-124m": ("GPT2Config", {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257}),
     "smollm-135m": (
         "LlamaConfig",
@@ -401,7 +407,10 @@ def worker_sim(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_child(argv: list[str], timeout: float) -> list[dict[str, Any]]:
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:  # one slow row must not lose the others
+        return [{"kind": "error", "argv": argv, "rc": None, "stderr": [f"timeout {timeout} s"]}]
     rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not rows:
         tail = proc.stderr.strip().splitlines()[-3:]

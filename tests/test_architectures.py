@@ -4,6 +4,7 @@ gradients are exact, the saved adapter reloads with PEFT, and the state crosses 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,21 @@ def test_train_cli_runs_gpt2_without_extra_flags_and_takes_target_modules(
     assert main([*argv, "--target-modules", "q_proj"]) == 2
     errors = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
     assert len(errors) == 1 and "q_proj" in errors[0] and "c_attn" in errors[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_train_cli_dp_on_icd10_needs_no_model_flags(
+    arch_dirs: dict[str, Path], arch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue #14's must-show, `gossipmed train --base-model DIR --dataset icd10 --epsilon 8
+    # --steps 5`, on tiny folders of the three families; only the data is cut down for speed
+    argv = ["train", "--base-model", str(arch_dirs[arch]), "--dataset", "icd10"]
+    argv += ["--epsilon", "8", "--steps", "5", "--max-train", "400", "--eval-size", "21"]
+    argv += ["--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target_modules"] == list(EXPECTED_TARGETS[arch])
+    assert out["steps"] == 5 and out["device"] == "cpu" and out["base_dtype"] == "float32"
+    assert 0 < out["epsilon"] <= 8.0 and out["microbatch"] >= 1
+    assert all(math.isfinite(out[k]) for k in ("loss_before", "loss_after"))

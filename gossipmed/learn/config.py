@@ -136,7 +136,7 @@ class TrainConfig:
     steps_per_round: int = 20
     # examples per forward/backward pass, private or not: peak memory follows it, results do
     # not (the logical batch is summed across micro-batches). None (or "auto" in TOML) sizes
-    # it from the model's shape (gossipmed.memory.auto_microbatch).
+    # it from the model's shape (gossipmed.learn.compute.auto_microbatch).
     microbatch: int | None = None
     loss_on: LossOn = "label"  # labelled data: train/eval loss on the label tokens only
     seed: int = 0
