@@ -35,7 +35,10 @@ pytest_plugins = ["daemon_support"]  # fixture: processes
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 NODES = 6
-TIMEOUT_S = 10.0  # per round; each of the five phases closes at most a fifth of it late
+# per round; each of the five phases closes at most a fifth of it late. Six daemons share the
+# test machine's cores: a 2 s phase share let a busy contributor miss a phase, and with the
+# victim dead that left its neighbours below the threshold in every round.
+TIMEOUT_S = 30.0
 
 
 def quadratic(i: int) -> dict[str, dict[str, Any]]:
@@ -82,20 +85,24 @@ def test_secure_daemons_complete_rounds_and_survive_a_killed_neighbour(
     processes[victim].send_signal(signal.SIGKILL)
     processes[victim].wait(timeout=30)
     at_kill = {i: len(rounds_done(sites[i])) for i in others}
+
+    def summed_after_kill(i: int) -> list[Any]:
+        late = rounds_done(sites[i])[at_kill[i] + 1 :]  # the round of the kill may be whole
+        return [r for r in late if r.secure_contributors is not None]
+
     wait_until(
         lambda: (
-            all(len(rounds_done(sites[i])) >= at_kill[i] + 3 for i in others)
+            all(len(summed_after_kill(i)) >= 2 for i in others)
             or any(processes[i].poll() is not None for i in others)
         ),
-        timeout=120,
-        what="the five survivors to complete three more rounds",
+        timeout=STARTUP_S + 60,
+        what="the five survivors to complete two more secure sums",
     )
     assert all(processes[i].poll() is None for i in others)
     victim_name = sites[victim].name
     for i in others:
-        late = rounds_done(sites[i])[at_kill[i] + 1 :]  # the round of the kill may be whole
         neighbours = roster.neighbours(sites[i].name)
-        summed = [r for r in late if r.secure_contributors is not None]
+        summed = summed_after_kill(i)
         assert summed, sites[i].name  # sums exist only after the unmask phase
         if victim_name in neighbours:
             assert all(r.secure_contributors <= 3 for r in summed)
