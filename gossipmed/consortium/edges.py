@@ -9,16 +9,19 @@ from gossipmed.consortium.member import Member
 from gossipmed.errors import RosterError
 
 
+def _name_pair(value: object, *, what: str) -> tuple[str, str]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise RosterError(what)
+    a, b = value
+    if not isinstance(a, str) or not isinstance(b, str):
+        raise RosterError(what)
+    return a, b
+
+
 def normalise_edges(edges: Iterable[Sequence[str]]) -> tuple[tuple[str, str], ...]:
     out = set()
     for edge in edges:
-        if (
-            not isinstance(edge, list | tuple)
-            or len(edge) != 2
-            or not all(isinstance(x, str) for x in edge)
-        ):
-            raise RosterError(f"edge {edge!r} must be a pair of member names")
-        a, b = edge
+        a, b = _name_pair(edge, what=f"edge {edge!r} must be a pair of member names")
         if a == b:
             raise RosterError(f"self loop on {a!r} is not allowed")
         out.add((a, b) if a < b else (b, a))
@@ -44,13 +47,9 @@ def resolve_dialers(
     edge_set = set(edges)
     chosen: dict[tuple[str, str], str] = {}
     for entry in dial:
-        if (
-            not isinstance(entry, list | tuple)
-            or len(entry) != 2
-            or not all(isinstance(x, str) for x in entry)
-        ):
-            raise RosterError(f"dial entry {entry!r} must be a pair [dialler, other]")
-        dialler, other = entry
+        dialler, other = _name_pair(
+            entry, what=f"dial entry {entry!r} must be a pair [dialler, other]"
+        )
         key = (dialler, other) if dialler < other else (other, dialler)
         if key not in edge_set:
             raise RosterError(f"dial entry [{dialler}, {other}] is not an edge")

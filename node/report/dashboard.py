@@ -137,20 +137,11 @@ def _load_graph(path: Path, kind: str) -> dict[str, Any] | None:
 
 def _sim_graph(config_file: Path) -> dict[str, Any]:
     from node.sim.config import load_toml, sim_config_from_mapping
-    from topology.graphs import graph_schedule
     from topology.schedule import MixingSchedule
 
     config = sim_config_from_mapping(load_toml(config_file))
     sim = config.sim
-    graphs = graph_schedule(
-        sim.topology,
-        nodes=config.nodes,
-        degree=sim.degree,
-        p=sim.p,
-        seed=sim.seed,
-        path=sim.topology_file,
-    )
-    schedule = MixingSchedule.from_graphs(graphs)
+    schedule = MixingSchedule.from_graphs(config.graphs())
     dp = config.learning.dp
     private = dp.enabled and sim.problem != "quadratic"
     return {

@@ -123,6 +123,21 @@ class SimConfig:
     def nodes(self) -> int:
         return self.learning.data.n_sites
 
+    def graphs(self) -> list[Any]:
+        """The run's graph per round (networkx graphs), as the simulation and its dashboard
+        both draw it."""
+        from topology.graphs import graph_schedule
+
+        sim = self.sim
+        return graph_schedule(
+            sim.topology,
+            nodes=self.nodes,
+            degree=sim.degree,
+            p=sim.p,
+            seed=sim.seed,
+            path=sim.topology_file,
+        )
+
     def to_mapping(self) -> dict[str, Any]:
         """The resolved config as TOML-shaped tables (None values left out)."""
         out: dict[str, Any] = {

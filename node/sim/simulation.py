@@ -35,7 +35,6 @@ from node.sim.config import SimConfig
 from node.sim.factories import LearnerFactory, default_factory
 from node.sim.faults import FaultInjector
 from node.sim.secure import SecureNetwork
-from topology.graphs import graph_schedule
 from topology.schedule import MixingSchedule
 from topology.summary import TopologySummary, summarize
 
@@ -89,14 +88,7 @@ class Simulation:
         self.factory = factory if factory is not None else default_factory(config)
         self.on_progress = on_progress
         sim = config.sim
-        self.graphs = graph_schedule(
-            sim.topology,
-            nodes=config.nodes,
-            degree=sim.degree,
-            p=sim.p,
-            seed=sim.seed,
-            path=sim.topology_file,
-        )
+        self.graphs = config.graphs()
         if self.graphs[0].number_of_nodes() != config.nodes:
             raise ConfigError(
                 f"topology has {self.graphs[0].number_of_nodes()} nodes but "
