@@ -210,6 +210,30 @@ def test_frames_that_are_forged_or_from_outsiders_are_refused() -> None:
     assert session.furthest_round is None
 
 
+def test_one_neighbour_cannot_make_a_site_jump_ahead_but_a_threshold_of_them_can() -> None:
+    """A dishonest neighbour's signed frame of round 2**40 alone would move the site there,
+    write that round into its contribution guard and end its secure aggregation for good
+    (found by attacking the integration). The site jumps only to a round that a threshold of
+    its neighbours (3 of 4 here) have shown."""
+    from gossipmed.wire.update import MAX_ROUND
+
+    peers, sessions, _guards = _sites()
+    session = sessions["site-00"]
+    session.open(3)
+
+    def frame_from(sender: str, round: int) -> bytes:
+        sessions[sender].open(round)
+        frames = sessions[sender].begin(round, peers[sender].learner.get_state())
+        return next(data for recipient, data in frames if recipient == "site-00")
+
+    assert session.handle("site-01", frame_from("site-01", MAX_ROUND)) == []
+    assert session.furthest_round is None
+    session.handle("site-02", frame_from("site-02", 9))
+    assert session.furthest_round is None  # two neighbours ahead: below the threshold
+    session.handle("site-03", frame_from("site-03", 9))
+    assert session.furthest_round == 9  # three of four: the honest majority's round
+
+
 def test_the_driver_refuses_a_session_for_a_plain_peer() -> None:
     peers, sessions, _ = _sites()
     plain = Peer(

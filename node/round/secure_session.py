@@ -42,7 +42,7 @@ from gossipmed.mixing.secagg import (
     MessageLimits,
     instance_config,
 )
-from gossipmed.mixing.secagg.params import MAX_CONTRIBUTORS
+from gossipmed.mixing.secagg.params import MAX_CONTRIBUTORS, threshold_for
 from gossipmed.wire.update import MAX_ROUND
 from node.round.secure_frame import open_frame, seal_frame
 from node.round.secure_mix import SecureOutcome
@@ -110,7 +110,7 @@ class SecureSession:
         self._own: _Own | None = None
         self._contributors: dict[tuple[str, int], Contributor] = {}
         self._buffer: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
-        self.furthest_round: int | None = None
+        self._ahead: dict[str, int] = {}  # neighbour -> highest round its frames carried
         self.refused = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -152,6 +152,23 @@ class SecureSession:
         self.sign_keys = dict(sign_keys)
         self.schedule = schedule
         self._buffer.clear()
+        self._ahead.clear()  # a revoked member's claims no longer count
+
+    @property
+    def furthest_round(self) -> int | None:
+        """The highest round that at least a threshold of this site's neighbours have shown
+        in signed frames (None below that). One neighbour alone cannot make the site jump: a
+        frame of round 2**40 would otherwise move it there, write that round into its
+        contribution guard and end its secure aggregation for good. Fewer than a threshold
+        of neighbours ahead cannot aggregate with it anyway."""
+        with self._lock:
+            current = self._own.round if self._own is not None else 0
+            neighbours = self.schedule.neighbours(current, self.name)
+            quorum = threshold_for(max(len(neighbours), 1))
+            claims = sorted((self._ahead.get(n, -1) for n in neighbours), reverse=True)
+            if len(claims) < quorum or claims[quorum - 1] < 0:
+                return None
+            return claims[quorum - 1]
 
     # -- the round ------------------------------------------------------------------------
 
@@ -231,7 +248,7 @@ class SecureSession:
         own = self._own
         current = own.round if own is not None else -1
         if inst.round > current:
-            self.furthest_round = max(self.furthest_round or 0, inst.round)
+            self._ahead[sender] = max(self._ahead.get(sender, 0), inst.round)
             if inst.receiver == self.name:
                 frames = self._buffer[sender]
                 if len(frames) < MAX_BUFFERED_PER_SENDER:
