@@ -209,12 +209,15 @@ class Peer:
 
     # -- secure aggregation: the exchange runs outside, on masked messages --------------------
 
-    def secure_input(self, round: int) -> AdapterState:
+    def secure_input(self, round: int) -> AdapterState | None:
         """What this site contributes to its neighbours' secure exchanges of `round`: its
-        state after training (each contributor clips, weights and masks it itself)."""
+        state after a completed training step (each contributor clips, weights and masks it
+        itself), or None when this round trained nothing (off, budget spent, non-finite):
+        a training-free state is a public linear function of states already summed."""
         if not self.secure:
             raise GossipmedError(f"{self.name}: secure aggregation is off")
-        return self._require_work(round).state
+        work = self._require_work(round)
+        return work.state if work.trained else None
 
     def accept_secure(self, round: int, outcome: SecureOutcome) -> None:
         """The outcome of this site's own secure exchange of `round`, mixed by
