@@ -118,6 +118,11 @@ class Peer:
         self._inbox = Inbox(max_future_rounds=max_future_rounds)
         self._lock = threading.Lock()  # receive() may run while another thread trains
 
+    @property
+    def budget_spent(self) -> bool:
+        """Training was refused because the privacy budget is spent (sticky for this run)."""
+        return self._budget_spent
+
     def components(self) -> dict[str, Stateful]:
         """The parts whose state a checkpoint keeps (the sealer's goes inline)."""
         return {"encoder": self.encoder, "learner": self.learner}

@@ -369,6 +369,9 @@ class SecureSession:
             return SecureOutcome(
                 skipped=f"unfinished: {exc}", bytes_sent=sent, bytes_received=received
             )
+        dropped = sorted(set(own.aggregator.config.contributors) - set(result.contributors))
+        if dropped:  # silent (dead, spent, late): a dropout, not an offence
+            self._audit("secure_dropout", site=self.name, round=round, dropped=dropped)
         return SecureOutcome(result=result, bytes_sent=sent, bytes_received=received)
 
     def _require(self, round: int) -> _Own:
