@@ -217,8 +217,8 @@ class Roster:
         short = self.secagg_short_sites()
         if short:
             out.append(
-                f"secure aggregation needs at least {MIN_THRESHOLD} neighbours per site (a "
-                f"strict majority of them, never below {MIN_THRESHOLD}, must contribute); too "
+                f"secure aggregation needs at least {MIN_THRESHOLD} neighbours per site (more "
+                f"than half of them, never below {MIN_THRESHOLD}, must contribute); too "
                 f"few at: {', '.join(short)}"
             )
         return out
