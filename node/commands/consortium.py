@@ -151,9 +151,9 @@ def run_show(args: argparse.Namespace) -> int:
         from gossipmed.consortium.secure_margins import secure_margins
 
         doc = roster.to_mapping()
-        margins = secure_margins(roster)
-        if margins:
-            doc["secure_margins"] = [asdict(m) for m in margins]
+        listed = secure_margins(roster)
+        if listed:
+            doc["secure_margins"] = [asdict(m) for m in listed]
         print(json.dumps(doc))
         return 0
     from rich.console import Console
