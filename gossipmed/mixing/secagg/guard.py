@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gossipmed.errors import CheckpointError
+from gossipmed.errors import CheckpointError, ConfigError
 from gossipmed.mixing.secagg.errors import ReusedInstance, StaleState
 from gossipmed.mixing.secagg.params import MAX_ROUND, MAX_STEP, InstanceId, valid_name
 
@@ -49,7 +49,7 @@ class ContributionGuard:
         """A local training step for `round` completed: its state may be contributed once to
         each receiver of `round`. Only the code that trained may call this."""
         if type(round) is not int or not 0 <= round <= MAX_ROUND:
-            raise ReusedInstance(f"training round must be an int in [0, {MAX_ROUND}]")
+            raise ConfigError(f"training round must be an int in [0, {MAX_ROUND}]")
         self._fresh = (round, set())
 
     def fresh_for(self, round: int) -> bool:
