@@ -50,7 +50,7 @@ ROSTER = b"\x33" * 32
 RECEIVER = "hub"
 FP = FixedPoint()
 SCHEMA = {"x": (6,)}
-ALL_KEYS = {n: SigningKey.generate() for n in "bcdefg"}
+ALL_KEYS = {n: SigningKey.generate() for n in "bcdefgh"}
 
 
 class Hood:
