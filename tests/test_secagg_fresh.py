@@ -173,3 +173,12 @@ def test_a_session_without_a_trained_state_contributes_to_nobody_and_sums_nothin
     outcome = session.outcome(0)
     assert outcome.result is None and "training" in (outcome.skipped or "")
     assert session.guard.last(sorted(sessions)[1]) is None
+
+
+def test_a_round_plan_with_secure_aggregation_and_no_training_is_refused() -> None:
+    from gossipmed.errors import ConfigError
+    from node.round.builder import RoundPlan
+
+    with pytest.raises(ConfigError, match="needs training"):
+        RoundPlan(local_steps=1, gossip_steps=1, train=False, secure=True)
+    assert RoundPlan(local_steps=1, gossip_steps=1, train=False).train is False
