@@ -29,6 +29,7 @@ N = 5  # complete graph: 4 contributors per instance, threshold 3, one dropout t
 SPENT = "site-02"
 BUDGET_ROUNDS = 2  # SPENT's ledger allows two training rounds
 ROUNDS = 4
+TIMEOUT = 5.0  # a phase share of 1 s: a dropout costs one share per round
 
 
 class BudgetedLearner:
@@ -83,7 +84,7 @@ def _sites() -> tuple[dict[str, Peer], dict[str, SecureSession], dict[str, ListA
             schedule=schedule,
             schema={"x": (8,)},
             fixed_point=FixedPoint(),
-            timeout_s=1.0,
+            timeout_s=TIMEOUT,
             audit=audits[name].record,
         )
     return peers, sessions, audits
@@ -99,7 +100,7 @@ def test_a_spent_site_runs_no_further_rounds_and_its_neighbours_count_it_as_a_dr
         name: RoundDriver(
             peers[name],
             network.endpoint(name),
-            round_timeout_s=1.0,
+            round_timeout_s=TIMEOUT,
             retry_pause_s=0.05,
             secure=sessions[name],
         )
@@ -140,11 +141,26 @@ def test_a_spent_site_runs_no_further_rounds_and_its_neighbours_count_it_as_a_dr
     spent_events = [e["event"] for e in audits[SPENT].events]
     assert "secure_rounds_stopped" in spent_events
     assert not any(e == "secure_contribution_refused" for e in spent_events)
+    summed_without_it = 0
     for name in others_done:
         assert drivers[name].state.completed == ROUNDS
-        records = [e for e in audits[name].events if e.get("round", -1) > BUDGET_ROUNDS]
-        dropouts = [e for e in records if e["event"] == "secure_dropout"]
-        assert dropouts and all(e["dropped"] == [SPENT] for e in dropouts)
+        late = [e for e in audits[name].events if e.get("round", -1) >= BUDGET_ROUNDS]
+        sums = [e for e in late if e["event"] == "secure_exchange"]
+        dropouts = {e["round"]: e["dropped"] for e in late if e["event"] == "secure_dropout"}
+        for exchange in sums:  # every sum after the stop is without it, and says so
+            assert SPENT not in exchange["contributors"]
+            assert SPENT in dropouts[exchange["round"]]
+        summed_without_it += len(sums)
         offences = [e for e in audits[name].events if e.get("sender") == SPENT]
         assert offences == []  # never a refused frame, never named as an offender
         assert all(e["event"] != "mix_rolled_back" for e in audits[name].events)
+    assert summed_without_it >= len(others_done)  # the others went on summing without it
+
+
+def test_status_and_metrics_show_the_budget_spent_phase() -> None:
+    from node.daemon.control_routes import prometheus_text
+
+    page = prometheus_text({"site": SPENT, "phase": "budget_spent", "round": 3})
+    assert f'gossipmed_budget_spent{{site="{SPENT}"}} 1' in page
+    page = prometheus_text({"site": SPENT, "phase": "exchanging", "round": 3})
+    assert f'gossipmed_budget_spent{{site="{SPENT}"}} 0' in page
