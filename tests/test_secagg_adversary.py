@@ -50,7 +50,7 @@ ROSTER = b"\x33" * 32
 RECEIVER = "hub"
 FP = FixedPoint()
 SCHEMA = {"x": (6,)}
-ALL_KEYS = {n: SigningKey.generate() for n in "bcdefg"}
+ALL_KEYS = {n: SigningKey.generate() for n in "bcdefgh"}
 
 
 class Hood:
@@ -75,7 +75,7 @@ class Hood:
                 name=n,
                 signing_key=ALL_KEYS[n],
                 values=self.values[n],
-                guard=ContributionGuard(),
+                guard=ContributionGuard.after_training(round),
             )
             for n in self.names
         }
@@ -173,7 +173,7 @@ def _play_liar(
     return revealed, signed
 
 
-@pytest.mark.parametrize(("names", "threshold"), [("bcde", 3), ("bcdef", 3), ("bcdefg", 4)])
+@pytest.mark.parametrize(("names", "threshold"), [("bcde", 3), ("bcdef", 4), ("bcdefg", 4)])
 def test_a_lying_receiver_never_obtains_both_kinds_of_share_of_any_party(
     names: str, threshold: int
 ) -> None:
@@ -273,7 +273,7 @@ def test_misplaced_duplicate_foreign_and_misbound_messages_are_refused() -> None
     hood = Hood("bcde", 3)
     agg, inst = hood.agg, hood.config.instance
     advert = hood.clients["b"].advertise()
-    outsider = Hood("bcdef", 3).clients["f"].advertise()
+    outsider = Hood("bcdef", 4).clients["f"].advertise()
     other_round = Hood("bcde", 3, round=2).clients["c"].advertise()
     agg.receive("b", advert)
     cases: list[tuple[str, Message, type[Exception]]] = [
@@ -349,7 +349,7 @@ def test_a_contributor_checks_everything_the_receiver_relays() -> None:
     assert isinstance(roster, KeyRoster)
     entries = list(roster.entries)
     mine = next(e for e in entries if e.sender == "b")
-    outsider = Hood("bcdef", 3).clients["f"].advertise()
+    outsider = Hood("bcdef", 4).clients["f"].advertise()
     bad_rosters: list[tuple[str, Message, type[Exception]]] = [
         ("c", roster, WrongInstance),  # not from the receiver
         (RECEIVER, replace(roster, instance=replace(inst, round=9)), WrongInstance),
@@ -412,7 +412,7 @@ def _corrupt(u: UnmaskShares, party: str) -> UnmaskShares:
 
 
 def test_a_corrupted_unmask_share_is_outvoted_when_more_than_t_answer() -> None:
-    hood = Hood("bcdef", 3)
+    hood = Hood("bcdef", 4)
     unmask = hood.honest_until(Phase.UNMASK)
     unmask = [
         (j, _corrupt(m, "c") if j == "d" and isinstance(m, UnmaskShares) else m) for j, m in unmask

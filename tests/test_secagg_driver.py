@@ -49,8 +49,7 @@ def _sites(
             sealer=sealers[name],
             schedule=schedule,
             local_steps=1,
-            train=False,
-            secure=True,
+            secure=True,  # and training: a secure exchange needs a freshly trained state
         )
         guards[name] = ContributionGuard()
         sessions[name] = SecureSession(
@@ -146,8 +145,10 @@ def test_secure_rounds_over_the_driver_equal_the_plain_mix() -> None:
         for rec in recs
     )
     w = torch.tensor(mixing_matrix(nx.complete_graph(N)), dtype=torch.float64)
-    starts = QuadraticFactory(n_sites=N, seed=0, lr=0.1).starts.double()
-    expected = torch.linalg.matrix_power(w, 3) @ starts
+    factory = QuadraticFactory(n_sites=N, seed=0, lr=0.1)
+    expected, targets = factory.starts.double(), factory.targets.double()
+    for _ in range(3):  # one local step, then the weighted mix
+        expected = w @ (expected - 0.1 * (expected - targets))
     got = torch.stack([p.learner.get_state()["x"] for p in peers.values()]).double()
     assert torch.allclose(got, expected, atol=1e-5)
     assert all(g.last(r) == (2, 0) for n, g in guards.items() for r in peers if r != n)

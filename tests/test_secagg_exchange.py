@@ -218,9 +218,9 @@ def test_below_threshold_in_any_phase_skips_the_exchange_without_a_sum(phase: Ph
     assert sum(isinstance(r, AggregateResult) for r in results.values()) == len(results) - 1
 
 
-def test_threshold_defaults_to_a_strict_majority_and_at_least_three() -> None:
-    assert [threshold_for(n) for n in range(1, 11)] == [3, 3, 3, 3, 3, 4, 4, 5, 5, 6]
-    assert all(2 * threshold_for(n) > n for n in range(1, 200))
+def test_threshold_is_more_than_a_strict_majority_and_at_least_three() -> None:
+    assert [threshold_for(n) for n in range(1, 11)] == [3, 3, 3, 3, 4, 4, 5, 5, 6, 6]
+    assert all(2 * threshold_for(n) >= n + 2 for n in range(1, 200))
     assert threshold_for(4, minimum=4) == 4
     with pytest.raises(ConfigError):
         threshold_for(4, minimum=2)

@@ -115,7 +115,7 @@ def _run(config: InstanceConfig, x: float, tap: _Capture) -> AggregateResult | N
         signing_keys=KEYS,
         values=_values(x),
         tap=tap,
-        guards={n: ContributionGuard() for n in KEYS},
+        guards={n: ContributionGuard.after_training(config.instance.round) for n in KEYS},
     )
     return result if isinstance(result, AggregateResult) else None
 
@@ -296,12 +296,13 @@ def test_masks_never_repeat_across_exchanges_rounds_receivers_or_restarts() -> N
 
 def test_a_restarted_site_with_its_guard_refuses_to_contribute_again() -> None:
     config = _config(round=5)
-    guard = ContributionGuard()
+    guard = ContributionGuard.after_training(5)
     Contributor(
         config, name=TARGET, signing_key=KEYS[TARGET], values=_values(0.5)[TARGET], guard=guard
     )
     restored = ContributionGuard()
     restored.load_state_dict(guard.state_dict())  # what the checkpoint carried over
+    restored.note_trained(5)  # the restarted site trained round 5 again
     with pytest.raises(ReusedInstance):
         Contributor(
             config,
@@ -318,7 +319,7 @@ def test_a_restarted_site_with_its_guard_refuses_to_contribute_again() -> None:
 
 def test_a_refused_value_does_not_burn_the_exchange() -> None:
     config = _config(round=9)
-    guard = ContributionGuard()
+    guard = ContributionGuard.after_training(9)
     with pytest.raises(ValueError):
         Contributor(
             config, name=TARGET, signing_key=KEYS[TARGET], values={"w": torch.zeros(3)}, guard=guard

@@ -124,3 +124,27 @@ def test_the_sum_based_distance_is_the_distance_to_the_contributors_weighted_mea
     assert torch.allclose(mixed["w"], expected_mix, atol=1e-6)
     mean = others.mean(0)
     assert distance == pytest.approx(float(torch.linalg.vector_norm(values["s0"]["w"] - mean)))
+
+
+def test_secure_aggregation_without_training_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sums of training-free states reveal individual states across rounds (issue #20,
+    finding 3), so a simulation that never trains cannot use secure aggregation."""
+    mapping = {
+        "sim": {"problem": "quadratic", "topology": "complete", "train": False},
+        "data": {"n_sites": 6},
+        "consortium": {"gossip_steps": 1, "secure_aggregation": True},
+    }
+    with pytest.raises(ConfigError, match="training"):
+        sim_config_from_mapping(mapping)
+    args = ["simulate", "--problem", "quadratic", "--nodes", "6", "--topology", "complete"]
+    argv = [*args, "--secure-aggregation", "--no-train", "--out", str(tmp_path / "run")]
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "training" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

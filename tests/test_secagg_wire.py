@@ -74,7 +74,7 @@ def _honest_run() -> tuple[dict[str, Message], dict[str, Aggregator | Contributo
             name=n,
             signing_key=KEYS[n],
             values={"a": torch.ones(3, 2), "b": torch.zeros(5)},
-            guard=ContributionGuard(),
+            guard=ContributionGuard.after_training(CONFIG.instance.round),
         )
         for n in NAMES
     }

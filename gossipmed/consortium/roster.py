@@ -7,6 +7,9 @@ exactly the same membership, keys and edges. Revocation therefore produces a *ne
 What the hash covers: the format version, every member's name, peer ID, keys and revoked
 flag, the edge list, and the gossip settings every site must share (the `[gossip]` table:
 gossipmed.consortium.settings; a version-1 file has none and loads with the defaults).
+With secure aggregation on, the hash also covers the secure-aggregation protocol version
+(gossipmed.mixing.secagg.params.PROTOCOL_VERSION: threshold rule, fresh training only), so
+sites running different rules refuse each other; a roster without it hashes as before.
 Addresses and the `topology`/`created` labels are deliberately left out: addresses are
 routing hints that may change without invalidating in-flight updates.
 
@@ -44,7 +47,7 @@ from gossipmed.consortium.edges import normalise_edges, resolve_dialers
 from gossipmed.consortium.member import Member
 from gossipmed.consortium.settings import ConsortiumSettings
 from gossipmed.errors import ConfigError, RosterError
-from gossipmed.mixing.secagg.params import MIN_THRESHOLD, check_threshold
+from gossipmed.mixing.secagg.params import MIN_THRESHOLD, PROTOCOL_VERSION, check_threshold
 from gossipmed.toml_writer import toml_value
 
 ROSTER_VERSION = 3
@@ -127,6 +130,8 @@ class Roster:
         }
         if extended:
             canonical["dial"] = [list(d) for d in self.dial]
+        if self.settings.secure_aggregation:  # sites running other secagg rules disagree
+            canonical["secagg_protocol"] = PROTOCOL_VERSION
         blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.blake2b(
             blob.encode("ascii"), digest_size=ROSTER_HASH_BYTES, person=_HASH_PERSON
@@ -212,8 +217,8 @@ class Roster:
         short = self.secagg_short_sites()
         if short:
             out.append(
-                f"secure aggregation needs at least {MIN_THRESHOLD} neighbours per site (a "
-                f"strict majority of them, never below {MIN_THRESHOLD}, must contribute); too "
+                f"secure aggregation needs at least {MIN_THRESHOLD} neighbours per site (more "
+                f"than half of them, never below {MIN_THRESHOLD}, must contribute); too "
                 f"few at: {', '.join(short)}"
             )
         return out

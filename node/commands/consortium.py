@@ -146,7 +146,15 @@ def run_show(args: argparse.Namespace) -> int:
 
     roster = load_roster(args.file)
     if args.json:
-        print(json.dumps(roster.to_mapping()))
+        from dataclasses import asdict
+
+        from gossipmed.consortium.secure_margins import secure_margins
+
+        doc = roster.to_mapping()
+        listed = secure_margins(roster)
+        if listed:
+            doc["secure_margins"] = [asdict(m) for m in listed]
+        print(json.dumps(doc))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -163,17 +171,41 @@ def run_show(args: argparse.Namespace) -> int:
             f"secure aggregation: on (range {fp.range}, {fp.frac_bits} fraction bits, "
             f"mod 2^{fp.modulus_bits})"
         )
-    table = Table("name", "peer id", "status", "neighbours", "addrs")
+    from gossipmed.consortium.secure_margins import secure_margins, spent_neighbour_warnings
+
+    margins = {m.site: m for m in secure_margins(roster)}
+    columns = ["name", "peer id", "status", "neighbours", "addrs"]
+    if margins:
+        columns += ["threshold", "collusion", "dropouts"]
+    table = Table(*columns)
     for m in roster.members:
-        table.add_row(
+        row = [
             m.name,
             m.peer_id,
             "[red]revoked[/red]" if m.revoked else "active",
             ", ".join(roster.neighbours(m.name)),
             " ".join(m.addrs),
-        )
+        ]
+        if margins:
+            margin = margins.get(m.name)
+            row += (
+                [
+                    f"{margin.threshold} of {margin.neighbours}",
+                    str(margin.collusion),
+                    str(margin.dropouts),
+                ]
+                if margin is not None
+                else ["", "", ""]
+            )
+        table.add_row(*row)
     console.print(table)
-    _warn(roster.warnings())
+    if margins:
+        console.print(
+            "secure aggregation per site: threshold (contributors needed), collusion "
+            "(neighbours a lying receiver may have colluding without unmasking anyone), "
+            "dropouts (silent or spent neighbours tolerated)"
+        )
+    _warn(roster.warnings() + spent_neighbour_warnings(roster))
     return 0
 
 

@@ -17,7 +17,9 @@ def register(sub: Any) -> None:
             "neighbours over libp2p (Noise + yamux). Resumes from SITE_DIR/state after a "
             "crash; the privacy ledger is SITE_DIR/privacy/ledger.json. Status: `gossipmed "
             "status --site SITE_DIR`. Signals: SIGINT/SIGTERM stop it cleanly, SIGHUP reloads "
-            "the consortium file (revocations, addresses)."
+            "the consortium file (revocations, addresses). Under secure aggregation a site "
+            "whose privacy budget is spent runs no further rounds: status phase "
+            "budget_spent, and exit 0 when [daemon] rounds is set."
         ),
         epilog=(
             "Exit codes: 0 stopped (signal, or its rounds are done); 1 crashed while running "

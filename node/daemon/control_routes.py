@@ -171,6 +171,8 @@ def prometheus_text(status: Mapping[str, Any]) -> str:
     eps = status.get("epsilon") or {}
     gauge("gossipmed_epsilon_spent", "privacy budget spent (epsilon)", eps.get("spent"))
     gauge("gossipmed_epsilon_budget", "privacy budget (epsilon)", eps.get("budget"))
+    spent = status.get("phase") == "budget_spent"  # secure aggregation: no further rounds
+    gauge("gossipmed_budget_spent", "1 when the site has stopped with its budget spent", spent)
     traffic = status.get("bytes") or {}
     gauge("gossipmed_bytes_sent", "envelope bytes delivered", traffic.get("sent"))
     gauge("gossipmed_bytes_received", "envelope bytes accepted", traffic.get("received"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gossipmed.choice import build
-from gossipmed.errors import CheckpointError, GossipmedError
+from gossipmed.errors import CheckpointError, ConfigError, GossipmedError
 from gossipmed.learn.learner import Learner
 from gossipmed.metrics import MetricsWriter
 from gossipmed.mixing.drift import DRIFT
@@ -36,6 +36,13 @@ class RoundPlan:
     eval_every: int = 1
     total_rounds: int | None = None
     secure: bool = False  # secure aggregation (the consortium's): one exchange per round
+
+    def __post_init__(self) -> None:
+        if self.secure and not self.train:  # every secure round would leak or do nothing
+            raise ConfigError(
+                "secure aggregation needs training: sums of training-free states reveal "
+                "individual states across rounds"
+            )
 
 
 @dataclass(frozen=True)

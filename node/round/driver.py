@@ -184,6 +184,20 @@ class RoundDriver:
                 record.seconds,
             )
             r = record.round + 1
+            if self.secure is not None and self.peer.budget_spent:
+                await self._rest_spent(r, rounds=rounds)
+                return
+
+    async def _rest_spent(self, round: int, *, rounds: int) -> None:
+        """Under secure aggregation a site whose budget is spent runs no further rounds:
+        without training its state would be a public linear function of sums its neighbours
+        already hold, so it neither contributes nor aggregates (they count it as a dropout).
+        It keeps serving its status; with a planned number of rounds it stops (exit 0)."""
+        self.state.phase = "budget_spent"
+        self.peer.audit.record("secure_rounds_stopped", site=self.peer.name, round=round)
+        log.warning("privacy budget spent under secure aggregation: no further rounds")
+        if not rounds:
+            await trio.sleep_forever()
 
     async def run_round(self, round: int, *, timeout: float | None = None) -> RoundRecord:
         """Train, then `peer.gossip_steps` exchanges, each waiting up to the round timeout.

@@ -118,6 +118,11 @@ class Peer:
         self._inbox = Inbox(max_future_rounds=max_future_rounds)
         self._lock = threading.Lock()  # receive() may run while another thread trains
 
+    @property
+    def budget_spent(self) -> bool:
+        """Training was refused because the privacy budget is spent (sticky for this run)."""
+        return self._budget_spent
+
     def components(self) -> dict[str, Stateful]:
         """The parts whose state a checkpoint keeps (the sealer's goes inline)."""
         return {"encoder": self.encoder, "learner": self.learner}
@@ -209,12 +214,15 @@ class Peer:
 
     # -- secure aggregation: the exchange runs outside, on masked messages --------------------
 
-    def secure_input(self, round: int) -> AdapterState:
+    def secure_input(self, round: int) -> AdapterState | None:
         """What this site contributes to its neighbours' secure exchanges of `round`: its
-        state after training (each contributor clips, weights and masks it itself)."""
+        state after a completed training step (each contributor clips, weights and masks it
+        itself), or None when this round trained nothing (off, budget spent, non-finite):
+        a training-free state is a public linear function of states already summed."""
         if not self.secure:
             raise GossipmedError(f"{self.name}: secure aggregation is off")
-        return self._require_work(round).state
+        work = self._require_work(round)
+        return work.state if work.trained else None
 
     def accept_secure(self, round: int, outcome: SecureOutcome) -> None:
         """The outcome of this site's own secure exchange of `round`, mixed by

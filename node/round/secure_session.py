@@ -9,6 +9,11 @@ clock and sends what it returns. Per round r the site is
   after training, once the ContributionGuard that refuses a second contribution to the same
   instance has been persisted).
 
+Fresh training only: `begin` gets the state of a round whose local training step completed,
+or None. None contributes to nobody and gets no sum of its own (`outcome` is skipped): the
+guard's ticket for the round is issued only here, from a trained state, and both the
+contributions and the own aggregate need it (gossipmed.mixing.secagg.guard).
+
 Phases share the exchange's deadline: phase k of the own instance closes (Aggregator
 .deadline) at begin + (k + 1) x timeout / 5 if not every expected party has sent by then.
 Frames for a later round are buffered (a few per neighbour) and replayed when that round
@@ -50,6 +55,7 @@ from topology.schedule import MixingSchedule
 
 PHASES = 5
 MAX_BUFFERED_PER_SENDER = 4
+NOT_FRESH = "no local training step this round: no secure exchange without fresh training"
 Outbox = list[tuple[str, bytes]]
 T = TypeVar("T")
 
@@ -194,11 +200,18 @@ class SecureSession:
         return out
 
     @_locked
-    def begin(self, round: int, state: Mapping[str, torch.Tensor]) -> Outbox:
+    def begin(self, round: int, state: Mapping[str, torch.Tensor] | None) -> Outbox:
         """After training: contribute `state` to every neighbour's instance of `round`. The
-        guard is persisted before any advertisement leaves."""
+        guard is persisted before any advertisement leaves. `state` None (no training step
+        completed in `round`) contributes nothing, and the own instance yields no sum."""
         own = self._require(round)
         own.begun_at = self.clock()
+        if state is None:  # what the own instance has collected is dropped unread
+            if own.aggregator is not None:
+                own.aggregator, own.skipped = None, NOT_FRESH
+            self._audit("secure_not_fresh", site=self.name, round=round)
+            return []
+        self.guard.note_trained(round)
         created: dict[str, Contributor] = {}
         for receiver in sorted(self.schedule.neighbours(round, self.name)):
             try:
@@ -256,6 +269,8 @@ class SecureSession:
                 return []
         try:
             if inst.receiver == self.name:
+                if own is not None and inst.round == own.round and own.skipped == NOT_FRESH:
+                    return []  # this site did not train: its instance is closed, quietly
                 if own is None or own.aggregator is None or inst.round != own.round:
                     raise GossipmedError(f"no open own instance for round {inst.round}")
                 relayed = own.aggregator.receive(sender, message)
@@ -342,6 +357,8 @@ class SecureSession:
         self.bytes_sent = self.bytes_received = 0
         if own.aggregator is None:
             return SecureOutcome(skipped=own.skipped, bytes_sent=sent, bytes_received=received)
+        if not self.guard.fresh_for(round):
+            return SecureOutcome(skipped=NOT_FRESH, bytes_sent=sent, bytes_received=received)
         try:
             result = own.aggregator.result()
         except ExchangeAborted as exc:
@@ -352,6 +369,9 @@ class SecureSession:
             return SecureOutcome(
                 skipped=f"unfinished: {exc}", bytes_sent=sent, bytes_received=received
             )
+        dropped = sorted(set(own.aggregator.config.contributors) - set(result.contributors))
+        if dropped:  # silent (dead, spent, late): a dropout, not an offence
+            self._audit("secure_dropout", site=self.name, round=round, dropped=dropped)
         return SecureOutcome(result=result, bytes_sent=sent, bytes_received=received)
 
     def _require(self, round: int) -> _Own:

@@ -118,6 +118,11 @@ class SimConfig:
                 "secure_aggregation with a simulated [attack] is not supported: the attacks "
                 "forge sealed updates, which secure aggregation does not send"
             )
+        if self.consortium.secure_aggregation and not self.sim.train:
+            raise ConfigError(
+                "secure_aggregation needs training (no --no-train / train = false): sums of "
+                "training-free states reveal individual states across rounds"
+            )
 
     @property
     def nodes(self) -> int:

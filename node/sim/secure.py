@@ -8,7 +8,9 @@ to protocol drops:
 - a dropped or late update becomes a contributor that shared its keys and then went silent
   before its masked input (silent from Phase.MASK), so its pairwise masks are rebuilt from
   the survivors' shares: the unmask phase's reconstruction path;
-- a site whose state is not finite (or that would reuse an instance) does not contribute.
+- a site whose state is not finite (or that would reuse an instance) does not contribute;
+- a site that completed no training step this round (state None) neither contributes nor
+  aggregates: the same ContributionGuard ticket as the daemon's (fresh training only).
 
 A receiver whose instance ends below the threshold (or with a sum out of range) gets no sum:
 its exchange is skipped, audited, and it keeps its own state. Bytes are the protocol
@@ -40,6 +42,7 @@ from gossipmed.mixing.secagg import (
     instance_config,
 )
 from node.round.secure_mix import SecureOutcome
+from node.round.secure_session import NOT_FRESH
 from topology.schedule import MixingSchedule
 
 Drop = Callable[[str, str], bool]
@@ -66,19 +69,29 @@ class SecureNetwork:
         *,
         round: int,
         schedule: MixingSchedule,
-        states: Mapping[str, Mapping[str, torch.Tensor]],
+        states: Mapping[str, Mapping[str, torch.Tensor] | None],
         dropped: Drop,
         audit: Callable[..., None],
     ) -> dict[str, SecureOutcome]:
-        """One exchange of `round` among the sites in `states` (the online ones); returns
-        each online site's outcome as a receiver, with its bytes over all instances."""
+        """One exchange of `round` among the sites in `states` (the online ones, None for a
+        site that trained nothing this round); returns each online site's outcome as a
+        receiver, with its bytes over all instances."""
         sent = dict.fromkeys(states, 0)
         received = dict.fromkeys(states, 0)
         public = {s: bytes(k.verify_key) for s, k in self.keys.items()}
-        first = next(iter(states.values()))
-        schema = {name: tuple(t.shape) for name, t in first.items()}
+        fresh = {s: v for s, v in states.items() if v is not None}
+        for s in fresh:
+            self.guards[s].note_trained(round)
         outcomes: dict[str, SecureOutcome] = {}
+        schema = (
+            {name: tuple(t.shape) for name, t in next(iter(fresh.values())).items()}
+            if fresh
+            else {}
+        )
         for receiver in sorted(states):
+            if not self.guards[receiver].fresh_for(round):
+                outcomes[receiver] = SecureOutcome(skipped=NOT_FRESH)
+                continue
             started = time.perf_counter()
             neighbours = sorted(schedule.neighbours(round, receiver))
             row = schedule.row(round, receiver)
@@ -99,7 +112,7 @@ class SecureNetwork:
             silent: dict[str, Phase] = {}
             clients: dict[str, Contributor] = {}
             for j in config.contributors:
-                if j not in states:
+                if j not in fresh:
                     silent[j] = Phase.ADVERTISE
                     continue
                 try:
@@ -107,7 +120,7 @@ class SecureNetwork:
                         config,
                         name=j,
                         signing_key=self.keys[j],
-                        values=states[j],
+                        values=fresh[j],
                         guard=self.guards[j],
                     )
                 except GossipmedError as exc:

@@ -13,7 +13,8 @@ The integration (node/) owns transport, deadlines and persistence; it uses:
 - `InstanceConfig` / `InstanceId` / `FixedPoint` / `threshold_for` / `check_threshold`;
 - `Contributor` (one per neighbour's exchange) and `Aggregator` (one per own exchange),
   driven by `handle()` / `receive()` / `deadline()`, messages via `decode_message`;
-- `ContributionGuard`, persisted, so a restarted site never contributes twice to one exchange;
+- `ContributionGuard`, persisted, so a restarted site never contributes twice to one exchange,
+  and never contributes a state without a local training step since its last contribution;
 - `run_graph_exchange` / `run_instance`, an in-memory harness with injectable drops.
 """
 
@@ -33,6 +34,7 @@ from gossipmed.mixing.secagg.errors import (
     ProtocolViolation,
     ReconstructionFailed,
     ReusedInstance,
+    StaleState,
     SumOutOfRange,
     WrongInstance,
 )
@@ -96,6 +98,7 @@ __all__ = [
     "ReusedInstance",
     "SharedKeys",
     "SignedSurvivors",
+    "StaleState",
     "SumOutOfRange",
     "SurvivorList",
     "UnmaskShares",

@@ -56,6 +56,11 @@ class ReusedInstance(SecAggError):
     """A contributor was asked to contribute again to an exchange it already started."""
 
 
+class StaleState(ReusedInstance):
+    """A contribution without a completed local training step since the last one to the same
+    receiver: sums of training-free states leak individual states across rounds."""
+
+
 class ExchangeAborted(SecAggError):
     """The exchange ends without a sum; the receiver mixes without its neighbours this time."""
 

@@ -86,7 +86,7 @@ def run_instance(
             name=j,
             signing_key=signing_keys[j],
             values=values[j],
-            guard=(guards or {}).get(j) or ContributionGuard(),
+            guard=(guards or {}).get(j) or ContributionGuard.after_training(config.instance.round),
         )
         for j in config.contributors
     }

@@ -49,18 +49,40 @@ def valid_name(name: object) -> bool:
     return isinstance(name, str) and _NAME_RE.match(name) is not None
 
 
-def threshold_for(contributors: int, *, minimum: int = MIN_THRESHOLD) -> int:
-    """The default threshold: a strict majority of the neighbourhood, and never below 3.
+PROTOCOL_VERSION = 2
+"""The secure-aggregation rules a site runs (threshold rule, fresh-training-only); it enters
+the consortium hash when secure aggregation is on, so sites running different rules refuse
+each other's envelopes and frames. 1: t = max(3, n // 2 + 1); 2: t = max(3, (n + 1) // 2 + 1)
+and contributions only after fresh training."""
 
-    A strict majority is what makes a lying receiver harmless: every honest contributor
-    signs one dropout list, so two different lists cannot both collect a majority of
-    signatures, and shares are only revealed against a list with `t` signatures. It tolerates
-    n - t dropouts (1 of 4, 2 of 5 or 6, 3 of 8). It exceeds n (the neighbourhood cannot run
-    secure aggregation) exactly when n < max(3, minimum).
+
+def threshold_for(contributors: int, *, minimum: int = MIN_THRESHOLD) -> int:
+    """The default threshold: t = max(3, (n + 1) // 2 + 1), so that 2t >= n + 2 at every n.
+
+    A lying receiver unmasks a victim by getting two survivor lists signed, one with the
+    victim (its self-mask shares) and one without (its mask-key shares); shares are revealed
+    only against a list with `t` signatures, and every honest contributor signs one list. With
+    c colluding contributors both lists need t signatures: 2(t - c) <= n - c, so the attack
+    needs c >= 2t - n; and c >= t could reconstruct outright. The rule keeps 2t - n >= 2, so
+    every allowed degree tolerates at least one colluder (`tolerated_collusion`); a strict
+    majority alone (n // 2 + 1) tolerates none at odd n >= 5. It tolerates n - t dropouts
+    (1 of 4 or 5, 2 of 6 or 7, 3 of 8). It exceeds n (the neighbourhood cannot run secure
+    aggregation) exactly when n < max(3, minimum).
     """
     if minimum < MIN_THRESHOLD:
         raise ConfigError(f"the secure-aggregation threshold is at least {MIN_THRESHOLD}")
-    return max(minimum, contributors // 2 + 1)
+    return max(minimum, (contributors + 1) // 2 + 1)
+
+
+def tolerated_collusion(contributors: int, threshold: int) -> int:
+    """How many contributors may collude with a lying receiver without unmasking an honest
+    contributor's input: fewer than 2t - n (two signed lists) and fewer than t (the shares)."""
+    return max(0, min(threshold - 1, 2 * threshold - contributors - 1))
+
+
+def tolerated_dropouts(contributors: int, threshold: int) -> int:
+    """How many contributors may drop out and the receiver still get a sum."""
+    return max(0, contributors - threshold)
 
 
 def check_threshold(
@@ -226,9 +248,10 @@ class InstanceConfig:
         if not 0 < coords <= MAX_COORDS:
             raise ConfigError(f"the schema must hold 1 to {MAX_COORDS} values")
         t = self.threshold
-        if type(t) is not int or not MIN_THRESHOLD <= t <= len(names) or 2 * t <= len(names):
+        if type(t) is not int or not MIN_THRESHOLD <= t <= len(names) or 2 * t < len(names) + 2:
             raise ConfigError(
-                f"threshold {t!r} must be an int with {MIN_THRESHOLD} <= t <= n and 2t > n "
+                f"threshold {t!r} must be an int with {MIN_THRESHOLD} <= t <= n and 2t >= n + 2, "
+                f"so that a lying receiver with one colluder cannot unmask anyone "
                 f"(n = {len(names)} contributors)"
             )
         object.__setattr__(self, "weights", {n: float(weights[n]) for n in names})
