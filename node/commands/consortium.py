@@ -158,10 +158,9 @@ def run_show(args: argparse.Namespace) -> int:
     steps = "auto" if gossip.gossip_steps == 0 else str(gossip.gossip_steps)
     console.print(f"gossip: {steps} exchanges per round, {gossip.mixing} mixing weights")
     if gossip.secure_aggregation:
-        fp = gossip.fixed_point
         console.print(
-            f"secure aggregation: on (range {fp.range}, {fp.frac_bits} fraction bits, "
-            f"mod 2^{fp.modulus_bits})"
+            f"secure aggregation: on (norm envelope: RMS {gossip.secagg_rms} per coordinate; "
+            f"one contributor can move a sum anywhere within W x that envelope)"
         )
     table = Table("name", "peer id", "status", "neighbours", "addrs")
     for m in roster.members:

@@ -11,7 +11,9 @@ to protocol drops:
 - a site whose state is not finite (or that would reuse an instance) does not contribute.
 
 A receiver whose instance ends below the threshold (or with a sum out of range) gets no sum:
-its exchange is skipped, audited, and it keeps its own state. Bytes are the protocol
+its exchange is skipped, audited, and it keeps its own state. A receiver whose sums fail the
+public bounds searches for the contributor responsible, one exclusion per exchange
+(gossipmed.mixing.secagg.suspects), and audits the one it names. Bytes are the protocol
 messages' encodings (no envelope framing), counted for their sender and their recipient.
 """
 
@@ -39,6 +41,8 @@ from gossipmed.mixing.secagg import (
     decode_message,
     instance_config,
 )
+from gossipmed.mixing.secagg.envelope import NormEnvelope, resolve
+from gossipmed.mixing.secagg.suspects import SuspectSearch, Verdict
 from node.round.secure_mix import SecureOutcome
 from topology.schedule import MixingSchedule
 
@@ -52,9 +56,10 @@ class SecureNetwork:
 
     sites: tuple[str, ...]
     roster_hash: bytes
-    fixed_point: FixedPoint
+    fixed_point: FixedPoint | NormEnvelope
     keys: dict[str, SigningKey] = field(default_factory=dict)
     guards: dict[str, ContributionGuard] = field(default_factory=dict)
+    searches: dict[str, SuspectSearch] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for s in self.sites:  # keys from the OS CSPRNG, as a real site's
@@ -77,6 +82,7 @@ class SecureNetwork:
         public = {s: bytes(k.verify_key) for s, k in self.keys.items()}
         first = next(iter(states.values()))
         schema = {name: tuple(t.shape) for name, t in first.items()}
+        fixed_point = resolve(self.fixed_point, sum(t.numel() for t in first.values()))
         outcomes: dict[str, SecureOutcome] = {}
         for receiver in sorted(states):
             started = time.perf_counter()
@@ -91,7 +97,7 @@ class SecureNetwork:
                     schema=schema,
                     roster_hash=self.roster_hash,
                     round=round,
-                    fixed_point=self.fixed_point,
+                    fixed_point=fixed_point,
                 )
             except GossipmedError as exc:
                 outcomes[receiver] = SecureOutcome(skipped=f"no instance: {exc}")
@@ -116,7 +122,10 @@ class SecureNetwork:
                     continue
                 if dropped(j, receiver):
                     silent[j] = Phase.MASK
-            result = _drive(config, clients, silent, sent=sent, received=received)
+            search = self.searches.setdefault(receiver, SuspectSearch())
+            exclude = search.exclusion(config.contributors, config.threshold)
+            result = _drive(config, clients, silent, exclude=exclude, sent=sent, received=received)
+            _audit_verdict(search.record(result), audit, receiver=receiver, round=round)
             seconds = time.perf_counter() - started
             if isinstance(result, ExchangeAborted):
                 outcomes[receiver] = SecureOutcome(
@@ -136,19 +145,32 @@ class SecureNetwork:
         }
 
 
+def _audit_verdict(
+    verdict: Verdict, audit: Callable[..., None], *, receiver: str, round: int
+) -> None:
+    if verdict.excluded is not None:
+        audit("secure_suspect_excluded", site=receiver, round=round, suspect=verdict.excluded)
+    if verdict.named is not None:
+        audit("secure_offender_named", site=receiver, round=round, offender=verdict.named)
+    if verdict.cleared is not None:
+        audit("secure_offender_cleared", site=receiver, round=round, offender=verdict.cleared)
+
+
 def _drive(
     config: InstanceConfig,
     clients: Mapping[str, Contributor],
     silent: Mapping[str, Phase],
     *,
+    exclude: frozenset[str] = frozenset(),
     sent: dict[str, int],
     received: dict[str, int],
 ) -> AggregateResult | ExchangeAborted:
     """One receiver's instance, every message through bytes; like
-    gossipmed.mixing.secagg.run_instance, with byte counts and contributors built outside."""
+    gossipmed.mixing.secagg.run_instance, with byte counts and contributors built outside.
+    A message the receiver refuses (an excluded contributor's masked input) is dropped."""
     limits = MessageLimits.of(config)
     receiver = config.instance.receiver
-    agg = Aggregator(config)
+    agg = Aggregator(config, exclude=exclude)
 
     def wire(sender: str, recipient: str, message: Message) -> Message:
         data = message.to_bytes()
@@ -166,7 +188,10 @@ def _drive(
     while not agg.finished:
         relayed: list[tuple[str, Message]] = []
         for sender, message in outbox:
-            relayed += agg.receive(sender, wire(sender, receiver, message))
+            try:
+                relayed += agg.receive(sender, wire(sender, receiver, message))
+            except GossipmedError:
+                continue
         if not relayed and not agg.finished:
             relayed = agg.deadline()
         outbox = []
