@@ -153,6 +153,11 @@ def _play_liar(
     inst, clients = hood.config.instance, hood.clients
     signed: dict[tuple[str, ...], dict[str, bytes]] = {}
     for n, survivors in told.items():
+        if n not in survivors:  # a client left out of its list stops: it signs nothing
+            with pytest.raises(DeclaredDropped):
+                clients[n].handle(RECEIVER, SurvivorList(inst, survivors))
+            assert clients[n].finished
+            continue
         reply = clients[n].handle(RECEIVER, SurvivorList(inst, survivors))
         assert isinstance(reply, ListSignature)
         signed.setdefault(survivors, {})[n] = reply.signature

@@ -52,5 +52,5 @@ def check_secure_gossip(settings: ConsortiumSettings, gossip: GossipConfig) -> N
     if codec not in SECURE_CODECS:
         raise ConfigError(
             f"secure_aggregation cannot use codec {codec!r}: masked inputs use the "
-            f"consortium's fixed-point encoding (32-bit words), not a codec (use 'raw')"
+            f"consortium's fixed-point encoding, not a codec (use 'raw': 32-bit words)"
         )

@@ -40,6 +40,7 @@ from gossipmed.mixing.secagg import (
     Aggregator,
     ContributionGuard,
     Contributor,
+    DeclaredDropped,
     ExchangeAborted,
     FixedPoint,
     InstanceConfig,
@@ -278,6 +279,11 @@ class SecureSession:
                 raise GossipmedError(f"not contributing to {sender!r} round {inst.round}")
             reply = contributor.handle(sender, message)
             return [self._frame(sender, reply)]
+        except DeclaredDropped as exc:  # the receiver excluded this contribution: it is over
+            self._audit(
+                "secure_contribution_excluded", site=self.name, receiver=sender, reason=str(exc)
+            )
+            return []
         except GossipmedError as exc:
             return self._refuse(sender, str(exc))
 

@@ -240,7 +240,9 @@ class Aggregator:
             ]
         elif self.phase == Phase.MASK:
             self._survivors = tuple(sorted(got))
-            out = [(j, SurvivorList(inst, self._survivors)) for j in self._survivors]
+            # the excluded are told at once, so they stop waiting (they reveal nothing)
+            told = sorted(set(self._survivors) | (self.excluded & set(self._sent[Phase.SHARE])))
+            out = [(j, SurvivorList(inst, self._survivors)) for j in told]
         elif self.phase == Phase.CONSISTENCY:
             sigs = {j: m.signature for j, m in sorted(got.items()) if isinstance(m, ListSignature)}
             out = [(j, SignedSurvivors(inst, self._survivors, sigs)) for j in sorted(got)]
