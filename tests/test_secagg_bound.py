@@ -325,3 +325,19 @@ def test_without_bound_failures_nobody_is_excluded(outcomes: list[str], n: int) 
         assert search.exclusion(names, 3) == frozenset()
         search.record(object() if o == "pass" else BelowThreshold("dropouts"))
     assert search.named is None
+
+
+def test_a_wrong_name_is_withdrawn_when_sums_fail_without_it() -> None:
+    """An intermittent offender can get an honest contributor named; once the sums fail with
+    that one excluded, the name is withdrawn and the search moves on to the others."""
+    from gossipmed.mixing.secagg.suspects import SuspectSearch
+
+    names, search = ["a", "b", "c", "d"], SuspectSearch()
+    search.exclusion(names, 3)
+    search.record(SumOutOfRange("d attacks"))
+    assert search.exclusion(names, 3) == {"a"}
+    assert search.record(object()).named == "a"  # d paused: a is wrongly named
+    assert search.exclusion(names, 3) == {"a"}
+    assert search.record(SumOutOfRange("d attacks again")).cleared == "a"
+    assert search.named is None
+    assert search.exclusion(names, 3) == {"b"}
