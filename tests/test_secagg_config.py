@@ -142,3 +142,7 @@ def test_consortium_build_cli_refuses_a_ring_and_writes_a_regular_graph(
     assert main(["consortium", "build", *cards, *regular, "--out", str(out)]) == 0
     settings = load_roster(out).settings
     assert settings.secure_aggregation and settings.gossip_steps == 1
+    assert settings.secagg_rms == 4.0  # the documented default envelope
+    envelope = ["--secagg-rms", "0.05", "--force", "--out", str(out)]
+    assert main(["consortium", "build", *cards, *regular, *envelope]) == 0
+    assert load_roster(out).settings.secagg_rms == 0.05
