@@ -37,22 +37,21 @@ def test_secure_aggregation_forces_one_exchange_per_round() -> None:
         ConsortiumSettings(secure_aggregation=True, gossip_steps=3)
 
 
-def test_fixed_point_parameters_are_validated_and_only_apply_when_on() -> None:
-    fp = ConsortiumSettings(
-        secure_aggregation=True, secagg_range=8, secagg_frac_bits=16, secagg_modulus_bits=32
-    ).fixed_point
-    assert (fp.range, fp.frac_bits, fp.modulus_bits) == (8.0, 16, 32)
-    with pytest.raises(ConfigError, match=r"secure aggregation: .*too large"):
-        ConsortiumSettings(secure_aggregation=True, secagg_modulus_bits=32)  # 2^32 frac bits
-    with pytest.raises(ConfigError, match="secagg_range only apply"):
-        ConsortiumSettings(secagg_range=4.0)
+def test_the_norm_envelope_is_validated_and_only_applies_when_on() -> None:
+    fp = ConsortiumSettings(secure_aggregation=True, secagg_rms=0.5).envelope.fixed_point(100)
+    assert (fp.l2, fp.range, fp.modulus_bits) == (5.0, 5.0, 32)  # l2 = rho sqrt(d) < 16 rho
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ConfigError, match=r"secure aggregation: secagg_rms"):
+            ConsortiumSettings(secure_aggregation=True, secagg_rms=bad)
+    with pytest.raises(ConfigError, match="secagg_rms only apply"):
+        ConsortiumSettings(secagg_rms=1.0)
     with pytest.raises(ConfigError, match="true or false"):
         ConsortiumSettings(secure_aggregation=1)  # type: ignore[arg-type]
 
 
 def test_the_setting_enters_the_hash_only_when_on(tmp_path: Path) -> None:
     """Files written before the option existed keep their hash; turning it on (or changing
-    the fixed point) changes the hash, so differently configured sites refuse each other."""
+    the norm envelope) changes the hash, so differently configured sites refuse each other."""
     names = "abcde"
     members = tuple(member(n) for n in names)
     edges = tuple((a, b) for i, a in enumerate(names) for b in names[i + 1 :])
@@ -60,7 +59,7 @@ def test_the_setting_enters_the_hash_only_when_on(tmp_path: Path) -> None:
     assert "secure_aggregation" not in base.settings.to_mapping()
     on = dataclasses.replace(base, settings=SECURE)
     coarse = dataclasses.replace(
-        base, settings=ConsortiumSettings(secure_aggregation=True, secagg_frac_bits=24)
+        base, settings=ConsortiumSettings(secure_aggregation=True, secagg_rms=0.25)
     )
     assert len({base.hash, on.hash, coarse.hash}) == 3
     path = tmp_path / "c.toml"
@@ -143,3 +142,7 @@ def test_consortium_build_cli_refuses_a_ring_and_writes_a_regular_graph(
     assert main(["consortium", "build", *cards, *regular, "--out", str(out)]) == 0
     settings = load_roster(out).settings
     assert settings.secure_aggregation and settings.gossip_steps == 1
+    assert settings.secagg_rms == 4.0  # the documented default envelope
+    envelope = ["--secagg-rms", "0.05", "--force", "--out", str(out)]
+    assert main(["consortium", "build", *cards, *regular, *envelope]) == 0
+    assert load_roster(out).settings.secagg_rms == 0.05

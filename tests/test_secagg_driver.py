@@ -307,3 +307,41 @@ def test_a_secure_site_never_opens_an_individual_update() -> None:
     sealed = plain.outgoing(0)["site-00"]
     assert receiver.receive(sealed) is False
     assert receiver.rejected == 1 and receiver.heard(0) == set()
+
+
+def test_the_daemon_names_a_contributor_that_keeps_sending_random_words() -> None:
+    """Over the real driver and transport: every honest receiver of a neighbour that masks
+    random words (whose sums fail SumOutOfRange) names it within n + 1 rounds, by excluding
+    one suspect per round, and its last round sums the others again."""
+    import numpy as np
+    import pytest
+
+    from gossipmed.mixing.secagg import Contributor
+
+    attacker = "site-03"
+    honest = Contributor._on_forwarded
+
+    def forwarded(self: Contributor, msg: object) -> object:
+        if self.name == attacker:
+            fp = self.config.fixed_point
+            raw = np.random.default_rng(5).bytes(self.config.masked_bytes)
+            self._encoded = np.frombuffer(raw, dtype=fp.word).astype(fp.word.newbyteorder("="))
+        return honest(self, msg)  # type: ignore[arg-type]
+
+    peers, sessions, _ = _sites()
+    events: dict[str, list[tuple[str, dict[str, object]]]] = {n: [] for n in sessions}
+    for name, session in sessions.items():
+        session._audit = lambda event, _n=name, **fields: events[_n].append((event, fields))
+    network = MemoryNetwork()
+    transports: dict[str, object] = {n: network.endpoint(n) for n in peers}
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Contributor, "_on_forwarded", forwarded)
+        records = _run(peers, sessions, transports, rounds=N + 1)
+    for name in sessions:
+        if name == attacker:
+            continue
+        named = [f for e, f in events[name] if e == "secure_offender_named"]
+        assert named and named[0]["offender"] == attacker
+        assert int(str(named[0]["round"])) <= N - 1  # n + 1 = N exchanges: rounds 0..N-1
+        last = records[name][-1]
+        assert last.secure_skipped is None and last.secure_contributors == N - 2

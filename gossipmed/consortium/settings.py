@@ -14,10 +14,12 @@ from its `[consortium]` table.
                    (gossipmed.mixing.secagg); forces one exchange per round (gossip_steps 0
                    resolves to 1, any other value is refused: several exchanges of the same
                    round-start states are public linear maps that reveal individual states)
-    secagg_range, secagg_frac_bits, secagg_modulus_bits
-                   its public fixed-point encoding (gossipmed.mixing.secagg.FixedPoint):
-                   values are clipped to [-range, range], scaled by 2**frac_bits, summed mod
-                   2**modulus_bits; only meaningful (and only written) when it is on
+    secagg_rms     the public norm envelope: the largest RMS per coordinate one contribution
+                   carries (a larger state is scaled down to it). The fixed-point encoding
+                   follows from it and the adapter's size by a public formula
+                   (gossipmed.mixing.secagg.envelope): L2 clip rho * sqrt(d), coordinate
+                   clip min(that, 16 rho), 32-bit words; the receiver checks its sum against
+                   W * both. Only meaningful (and only written) when secure aggregation is on
 
 The secure-aggregation keys enter the mapping (and so the roster hash) only when it is on, so
 the hash of every consortium file written before they existed is unchanged.
@@ -30,15 +32,18 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from gossipmed.errors import ConfigError
-from gossipmed.mixing.secagg.params import FixedPoint
+from gossipmed.mixing.secagg.envelope import NormEnvelope
 from gossipmed.wire.update import MAX_STEPS_PER_ROUND
 from topology.mixing import DEFAULT_RULE as DEFAULT_MIXING
 from topology.mixing import RULES as MIXING_RULES
 from topology.spectral import gossip_steps_for
 
 AUTO_GOSSIP_STEPS = 0
-_SECAGG_KEYS = ("secagg_range", "secagg_frac_bits", "secagg_modulus_bits")
-_DEFAULT_FIXED_POINT = FixedPoint()
+_SECAGG_KEYS = ("secagg_rms",)
+DEFAULT_SECAGG_RMS = 4.0
+"""Loose enough for the simulator's quadratic states (RMS about 1); a LoRA consortium
+should set it near its adapters' scale (a few times their RMS), which is what bounds a
+dishonest contributor."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,7 @@ class ConsortiumSettings:
     gossip_steps: int = AUTO_GOSSIP_STEPS
     mixing: str = DEFAULT_MIXING
     secure_aggregation: bool = False
-    secagg_range: float = _DEFAULT_FIXED_POINT.range
-    secagg_frac_bits: int = _DEFAULT_FIXED_POINT.frac_bits
-    secagg_modulus_bits: int = _DEFAULT_FIXED_POINT.modulus_bits
+    secagg_rms: float = DEFAULT_SECAGG_RMS
 
     def __post_init__(self) -> None:
         if type(self.gossip_steps) is not int or not (
@@ -59,9 +62,7 @@ class ConsortiumSettings:
             raise ConfigError(f"mixing must be one of {', '.join(MIXING_RULES)}")
         if type(self.secure_aggregation) is not bool:
             raise ConfigError("secure_aggregation must be true or false")
-        if isinstance(self.secagg_range, bool):
-            raise ConfigError("secagg_range must be a number")
-        self.fixed_point  # noqa: B018  (validated here, built where it is used)
+        self.envelope  # noqa: B018  (validated here, built where it is used)
         if not self.secure_aggregation:
             defaults = [
                 k for k in _SECAGG_KEYS if getattr(self, k) != getattr(ConsortiumSettings, k)
@@ -78,16 +79,13 @@ class ConsortiumSettings:
                 f"states reveal individual states"
             )
         object.__setattr__(self, "gossip_steps", 1)
-        object.__setattr__(self, "secagg_range", float(self.secagg_range))
+        object.__setattr__(self, "secagg_rms", float(self.secagg_rms))
 
     @property
-    def fixed_point(self) -> FixedPoint:
+    def envelope(self) -> NormEnvelope:
+        """The public norm envelope; `.fixed_point(coords)` is the exchange's encoding."""
         try:
-            return FixedPoint(
-                range=float(self.secagg_range),
-                frac_bits=self.secagg_frac_bits,
-                modulus_bits=self.secagg_modulus_bits,
-            )
+            return NormEnvelope(self.secagg_rms)
         except ConfigError as exc:
             raise ConfigError(f"secure aggregation: {exc}") from None
 
@@ -111,9 +109,7 @@ class ConsortiumSettings:
         out: dict[str, Any] = {"gossip_steps": self.gossip_steps, "mixing": self.mixing}
         if self.secure_aggregation:
             out["secure_aggregation"] = True
-            out["secagg_range"] = float(self.secagg_range)
-            out["secagg_frac_bits"] = self.secagg_frac_bits
-            out["secagg_modulus_bits"] = self.secagg_modulus_bits
+            out["secagg_rms"] = float(self.secagg_rms)
         return out
 
 

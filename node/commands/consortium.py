@@ -62,7 +62,14 @@ def register(sub: Any) -> None:
         "--secure-aggregation",
         action="store_true",
         help="each site learns only the weighted sum of its neighbours' states (one exchange "
-        "per round; needs at least 3 neighbours per site; default fixed point)",
+        "per round; needs at least 3 neighbours per site)",
+    )
+    b.add_argument(
+        "--secagg-rms",
+        type=float,
+        help="with --secure-aggregation: the public norm envelope, the largest RMS per "
+        "coordinate one contribution carries (default 4.0; set it near your adapters' scale: "
+        "it bounds what one dishonest contributor can do to a receiver)",
     )
     b.add_argument("--out", type=Path, required=True, help="roster file to write")
     b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -120,6 +127,7 @@ def run_build(args: argparse.Namespace) -> int:
         gossip_steps=args.gossip_steps if args.gossip_steps is not None else 0,
         mixing=args.mixing or ConsortiumSettings().mixing,
         secure_aggregation=args.secure_aggregation,
+        **({"secagg_rms": args.secagg_rms} if args.secagg_rms is not None else {}),
     )
     roster = build_consortium(
         [load_card(path) for path in args.cards],
@@ -166,10 +174,9 @@ def run_show(args: argparse.Namespace) -> int:
     steps = "auto" if gossip.gossip_steps == 0 else str(gossip.gossip_steps)
     console.print(f"gossip: {steps} exchanges per round, {gossip.mixing} mixing weights")
     if gossip.secure_aggregation:
-        fp = gossip.fixed_point
         console.print(
-            f"secure aggregation: on (range {fp.range}, {fp.frac_bits} fraction bits, "
-            f"mod 2^{fp.modulus_bits})"
+            f"secure aggregation: on (norm envelope: RMS {gossip.secagg_rms} per coordinate; "
+            f"one contributor can move a sum anywhere within W x that envelope)"
         )
     from gossipmed.consortium.secure_margins import secure_margins, spent_neighbour_warnings
 

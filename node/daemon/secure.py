@@ -80,7 +80,7 @@ def build_session(
         roster_hash=roster.hash,
         schedule=schedule,
         schema={k: tuple(v.shape) for k, v in state.items()},
-        fixed_point=roster.settings.fixed_point,
+        fixed_point=roster.settings.envelope,
         timeout_s=timeout_s,
         guard=load_guard(state_dir),
         persist_guard=guard_writer(state_dir),
@@ -102,6 +102,7 @@ def secure_status(session: SecureSession | None, last: Any) -> dict[str, Any]:
             "range": session.fixed_point.range,
             "frac_bits": session.fixed_point.frac_bits,
             "modulus_bits": session.fixed_point.modulus_bits,
+            "l2": session.fixed_point.l2,
         },
         "refused_frames": session.refused,
         "last_exchange": None

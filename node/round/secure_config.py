@@ -9,14 +9,15 @@ config time, with the reason:
   update separately;
 - top-k with error feedback sends sparse deltas against a per-neighbour replica;
 - the dense codecs (fp16, bf16, int8) do not apply: the masked input is the consortium's
-  public fixed-point encoding (secagg_modulus_bits per coordinate), not the site's codec, so
-  a codec choice would be silently ignored. Only "raw" is accepted; to halve the bytes set
-  secagg_modulus_bits = 32 (with a smaller secagg_frac_bits) in the consortium file.
+  public fixed-point encoding (32-bit words, from the norm envelope secagg_rms), not the
+  site's codec, so a codec choice would be silently ignored. Only "raw" is accepted.
 
 "weighted" and the default "bounded" are accepted. With secure aggregation "bounded" cannot
 scale each neighbour down separately; what replaces that per-update screening is: every
 contributor clips each coordinate to the public range before encoding, the decoded sum must
-lie within sum(w) x range (else SumOutOfRange: the exchange is skipped and audited), and the
+lie within sum(w) x range per coordinate and sum(w) x l2 in norm (else SumOutOfRange: the
+exchange is skipped and audited, and persistent failures start the search for the
+contributor responsible, gossipmed.mixing.secagg.suspects), and the
 mixed state passes the same influence bound on its norm as every rule (`max_mix_growth`,
 rolled back and audited otherwise).
 """
@@ -51,6 +52,5 @@ def check_secure_gossip(settings: ConsortiumSettings, gossip: GossipConfig) -> N
     if codec not in SECURE_CODECS:
         raise ConfigError(
             f"secure_aggregation cannot use codec {codec!r}: masked inputs use the "
-            f"consortium's fixed-point encoding, not a codec (use 'raw'; for fewer bytes set "
-            f"secagg_modulus_bits = 32 in the consortium settings)"
+            f"consortium's fixed-point encoding, not a codec (use 'raw': 32-bit words)"
         )

@@ -20,11 +20,16 @@ Frames for a later round are buffered (a few per neighbour) and replayed when th
 opens; they also tell the driver that a neighbour is ahead (catch-up after a restart).
 Frames for a closed round, from non-neighbours, badly signed or malformed are refused and
 counted; a contributor that refuses a message aborts its own part of that instance.
+
+When the own instance's sums keep failing the public bounds, `open` excludes one suspect
+per round (gossipmed.mixing.secagg.suspects) and `outcome` audits the contributor whose
+exclusion made the sum pass.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections import defaultdict
@@ -40,6 +45,7 @@ from gossipmed.mixing.secagg import (
     Aggregator,
     ContributionGuard,
     Contributor,
+    DeclaredDropped,
     ExchangeAborted,
     FixedPoint,
     InstanceConfig,
@@ -47,7 +53,9 @@ from gossipmed.mixing.secagg import (
     MessageLimits,
     instance_config,
 )
+from gossipmed.mixing.secagg.envelope import NormEnvelope, resolve
 from gossipmed.mixing.secagg.params import MAX_CONTRIBUTORS, threshold_for
+from gossipmed.mixing.secagg.suspects import SuspectSearch
 from gossipmed.wire.update import MAX_ROUND
 from node.round.secure_frame import open_frame, seal_frame
 from node.round.secure_mix import SecureOutcome
@@ -90,7 +98,7 @@ class SecureSession:
         roster_hash: bytes,
         schedule: MixingSchedule,
         schema: Mapping[str, tuple[int, ...]],
-        fixed_point: FixedPoint,
+        fixed_point: FixedPoint | NormEnvelope,
         timeout_s: float,
         guard: ContributionGuard | None = None,
         persist_guard: Callable[[ContributionGuard], None] | None = None,
@@ -103,7 +111,9 @@ class SecureSession:
         self.roster_hash = roster_hash
         self.schedule = schedule
         self.schema = {k: tuple(v) for k, v in schema.items()}
-        self.fixed_point = fixed_point
+        coords = sum(math.prod(shape) for shape in self.schema.values())
+        self.fixed_point = resolve(fixed_point, coords)
+        self.suspects = SuspectSearch()
         self.timeout_s = timeout_s
         self.guard = guard if guard is not None else ContributionGuard()
         self._persist = persist_guard
@@ -185,7 +195,9 @@ class SecureSession:
         for key in [k for k in self._contributors if k[1] < round - 1]:
             self._contributors.pop(key).abort()
         try:
-            aggregator: Aggregator | None = Aggregator(self._config(self.name, round))
+            config = self._config(self.name, round)
+            exclude = self.suspects.exclusion(config.contributors, config.threshold)
+            aggregator: Aggregator | None = Aggregator(config, exclude=exclude)
             skipped = None
         except GossipmedError as exc:
             aggregator, skipped = None, f"no instance: {exc}"
@@ -282,6 +294,11 @@ class SecureSession:
                 raise GossipmedError(f"not contributing to {sender!r} round {inst.round}")
             reply = contributor.handle(sender, message)
             return [self._frame(sender, reply)]
+        except DeclaredDropped as exc:  # the receiver excluded this contribution: it is over
+            self._audit(
+                "secure_contribution_excluded", site=self.name, receiver=sender, reason=str(exc)
+            )
+            return []
         except GossipmedError as exc:
             return self._refuse(sender, str(exc))
 
@@ -362,6 +379,7 @@ class SecureSession:
         try:
             result = own.aggregator.result()
         except ExchangeAborted as exc:
+            self._judge(round, exc)
             return SecureOutcome(
                 skipped=f"{type(exc).__name__}: {exc}", bytes_sent=sent, bytes_received=received
             )
@@ -372,7 +390,23 @@ class SecureSession:
         dropped = sorted(set(own.aggregator.config.contributors) - set(result.contributors))
         if dropped:  # silent (dead, spent, late): a dropout, not an offence
             self._audit("secure_dropout", site=self.name, round=round, dropped=dropped)
+        self._judge(round, result)
         return SecureOutcome(result=result, bytes_sent=sent, bytes_received=received)
+
+    def _judge(self, round: int, outcome: object) -> None:
+        verdict = self.suspects.record(outcome)
+        if verdict.excluded is not None:
+            self._audit(
+                "secure_suspect_excluded", site=self.name, round=round, suspect=verdict.excluded
+            )
+        if verdict.named is not None:
+            self._audit(
+                "secure_offender_named", site=self.name, round=round, offender=verdict.named
+            )
+        if verdict.cleared is not None:
+            self._audit(
+                "secure_offender_cleared", site=self.name, round=round, offender=verdict.cleared
+            )
 
     def _require(self, round: int) -> _Own:
         if self._own is None or self._own.round != round:

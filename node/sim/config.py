@@ -3,8 +3,8 @@ flags override the file):
 
     [sim]         topology, degree, p, topology_file, rounds, eval_every, train, baselines,
                   sealing, problem, seed
-    [consortium]  gossip_steps, mixing, secure_aggregation (+ secagg_range, secagg_frac_bits,
-                  secagg_modulus_bits) -- what a deployment keeps in its consortium file
+    [consortium]  gossip_steps, mixing, secure_aggregation (+ secagg_rms, the norm
+                  envelope) -- what a deployment keeps in its consortium file
                   (gossipmed.consortium.settings)
     [gossip]      aggregation, codec, drift, round_timeout_s, max_future_rounds -- each
                   site's own choices, the same table as in a daemon's site.toml

@@ -13,7 +13,9 @@ to protocol drops:
   aggregates: the same ContributionGuard ticket as the daemon's (fresh training only).
 
 A receiver whose instance ends below the threshold (or with a sum out of range) gets no sum:
-its exchange is skipped, audited, and it keeps its own state. Bytes are the protocol
+its exchange is skipped, audited, and it keeps its own state. A receiver whose sums fail the
+public bounds searches for the contributor responsible, one exclusion per exchange
+(gossipmed.mixing.secagg.suspects), and audits the one it names. Bytes are the protocol
 messages' encodings (no envelope framing), counted for their sender and their recipient.
 """
 
@@ -41,6 +43,8 @@ from gossipmed.mixing.secagg import (
     decode_message,
     instance_config,
 )
+from gossipmed.mixing.secagg.envelope import NormEnvelope, resolve
+from gossipmed.mixing.secagg.suspects import SuspectSearch, Verdict
 from node.round.secure_mix import SecureOutcome
 from node.round.secure_session import NOT_FRESH
 from topology.schedule import MixingSchedule
@@ -55,9 +59,10 @@ class SecureNetwork:
 
     sites: tuple[str, ...]
     roster_hash: bytes
-    fixed_point: FixedPoint
+    fixed_point: FixedPoint | NormEnvelope
     keys: dict[str, SigningKey] = field(default_factory=dict)
     guards: dict[str, ContributionGuard] = field(default_factory=dict)
+    searches: dict[str, SuspectSearch] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for s in self.sites:  # keys from the OS CSPRNG, as a real site's
@@ -82,12 +87,12 @@ class SecureNetwork:
         fresh = {s: v for s, v in states.items() if v is not None}
         for s in fresh:
             self.guards[s].note_trained(round)
+        first = next(iter(fresh.values()), None)
+        if first is None:  # nobody trained: no instance anywhere (fresh training only)
+            return {s: SecureOutcome(skipped=NOT_FRESH) for s in states}
+        schema = {name: tuple(t.shape) for name, t in first.items()}
+        fixed_point = resolve(self.fixed_point, sum(t.numel() for t in first.values()))
         outcomes: dict[str, SecureOutcome] = {}
-        schema = (
-            {name: tuple(t.shape) for name, t in next(iter(fresh.values())).items()}
-            if fresh
-            else {}
-        )
         for receiver in sorted(states):
             if not self.guards[receiver].fresh_for(round):
                 outcomes[receiver] = SecureOutcome(skipped=NOT_FRESH)
@@ -104,7 +109,7 @@ class SecureNetwork:
                     schema=schema,
                     roster_hash=self.roster_hash,
                     round=round,
-                    fixed_point=self.fixed_point,
+                    fixed_point=fixed_point,
                 )
             except GossipmedError as exc:
                 outcomes[receiver] = SecureOutcome(skipped=f"no instance: {exc}")
@@ -129,7 +134,10 @@ class SecureNetwork:
                     continue
                 if dropped(j, receiver):
                     silent[j] = Phase.MASK
-            result = _drive(config, clients, silent, sent=sent, received=received)
+            search = self.searches.setdefault(receiver, SuspectSearch())
+            exclude = search.exclusion(config.contributors, config.threshold)
+            result = _drive(config, clients, silent, exclude=exclude, sent=sent, received=received)
+            _audit_verdict(search.record(result), audit, receiver=receiver, round=round)
             seconds = time.perf_counter() - started
             if isinstance(result, ExchangeAborted):
                 outcomes[receiver] = SecureOutcome(
@@ -149,19 +157,32 @@ class SecureNetwork:
         }
 
 
+def _audit_verdict(
+    verdict: Verdict, audit: Callable[..., None], *, receiver: str, round: int
+) -> None:
+    if verdict.excluded is not None:
+        audit("secure_suspect_excluded", site=receiver, round=round, suspect=verdict.excluded)
+    if verdict.named is not None:
+        audit("secure_offender_named", site=receiver, round=round, offender=verdict.named)
+    if verdict.cleared is not None:
+        audit("secure_offender_cleared", site=receiver, round=round, offender=verdict.cleared)
+
+
 def _drive(
     config: InstanceConfig,
     clients: Mapping[str, Contributor],
     silent: Mapping[str, Phase],
     *,
+    exclude: frozenset[str] = frozenset(),
     sent: dict[str, int],
     received: dict[str, int],
 ) -> AggregateResult | ExchangeAborted:
     """One receiver's instance, every message through bytes; like
-    gossipmed.mixing.secagg.run_instance, with byte counts and contributors built outside."""
+    gossipmed.mixing.secagg.run_instance, with byte counts and contributors built outside.
+    A message the receiver refuses (an excluded contributor's masked input) is dropped."""
     limits = MessageLimits.of(config)
     receiver = config.instance.receiver
-    agg = Aggregator(config)
+    agg = Aggregator(config, exclude=exclude)
 
     def wire(sender: str, recipient: str, message: Message) -> Message:
         data = message.to_bytes()
@@ -179,7 +200,10 @@ def _drive(
     while not agg.finished:
         relayed: list[tuple[str, Message]] = []
         for sender, message in outbox:
-            relayed += agg.receive(sender, wire(sender, receiver, message))
+            try:
+                relayed += agg.receive(sender, wire(sender, receiver, message))
+            except GossipmedError:
+                continue
         if not relayed and not agg.finished:
             relayed = agg.deadline()
         outbox = []

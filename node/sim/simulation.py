@@ -168,7 +168,7 @@ class Simulation:
             self.secure_network = SecureNetwork(
                 sites=tuple(self.names),
                 roster_hash=digest.digest(),
-                fixed_point=cfg.consortium.fixed_point,
+                fixed_point=cfg.consortium.envelope,
             )
         peers = {}
         for i, name in enumerate(self.names):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from gossipmed.errors import ConfigError
 from gossipmed.mixing.secagg import primitives as pr
 from gossipmed.mixing.secagg.errors import (
     BelowThreshold,
@@ -93,10 +94,26 @@ class AggregateResult:
 
 class Aggregator:
     """Receiver state machine: `receive()` each client message, `deadline()` when a phase's
-    time is up; both return the messages to relay. `result()` once `finished`."""
+    time is up; both return the messages to relay. `result()` once `finished`.
 
-    def __init__(self, config: InstanceConfig) -> None:
+    `exclude` names contributors the receiver treats as dropped after sharing their keys:
+    their masked inputs are refused (never added), and their pairwise masks are rebuilt from
+    the survivors' shares, exactly as for a contributor whose masked input was lost. Their
+    self-mask seeds are never revealed, so excluding reveals nothing about their values. It
+    is how a receiver whose sums keep failing the public bounds finds the contributor
+    responsible (gossipmed.mixing.secagg.suspects); it needs n - |exclude| >= t."""
+
+    def __init__(self, config: InstanceConfig, *, exclude: frozenset[str] = frozenset()) -> None:
+        unknown = set(exclude) - set(config.contributors)
+        if unknown:
+            raise ConfigError(f"cannot exclude non-contributors {sorted(unknown)[:5]}")
+        if len(config.contributors) - len(exclude) < config.threshold:
+            raise ConfigError(
+                f"excluding {len(exclude)} of {len(config.contributors)} contributors leaves "
+                f"fewer than the threshold {config.threshold}"
+            )
         self.config = config
+        self.excluded = frozenset(exclude)
         self.phase = Phase.ADVERTISE
         self.error: ExchangeAborted | None = None
         self._result: AggregateResult | None = None
@@ -208,6 +225,8 @@ class Aggregator:
             name = self.phase.name.lower()
             return self._abort(BelowThreshold(f"{len(got)} parties completed {name}; need {t}"))
         self._expected = set(got)
+        if self.phase == Phase.SHARE:  # the excluded are dropped after sharing their keys
+            self._expected -= self.excluded
         inst = self.config.instance
         out: Outgoing
         if self.phase == Phase.ADVERTISE:
@@ -221,7 +240,9 @@ class Aggregator:
             ]
         elif self.phase == Phase.MASK:
             self._survivors = tuple(sorted(got))
-            out = [(j, SurvivorList(inst, self._survivors)) for j in self._survivors]
+            # the excluded are told at once, so they stop waiting (they reveal nothing)
+            told = sorted(set(self._survivors) | (self.excluded & set(self._sent[Phase.SHARE])))
+            out = [(j, SurvivorList(inst, self._survivors)) for j in told]
         elif self.phase == Phase.CONSISTENCY:
             sigs = {j: m.signature for j, m in sorted(got.items()) if isinstance(m, ListSignature)}
             out = [(j, SignedSurvivors(inst, self._survivors, sigs)) for j in sorted(got)]

@@ -22,6 +22,7 @@ from gossipmed.errors import ConfigError
 from gossipmed.mixing.secagg import primitives as pr
 from gossipmed.mixing.secagg.errors import (
     BelowThreshold,
+    DeclaredDropped,
     InconsistentView,
     NotAContributor,
     OutOfPhase,
@@ -232,6 +233,9 @@ class Contributor:
         return encoded
 
     def _on_survivors(self, msg: SurvivorList) -> ListSignature:
+        if self.name not in msg.survivors:  # excluded by the receiver: done, nothing to reveal
+            self.abort()
+            raise DeclaredDropped("the receiver's survivor list leaves this contribution out")
         if not set(msg.survivors) <= set(self._held):
             raise InconsistentView("the survivor list names parties that never shared with me")
         self._need(len(msg.survivors), "survivor list")

@@ -29,6 +29,8 @@ MIN_THRESHOLD = 3
 MAX_COORDS = 2**31 - 1
 MAX_ROUND = 2**63 - 1
 MAX_STEP = 2**32 - 1
+WEIGHT_SUM_SLACK = 1e-9
+"""Float slack on sum(w) <= 1; the fixed point's headroom (MAX_CONTRIBUTORS units) covers it."""
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _INSTANCE_DOMAIN = b"gossipmed/secagg/instance/v1"
 
@@ -149,32 +151,40 @@ class InstanceId:
 
 @dataclass(frozen=True)
 class FixedPoint:
-    """Public fixed-point encoding: x is clipped to [-range, range], weighted, multiplied by
+    """Public fixed-point encoding: x is clipped to [-range, range] per coordinate and, when
+    `l2` is set, scaled down to L2 norm at most `l2`; then weighted, multiplied by
     2**frac_bits and rounded to the nearest integer mod 2**modulus_bits.
 
-    Validation guarantees that the sum of up to MAX_CONTRIBUTORS honest contributions with
-    weights in (0, 1] never wraps and converts to float64 exactly, so decoding is exact up to
-    the rounding of each term (see `error_bound`).
+    The contributors' weights of one exchange sum to at most 1 (InstanceConfig checks it: they
+    are a row of a stochastic mixing matrix without the receiver's own weight), so an honest
+    sum lies within range * 2**frac_bits + MAX_CONTRIBUTORS per coordinate. Validation
+    guarantees that this never wraps mod 2**modulus_bits and converts to float64 exactly, so
+    the receiver's bound checks on the decoded sum are exact (see fixedpoint.decode).
     """
 
     range: float = 32.0
     frac_bits: int = 32
     modulus_bits: int = 64
+    l2: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.range, int | float) or not math.isfinite(self.range):
             raise ConfigError("fixed-point range must be a finite number")
         if not self.range > 0:
             raise ConfigError("fixed-point range must be positive")
+        if self.l2 is not None and (
+            not isinstance(self.l2, int | float) or not math.isfinite(self.l2) or self.l2 <= 0
+        ):
+            raise ConfigError("fixed-point l2 must be a positive finite number")
         if type(self.frac_bits) is not int or not 0 <= self.frac_bits <= 52:
             raise ConfigError("fixed-point frac_bits must be an int in [0, 52]")
         if self.modulus_bits not in (32, 64):
             raise ConfigError("fixed-point modulus_bits must be 32 or 64")
-        worst = MAX_CONTRIBUTORS * (self.range * self.scale + 1)
+        worst = self.range * self.scale * (1 + WEIGHT_SUM_SLACK) + MAX_CONTRIBUTORS
         if worst >= 2.0 ** (self.modulus_bits - 1) or worst > 2.0**53:
             raise ConfigError(
                 f"fixed point range {self.range} x 2^{self.frac_bits} is too large for "
-                f"{MAX_CONTRIBUTORS} contributors mod 2^{self.modulus_bits}; lower frac_bits"
+                f"mod 2^{self.modulus_bits}; lower frac_bits"
             )
 
     @property
@@ -228,6 +238,8 @@ class InstanceConfig:
             w = weights[name]
             if not isinstance(w, int | float) or not math.isfinite(w) or not 0 < w <= 1:
                 raise ConfigError(f"weight of {name!r} must be in (0, 1], got {w!r}")
+        if math.fsum(float(weights[n]) for n in names) > 1.0 + WEIGHT_SUM_SLACK:
+            raise ConfigError("the contributors' weights must sum to at most 1")
         if self.instance.receiver in weights:
             raise ConfigError("the receiver cannot be one of its own contributors")
         keys = dict(self.sign_keys)
