@@ -481,3 +481,21 @@ def test_the_control_file_is_private_names_the_port_and_goes_with_the_server(
     assert isinstance(seen["token"], str) and len(seen["token"]) >= 43  # 256 bits
     assert seen["status"]["site"] == SECRET  # the client's Host header passes the check
     assert not control_file.exists()
+
+
+def test_status_url_prints_the_dashboard_address_with_this_starts_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+    from node.daemon.config import CONTROL_FILE
+
+    site = tmp_path / "site"
+    printed: list[str] = []
+
+    async def body(server: ControlServer) -> None:
+        code = await trio.to_thread.run_sync(lambda: main(["status", "--site", str(site), "--url"]))
+        assert code == 0
+        printed.append(capsys.readouterr().out.strip())
+        assert printed[0] == f"http://127.0.0.1:{server.port}/#token={server.token}"
+
+    run_with_server(ControlLimits(max_connections=2), body, control_file=site / CONTROL_FILE)
