@@ -10,9 +10,11 @@ opens, can connect. So, whatever a client sends:
   connection takes the slot of the oldest one that has not presented the token (it is
   closed); only when every slot is held by a token holder is the new one closed at once
   (RST), never queued in the daemon. So another account re-opening idle connections cannot
-  keep the owner off /status. The cap is derived from the process's RLIMIT_NOFILE soft
-  limit (`connection_cap`) so a flood cannot take the descriptors the daemon needs for its
-  checkpoints, its ledger and libp2p;
+  keep the owner off /status. (A request head already in the socket buffer counts as
+  presented; the owner's connection is exposed only between its connect and its send, and
+  only to a client that re-opens a whole cap's worth of connections in that time.) The cap
+  is derived from the process's RLIMIT_NOFILE soft limit (`connection_cap`) so a flood
+  cannot take the descriptors the daemon needs for its checkpoints, its ledger and libp2p;
 - a connection has `head_timeout_s` from accept to send its whole request head (at most
   `max_head_bytes`), and `response_timeout_s` to take the answer;
 - the `Host` header must be 127.0.0.1 or localhost (with or without our port): a browser
