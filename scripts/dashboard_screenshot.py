@@ -109,7 +109,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
     from node.daemon.cluster import start_cluster, stop_cluster
-    from node.daemon.control_client import read_control_file
+    from node.daemon.control_client import site_dashboard_url
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gossipmed-dashboard-") as tmp:
@@ -131,9 +131,10 @@ def main() -> int:
             cluster_url = line.split(": ", 1)[1].split(" ", 1)[0] if ": http" in line else ""
             if not cluster_url:
                 raise SystemExit(f"gossipmed dashboard printed no address: {line!r}")
-            port = read_control_file(sites[1] / "control.json")["port"]
+            # Both addresses carry their token in the fragment, as `gossipmed status --url`
+            # and `gossipmed dashboard` print them.
             profile = Path(tmp) / "profile"
-            pages = {"site": f"http://127.0.0.1:{port}/", "cluster": cluster_url}
+            pages = {"site": site_dashboard_url(sites[1] / "control.json"), "cluster": cluster_url}
             for name, url in pages.items():
                 png, dom = args.out / f"dashboard-{name}.png", args.out / f"dashboard-{name}.html"
                 capture(exe, url, png=png, dom=dom, profile=profile)

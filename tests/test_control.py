@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.daemon.control import (
     ControlLimits,
@@ -27,12 +29,13 @@ from node.daemon.control import (
     handle_request,
     serve_control,
 )
-from node.daemon.control_routes import Response, StatusProvider, text
+from node.daemon.control_routes import PUBLIC_PATHS, Response, StatusProvider, text
 from node.daemon.control_server import FD_RESERVE, MAX_CONNECTIONS_CEILING, parse_head, respond
 
 pytestmark = pytest.mark.network
 
 SECRET = "site-with-a-secret-name"
+TOKEN = "test-token-0123456789"
 PORT = 4242
 BOUND_S = 20.0  # outer bound on every in-process test
 
@@ -41,10 +44,14 @@ def status() -> dict[str, Any]:
     return {"site": SECRET, "round": 7, "completed": 6, "epsilon": {"spent": 1.5, "budget": 8.0}}
 
 
-def request(host: str | None, path: str = "/status", method: str = "GET") -> bytes:
+def request(
+    host: str | None, path: str = "/status", method: str = "GET", token: str | None = TOKEN
+) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\n"
     if host is not None:
         head += f"Host: {host}\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
     return (head + "Accept: */*\r\n\r\n").encode("latin-1")
 
 
@@ -52,7 +59,7 @@ def answer(head: bytes, provider: StatusProvider = status) -> tuple[str, bytes]:
     """(status line, body) of the endpoint's answer to one request head."""
     from node.daemon.control_routes import DEFAULT_ROUTES
 
-    raw = respond(head, port=PORT, status=provider, routes=DEFAULT_ROUTES).encode()
+    raw = respond(head, port=PORT, status=provider, routes=DEFAULT_ROUTES, token=TOKEN).encode()
     return split(raw)
 
 
@@ -110,6 +117,56 @@ def test_the_host_check_comes_before_any_page_is_built() -> None:
     answer(request("attacker.example"), counted)
     answer(request("attacker.example", "/metrics"), counted)
     assert calls == []
+
+
+# --- the token (issue #20 finding 6) --------------------------------------------------------
+
+DATA_PATHS = ("/status", "/metrics", "/dashboard.json", "/status?x", "/nope")
+
+
+@pytest.mark.parametrize("path", DATA_PATHS)
+def test_without_the_token_no_page_is_built_and_nothing_is_told(path: str) -> None:
+    calls: list[int] = []
+
+    def counted() -> dict[str, Any]:
+        calls.append(1)
+        return status()
+
+    for token in (None, "", "guess", TOKEN + "x", TOKEN[:-1], TOKEN.upper()):
+        line, body = answer(request("localhost", path, token=token), counted)
+        assert line == "HTTP/1.0 401 Unauthorized"
+        assert SECRET.encode() not in body and b"epsilon" not in body
+    assert calls == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255)),
+            st.sampled_from([f"Bearer {TOKEN}", f"bearer {TOKEN}", f"Bearer  {TOKEN}"]),
+        ),
+        max_size=3,
+    )
+)
+def test_only_exactly_one_header_with_the_token_opens_the_data(values: list[str]) -> None:
+    head = "GET /status HTTP/1.1\r\nHost: localhost\r\n"
+    head += "".join(f"Authorization: {v}\r\n" for v in values)
+    line, body = answer((head + "\r\n").encode("latin-1"))
+    scheme, _, offered = values[0].strip(" \t").partition(" ") if values else ("", "", "")
+    opened = len(values) == 1 and scheme.lower() == "bearer" and offered == TOKEN
+    if opened:
+        assert line == "HTTP/1.0 200 OK"
+    else:
+        assert line in ("HTTP/1.0 401 Unauthorized", "HTTP/1.0 400 Bad Request")
+        assert SECRET.encode() not in body
+
+
+def test_the_pages_own_files_need_no_token_and_carry_no_data() -> None:
+    for path in PUBLIC_PATHS:
+        line, body = answer(request("localhost", path, token=None))
+        assert line == "HTTP/1.0 200 OK"
+        assert SECRET.encode() not in body
 
 
 # --- request parsing and routing ------------------------------------------------------------
@@ -247,7 +304,7 @@ async def read_to_end(stream: trio.SocketStream) -> bytes:
 async def get(server: ControlServer, path: str = "/status", host: str | None = None) -> bytes:
     stream = await connect(server)
     try:
-        await stream.send_all(request(host or f"127.0.0.1:{server.port}", path))
+        await stream.send_all(request(host or f"127.0.0.1:{server.port}", path, token=server.token))
         return await read_to_end(stream)
     finally:
         await stream.aclose()
@@ -259,22 +316,44 @@ async def until(check: Callable[[], bool]) -> None:
         await trio.sleep(0.01)
 
 
-def test_connections_beyond_the_cap_are_closed_at_once() -> None:
+def test_at_the_cap_the_oldest_connection_without_the_token_gives_way() -> None:
     async def body(server: ControlServer) -> None:
         held = [await connect(server) for _ in range(3)]
         await until(lambda: server.active == 3)
-        for _ in range(5):
-            assert await answer_of_new_connection(server) == b""  # closed, not queued
-        assert (server.active, server.peak, server.refused) == (3, 3, 5)
-        await held.pop().aclose()
-        await until(lambda: server.active == 2)
-        line, _ = split(await get(server))
+        newcomer = await connect(server)
+        assert await read_to_end(held[0]) == b""  # the oldest idle one, closed
+        assert (server.active, server.peak, server.evicted, server.refused) == (3, 3, 1, 0)
+        line, _ = split(await get(server))  # the owner takes the next oldest one's slot
         assert line == "HTTP/1.0 200 OK"
-        for stream in held:
+        assert await read_to_end(held[1]) == b""
+        assert server.evicted == 2
+        for stream in (*held, newcomer):
             await stream.aclose()
 
     # the head timeout is long so the held connections stay while the extra ones come
     run_with_server(ControlLimits(max_connections=3, head_timeout_s=60.0), body)
+
+
+def test_a_new_connection_is_closed_at_once_only_when_token_holders_fill_every_slot() -> None:
+    big = b"x" * (16 << 20)  # more than the socket buffers: the server waits for the reader
+
+    def large(_status: StatusProvider) -> Response:
+        return Response("200 OK", "application/octet-stream", big)
+
+    async def body(server: ControlServer) -> None:
+        holders = [await connect(server) for _ in range(2)]
+        for stream in holders:  # a whole request with the token, then not reading
+            await stream.send_all(request(f"127.0.0.1:{server.port}", "/large", token=server.token))
+        await until(lambda: server.active == 2)
+        assert await answer_of_new_connection(server) == b""  # closed, not queued
+        assert (server.refused, server.evicted) == (1, 0)
+        for stream in holders:
+            line, data = split(await read_to_end(stream))
+            assert line == "HTTP/1.0 200 OK" and data == big
+            await stream.aclose()
+
+    limits = ControlLimits(max_connections=2, head_timeout_s=60.0, response_timeout_s=60.0)
+    run_with_server(limits, body, routes={"/large": large})
 
 
 def test_a_client_that_sends_nothing_is_dropped_after_the_head_timeout() -> None:
@@ -353,7 +432,7 @@ def test_status_still_answers_after_a_flood() -> None:
                 nursery.start_soon(flooder)
         assert answers == [b""] * flood  # each closed by the server, none answered
         assert server.peak == cap
-        assert server.refused + server.accepted == flood and server.refused > 0
+        assert server.accepted == flood and server.evicted > 0
         await until(lambda: server.active == 0)
         line, data = split(await get(server))
         assert line == "HTTP/1.0 200 OK" and json.loads(data)["round"] == 7
@@ -386,14 +465,37 @@ def test_the_control_file_is_private_names_the_port_and_goes_with_the_server(
         seen["status"] = await trio.to_thread.run_sync(
             lambda: fetch_status(control_file, timeout=10.0)
         )
-        assert info["port"] == server.port
+        assert info["port"] == server.port and info["token"] == server.token
+        tokens.append(info["token"])
 
+    tokens: list[str] = []
     old = os.umask(0o022)
     try:
-        run_with_server(ControlLimits(max_connections=2), body, control_file=control_file)
+        for _ in range(2):
+            run_with_server(ControlLimits(max_connections=2), body, control_file=control_file)
     finally:
         os.umask(old)
+    assert tokens[0] != tokens[1]  # a fresh token at every start
     assert seen["mode"] == 0o600
     assert seen["pid"] == os.getpid()
+    assert isinstance(seen["token"], str) and len(seen["token"]) >= 43  # 256 bits
     assert seen["status"]["site"] == SECRET  # the client's Host header passes the check
     assert not control_file.exists()
+
+
+def test_status_url_prints_the_dashboard_address_with_this_starts_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+    from node.daemon.config import CONTROL_FILE
+
+    site = tmp_path / "site"
+    printed: list[str] = []
+
+    async def body(server: ControlServer) -> None:
+        code = await trio.to_thread.run_sync(lambda: main(["status", "--site", str(site), "--url"]))
+        assert code == 0
+        printed.append(capsys.readouterr().out.strip())
+        assert printed[0] == f"http://127.0.0.1:{server.port}/#token={server.token}"
+
+    run_with_server(ControlLimits(max_connections=2), body, control_file=site / CONTROL_FILE)

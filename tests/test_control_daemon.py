@@ -95,9 +95,10 @@ def flood_until(port: int, site: Path, proc: subprocess.Popen[bytes], *, target_
     return opened
 
 
-def raw_get(port: int, host: str) -> bytes:
+def raw_get(port: int, host: str, token: str | None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token is not None else ""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(f"GET /status HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        s.sendall(f"GET /status HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n".encode())
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -129,19 +130,22 @@ def test_a_daemon_with_256_files_survives_a_control_flood_and_keeps_checkpointin
     assert proc.poll() is None, log_tail(site)
     limits = Path(f"/proc/{proc.pid}/limits").read_text()
     assert any(f"{FILE_LIMIT}" in line for line in limits.splitlines() if "open files" in line)
-    port = json.loads((site / CONTROL_FILE).read_text())["port"]
+    control = json.loads((site / CONTROL_FILE).read_text())
+    port, token = control["port"], control["token"]
 
     before = checkpoint_round(site)
     opened = flood_until(port, site, proc, target_round=before + 2)
     assert proc.poll() is None, log_tail(site)
     assert opened >= 2 * FLOOD
 
-    # after the flood: /status answers a client that names us, and only such a client
+    # after the flood: /status answers a client that names us and has the token, only it
     wait_until(lambda: site_status(site)["up"], timeout=60.0, what="status after the flood")
     assert site_status(site)["site"] == "site-00"
-    assert raw_get(port, f"localhost:{port}").startswith(b"HTTP/1.0 200 OK")
-    refused = raw_get(port, f"rebound.example:{port}")
+    assert raw_get(port, f"localhost:{port}", token).startswith(b"HTTP/1.0 200 OK")
+    refused = raw_get(port, f"rebound.example:{port}", token)
     assert refused.startswith(b"HTTP/1.0 421 ") and b"site-00" not in refused
+    tokenless = raw_get(port, f"localhost:{port}", None)
+    assert tokenless.startswith(b"HTTP/1.0 401 ") and b"site-00" not in tokenless
 
     after = checkpoint_round(site)
     wait_until(

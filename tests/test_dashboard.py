@@ -124,7 +124,7 @@ def test_the_daemon_serves_the_page_its_assets_and_its_data(tmp_path: Path) -> N
 def test_the_page_keeps_the_endpoints_host_check_and_stays_read_only() -> None:
     def ask(method: str, host: str) -> bytes:
         head = f"{method} / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-        return respond(head, port=8000, status=status, routes=DEFAULT_ROUTES).encode()
+        return respond(head, port=8000, status=status, routes=DEFAULT_ROUTES, token="t").encode()
 
     assert ask("GET", "127.0.0.1:8000").startswith(b"HTTP/1.0 200")
     assert ask("GET", "evil.example:8000").startswith(b"HTTP/1.0 421")
@@ -187,9 +187,10 @@ def test_an_empty_folder_is_a_one_line_error(
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def get(port: int, path: str, host: str = "127.0.0.1") -> bytes:
+def get(port: int, path: str, host: str = "127.0.0.1", token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token is not None else ""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n".encode())
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)
@@ -210,10 +211,12 @@ def test_the_dashboard_command_serves_on_loopback_until_stopped(tmp_path: Path) 
         assert proc.stdout is not None
         line = proc.stdout.readline()
         url = line.split(": ", 1)[1].split(" ", 1)[0]
-        assert url.startswith("http://127.0.0.1:")
-        port = int(url.rstrip("/").rsplit(":", 1)[1])
-        assert get(port, "/").startswith(b"HTTP/1.0 200")
-        body = get(port, "/dashboard.json").split(b"\r\n\r\n", 1)[1]
+        address, _, fragment = url.partition("/#token=")
+        assert address.startswith("http://127.0.0.1:") and fragment
+        port = int(address.rsplit(":", 1)[1])
+        assert get(port, "/").startswith(b"HTTP/1.0 200")  # the page itself: no data in it
+        assert get(port, "/dashboard.json").startswith(b"HTTP/1.0 401")
+        body = get(port, "/dashboard.json", token=fragment).split(b"\r\n\r\n", 1)[1]
         assert len(json.loads(body)["sites"]) == 3
         assert get(port, "/", host="attacker.example").startswith(b"HTTP/1.0 421")
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import multiaddr
 import pytest
@@ -147,38 +148,93 @@ def test_outsiders_are_throttled_per_address_before_any_handshake() -> None:
     run(main, bound_s=120)
 
 
-def test_stalled_handshakes_hold_a_slot_for_a_bounded_time_and_count_against_the_address() -> None:
-    timeouts = dataclasses.replace(FAST, handshake_s=1.0)
-    limits = Libp2pLimits()
-
-    async def drained(stream: trio.SocketStream) -> None:
+async def drained(stream: trio.SocketStream) -> None:
+    """Read until the site closes the connection."""
+    try:
         while await stream.receive_some():
             pass
+    except trio.BrokenResourceError:
+        pass  # reset rather than closed: closed all the same
+
+
+def tcp_target(site: Libp2pTransport) -> tuple[str, int]:
+    addr = multiaddr.Multiaddr(site.listen_addrs[0])
+    return str(addr.value_for_protocol("ip4")), int(addr.value_for_protocol("tcp"))
+
+
+def test_stalled_handshakes_hold_a_slot_for_a_bounded_time_and_count_against_the_address() -> None:
+    timeouts = dataclasses.replace(FAST, handshake_s=1.0, first_byte_s=0.5)
+    limits = Libp2pLimits()
 
     async def main() -> None:
         async with open_site("v", roster("v"), timeouts=timeouts, limits=limits) as v:
-            addr = multiaddr.Multiaddr(v.listen_addrs[0])
-            host, port = str(addr.value_for_protocol("ip4")), int(addr.value_for_protocol("tcp"))
+            host, port = tcp_target(v)
             stalled = []
-            for _ in range(limits.handshakes_per_address):  # connect, then say nothing
+            for _ in range(limits.handshakes_per_address - 1):  # connect, then say nothing
                 stalled.append(await trio.open_tcp_stream(host, port, local_address="127.0.0.3"))
+            talker = await trio.open_tcp_stream(host, port, local_address="127.0.0.3")
+            await talker.send_all(b"/")  # one byte, then nothing: bounded by handshake_s
             await trio.testing.wait_all_tasks_blocked()
             assert v.stats().handshakes_in_progress == limits.handshakes_per_address
 
+            # The address is at its cap: a newcomer takes the oldest silent one's slot.
             one_more = await trio.open_tcp_stream(host, port, local_address="127.0.0.3")
-            await drained(one_more)  # closed at once: the address has no slot left
-            assert v.stats().refused_before_handshake == 1
+            await drained(stalled[0])
+            assert v.stats().evicted_before_handshake == 1
+            assert v.stats().refused_before_handshake == 0
 
-            for stream in stalled:
-                await drained(stream)  # closed by v after handshake_s
+            for stream in (*stalled, talker, one_more):
+                await drained(stream)  # closed by v: silent ones after first_byte_s
             await trio.testing.wait_all_tasks_blocked()
             stats = v.stats()
-            assert stats.failed_handshakes == limits.handshakes_per_address
+            assert stats.failed_handshakes == limits.handshakes_per_address + 1
             assert stats.handshakes_in_progress == 0
-            for stream in (*stalled, one_more):
+            for stream in (*stalled, talker, one_more):
                 await stream.aclose()
 
     run(main)
+
+
+async def silent_flood(target: Libp2pTransport, *, per_s: float, source: str) -> None:
+    """Open `per_s` TCP connections a second from `source` that never send a byte; each is
+    kept open until the target closes it. Runs until cancelled."""
+    host, port = tcp_target(target)
+
+    async def hold() -> None:
+        try:
+            stream = await trio.open_tcp_stream(host, port, local_address=source)
+        except OSError:
+            return
+        async with stream:
+            await drained(stream)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for i in itertools.count():
+            await trio.sleep_until(start + i / per_s)
+            nursery.start_soon(hold)
+
+
+def test_a_member_behind_an_address_flooding_silent_connections_still_delivers() -> None:
+    """Issue #20 finding 5: 20 silent connections from a member's own address (a hospital NAT)
+    held every handshake slot that address may use, and the member never got in."""
+    limits = Libp2pLimits()
+
+    async def main() -> None:
+        peers = roster("v", "m")
+        async with open_site("v", peers) as v, open_site("m", peers) as m:
+            introduce(v, m)  # m's roster address: 127.0.0.1, the flood's address too
+            async with trio.open_nursery() as nursery:
+                flood = functools.partial(silent_flood, v, per_s=200, source="127.0.0.1")
+                nursery.start_soon(flood)
+                while v.stats().handshakes_in_progress < limits.member_handshakes_per_address:
+                    await trio.sleep(0.05)  # the address's slots are all held by the flood
+                await m.send("v", b"through the flood")  # at most FAST.send_attempts (3) tries
+                assert await v.receive_from() == ("m", b"through the flood")
+                assert v.stats().evicted_before_handshake > 0
+                nursery.cancel_scope.cancel()
+
+    run(main, bound_s=60)
 
 
 def test_a_member_sharing_an_address_with_outsiders_is_never_refused() -> None:

@@ -20,9 +20,9 @@ from libp2p_support import FAST, Rejections, introduce, open_site, roster, run, 
 
 import node.net.libp2p.guard as guard
 from gossipmed.errors import ConfigError, TransportError
+from node.net.libp2p.admission import Admission, Pending
 from node.net.libp2p.buckets import BucketTable, Reporter
 from node.net.libp2p.config import Libp2pLimits, Libp2pTimeouts, PeerInfo
-from node.net.libp2p.gate import Admission
 from node.net.libp2p.host import build_host
 from node.net.libp2p.inbound import Inbox, QueueFull, RateDeadline
 from node.net.libp2p.roster import Roster, address_key
@@ -201,28 +201,37 @@ def test_admission_throttles_outsider_addresses_and_never_member_addresses() -> 
     )
     gate = Admission(roster=r, limits=limits, clock=clock)
 
-    # An outsider address: two handshakes at once, then refused until one ends.
-    assert [gate.admit("198.51.100.1") for _ in range(3)] == ["general", "general", None]
-    gate.release("198.51.100.1", "general")
-    gate.release("198.51.100.1", "general")
+    def admit(key: str) -> Pending | None:
+        return gate.admit(key, trio.CancelScope())
+
+    # An outsider address: two handshakes at once; a third takes the oldest one's slot.
+    first, second = admit("198.51.100.1"), admit("198.51.100.1")
+    assert first is not None and second is not None and first.pool == "general"
+    third = admit("198.51.100.1")
+    assert third is not None and first.evicted and first.scope.cancel_called
+    assert gate.general == 2
+    for p in (first, second, third):
+        gate.release(p)  # idempotent for the evicted one
+    assert gate.general == 0
     gate.charge("198.51.100.1")
     gate.charge("198.51.100.1")  # bucket empty: refused before any handshake
-    assert gate.admit("198.51.100.1") is None
+    assert admit("198.51.100.1") is None
     assert "outsider" in gate.refusal_reason("198.51.100.1")
-    assert gate.admit("198.51.100.2") == "general"  # other addresses are unaffected
+    other = admit("198.51.100.2")  # other addresses are unaffected
+    assert other is not None
     clock.now = 2.0  # one token back
-    assert gate.admit("198.51.100.1") == "general"
+    assert admit("198.51.100.1") is not None
 
     # A member address: never charged out, reserved slots first, then the general pool.
     for _ in range(10):
         gate.charge("192.0.2.7")
-    pools = [gate.admit("192.0.2.7") for _ in range(5)]
-    assert pools == ["member", "member", "member", "general", None]  # 4 per address
+    members = [admit("192.0.2.7") for _ in range(4)]
+    assert [p.pool for p in members if p] == ["member", "member", "member", "general"]
     assert (gate.reserved, gate.general) == (3, 3)
-    gate.release("198.51.100.2", "general")
-    gate.release("198.51.100.1", "general")
-    gate.release("192.0.2.7", "general")
-    assert (gate.reserved, gate.general) == (3, 0)
+    for p in members:
+        assert p is not None
+        p.authenticated = True  # Noise named a member: nobody takes these slots
+    assert admit("192.0.2.7") is None  # 4 per address, all authenticated
 
 
 def test_neighbours_must_be_members() -> None:

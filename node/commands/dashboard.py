@@ -17,7 +17,9 @@ def register(sub: Any) -> None:
             "folder or a cluster folder. It draws the topology with each site coloured by its "
             "round and its epsilon, a table of the sites (live state from each running "
             "daemon's /status), and charts of accuracy, consensus distance, bytes and epsilon "
-            "per round; the page refreshes itself. Read-only. Stop with Ctrl-C."
+            "per round; the page refreshes itself. Read-only. Stop with Ctrl-C. It prints the "
+            "page's address with a fresh token in its #fragment (only that address shows "
+            "data: other local accounts get 401); the token changes at every start."
         ),
     )
     p.add_argument("path", type=Path, metavar="PATH", help="run, site or cluster folder")
@@ -53,6 +55,8 @@ async def serve(view: Any, port: int) -> None:
 
     import trio
 
+    from node.daemon.control_auth import dashboard_url
+    from node.daemon.control_client import CONTROL_HOST
     from node.daemon.control_routes import directory_routes
     from node.daemon.control_server import serve_control
     from node.report.dashboard import REFRESH_S
@@ -66,7 +70,7 @@ async def serve(view: Any, port: int) -> None:
         server = await nursery.start(
             functools.partial(serve_control, view.snapshot, port=port, routes=directory_routes())
         )
-        url = f"http://127.0.0.1:{server.port}/"
+        url = dashboard_url(CONTROL_HOST, server.port, server.token)
         print(f"dashboard of {view.path}: {url} (Ctrl-C to stop)", flush=True)
         nursery.start_soon(refresh)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -15,13 +15,25 @@ def register(sub: Any) -> None:
         help="show a running daemon's round, peers, epsilon and traffic",
         description=(
             "Query the daemon of SITE_DIR over its local-only control endpoint (HTTP on "
-            "127.0.0.1, port in SITE_DIR/control.json; GET /status for JSON, /metrics for "
-            "Prometheus). Exit 2 when no daemon answers."
+            "127.0.0.1; its port and this start's token are in SITE_DIR/control.json, which "
+            "only the site's owner can read; GET /status for JSON, /metrics for Prometheus, "
+            "each with the header `Authorization: Bearer TOKEN`). With --url, print the "
+            "dashboard's address with the token in its #fragment instead. Exit 2 when no "
+            "daemon answers."
         ),
     )
     p.add_argument("--site", type=Path, required=True, metavar="SITE_DIR", help="site folder")
     p.add_argument("--json", action="store_true", help="print the raw status object")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.add_argument(
+        "--url",
+        action="store_true",
+        help=(
+            "print the dashboard's address, http://127.0.0.1:PORT/#token=TOKEN, and exit: open "
+            "it in a browser on this machine or through an SSH tunnel to the same port; the "
+            "token changes at every start and the page keeps it for its tab only"
+        ),
+    )
     p.set_defaults(func=run)
 
 
@@ -111,7 +123,13 @@ def print_status(status: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     from node.daemon.config import CONTROL_FILE
     from node.daemon.control import fetch_status
+    from node.daemon.control_client import site_dashboard_url
 
+    if args.url:
+        url = site_dashboard_url(args.site / CONTROL_FILE)
+        fetch_status(args.site / CONTROL_FILE, timeout=args.timeout)  # the daemon answers
+        print(url)
+        return 0
     status = fetch_status(args.site / CONTROL_FILE, timeout=args.timeout)
     if args.json:
         print(json.dumps(status, sort_keys=True))

@@ -3,12 +3,14 @@
     GET /status    one JSON object (what `gossipmed status` prints)
     GET /metrics   the same numbers in Prometheus text format
 
-Bound to loopback only and read-only (no request changes the daemon), so it needs no
-authentication; the port is written to SITE_DIR/control.json (0600) for clients to find.
-Loopback still reaches every local account and every page of a local browser, so the server
-caps concurrent connections below the file-descriptor limit, times out idle clients and
-checks the Host header (node.daemon.control_server). Pages: node.daemon.control_routes; client:
-node.daemon.control_client. This module gathers their public names.
+Bound to loopback only and read-only (no request changes the daemon). Loopback still reaches
+every local account and every page of a local browser, so every page with data needs the
+fresh token each start writes with the port into SITE_DIR/control.json (0600;
+node.daemon.control_auth), and the server caps concurrent connections below the
+file-descriptor limit (evicting the oldest connection without the token at the cap), times out
+idle clients and checks the Host header (node.daemon.control_server). Pages:
+node.daemon.control_routes; client: node.daemon.control_client. This module gathers their
+public names.
 """
 
 from __future__ import annotations

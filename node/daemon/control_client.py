@@ -1,4 +1,5 @@
-"""Client side of the control endpoint: find the port in SITE/control.json and GET a page.
+"""Client side of the control endpoint: find the port and this start's token in
+SITE/control.json (0600: only the site's owner reads it) and GET a page with the token.
 
 The answer is read with a size cap (whatever listens on that port is not necessarily our
 daemon), proxies from the environment are ignored (the request must stay on loopback), and
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gossipmed.errors import GossipmedError
+from node.daemon.control_auth import auth_header, dashboard_url
 
 CONTROL_HOST = "127.0.0.1"
 MAX_RESPONSE_BYTES = 8 << 20
@@ -38,6 +40,21 @@ def read_control_file(control_file: Path) -> dict[str, Any]:
     return dict(info)
 
 
+def token_of(info: dict[str, Any], control_file: Path) -> str:
+    token = info.get("token")
+    if not isinstance(token, str) or not token or not token.isascii() or not token.isprintable():
+        raise DaemonNotRunning(
+            f"{control_file} holds no token: the daemon predates token checks; restart it"
+        )
+    return token
+
+
+def site_dashboard_url(control_file: Path) -> str:
+    """The daemon's dashboard address with this start's token in the fragment."""
+    info = read_control_file(control_file)
+    return dashboard_url(CONTROL_HOST, info["port"], token_of(info, control_file))
+
+
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -45,8 +62,9 @@ def fetch(control_file: Path, path: str = "/status", *, timeout: float = 5.0) ->
     """GET `path` from the daemon whose control file this is."""
     info = read_control_file(control_file)
     url = f"http://{CONTROL_HOST}:{info['port']}{path}"
+    request = urllib.request.Request(url, headers=dict([auth_header(token_of(info, control_file))]))
     try:
-        with _OPENER.open(url, timeout=timeout) as resp:
+        with _OPENER.open(request, timeout=timeout) as resp:
             body = bytes(resp.read(MAX_RESPONSE_BYTES + 1))
     except urllib.error.HTTPError as exc:
         raise DaemonNotRunning(

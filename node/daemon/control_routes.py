@@ -11,7 +11,9 @@ repeating them.
     GET /status          the status JSON;  GET /metrics  Prometheus text
 
 Every response forbids framing and any resource from elsewhere (Content-Security-Policy), so
-the page cannot be made to load or send anything off the machine.
+the page cannot be made to load or send anything off the machine. Only the page's own files
+(`PUBLIC_PATHS`: code, no data) are served without the start's token
+(node.daemon.control_auth); the server refuses every other path without it.
 """
 
 from __future__ import annotations
@@ -76,12 +78,19 @@ def metrics_page(status: StatusProvider) -> Response:
     )
 
 
+def asset_path(name: str) -> str:
+    return "/" if name == "index.html" else f"/{name}"
+
+
+# What a browser loads before its script can send the token from the URL fragment.
+PUBLIC_PATHS = frozenset(asset_path(name) for name in ASSETS)
+
+
 def asset_routes() -> dict[str, Route]:
     """`/` and the page's script and style sheet (read once)."""
     routes: dict[str, Route] = {}
     for name, content_type in ASSETS.items():
-        path = "/" if name == "index.html" else f"/{name}"
-        routes[path] = _fixed(Response("200 OK", content_type, asset(name)))
+        routes[asset_path(name)] = _fixed(Response("200 OK", content_type, asset(name)))
     return routes
 
 

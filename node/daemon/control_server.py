@@ -3,10 +3,18 @@ node.daemon.control_routes).
 
 Loopback is not a trust boundary: any local account, and any web page a local browser
 opens, can connect. So, whatever a client sends:
-- at most `ControlLimits.max_connections` connections are served at once; one more is
-  closed at once (RST), never queued in the daemon. The cap is derived from the process's
-  RLIMIT_NOFILE soft limit (`connection_cap`) so a flood cannot take the descriptors the
-  daemon needs for its checkpoints, its ledger and libp2p;
+- every page with data needs the start's token (node.daemon.control_auth); a request
+  without it gets 401 and its connection is closed once its head is read. Only the
+  dashboard's own files (code, no data) are served without it;
+- at most `ControlLimits.max_connections` connections are served at once. At the cap a new
+  connection takes the slot of the oldest one that has not presented the token (it is
+  closed); only when every slot is held by a token holder is the new one closed at once
+  (RST), never queued in the daemon. So another account re-opening idle connections cannot
+  keep the owner off /status. (A request head already in the socket buffer counts as
+  presented; the owner's connection is exposed only between its connect and its send, and
+  only to a client that re-opens a whole cap's worth of connections in that time.) The cap
+  is derived from the process's RLIMIT_NOFILE soft limit (`connection_cap`) so a flood
+  cannot take the descriptors the daemon needs for its checkpoints, its ledger and libp2p;
 - a connection has `head_timeout_s` from accept to send its whole request head (at most
   `max_head_bytes`), and `response_timeout_s` to take the answer;
 - the `Host` header must be 127.0.0.1 or localhost (with or without our port): a browser
@@ -26,7 +34,7 @@ import socket
 import struct
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +42,21 @@ import trio
 
 from gossipmed.errors import GossipmedError
 from gossipmed.storage.checkpoint import atomic_write_json
+from node.daemon.control_auth import new_token
 from node.daemon.control_client import CONTROL_HOST
-from node.daemon.control_routes import (
-    DEFAULT_ROUTES,
-    Response,
-    Route,
-    StatusProvider,
-    route_response,
-    text,
+from node.daemon.control_request import (  # noqa: F401  (re-exported for callers)
+    ALLOWED_HOSTS,
+    Request,
+    head_presents_token,
+    host_allowed,
+    parse_head,
+    read_head,
+    respond,
 )
+from node.daemon.control_routes import DEFAULT_ROUTES, Route, StatusProvider, text
 
 log = logging.getLogger(__name__)
 
-ALLOWED_HOSTS = ("127.0.0.1", "localhost")
 CONTROL_VERSION = 1
 MAX_REQUEST_HEAD = 8192
 HEAD_TIMEOUT_S = 2.0
@@ -96,76 +106,17 @@ class ControlLimits:
         return cls(max_connections=connection_cap())
 
 
-# --- one request -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    target: str
-    headers: tuple[tuple[str, str], ...]  # names lower-cased, in order received
-
-    def header(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key == name]
-
-
-def parse_head(head: bytes) -> Request:
-    """Request line and headers; ValueError for anything that is not plain HTTP/1.x."""
-    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-        raise ValueError("malformed request line")
-    headers = []
-    for line in lines[1:]:
-        if not line:
-            break
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or " " in name or "\t" in name:
-            raise ValueError("malformed header line")
-        headers.append((name.lower(), value.strip(" \t")))
-    return Request(method=parts[0], target=parts[1], headers=tuple(headers))
-
-
-def host_allowed(host: str, port: int) -> bool:
-    """Only our own names; a rebound DNS name, another port or a bare IP suffix fail."""
-    value = host.lower()
-    return any(value in (name, f"{name}:{port}") for name in ALLOWED_HOSTS)
-
-
-def respond(
-    head: bytes, *, port: int, status: StatusProvider, routes: Mapping[str, Route]
-) -> Response:
-    """The answer to one complete request head; the Host check comes before any page."""
-    try:
-        request = parse_head(head)
-    except ValueError:
-        return text("400 Bad Request", "bad request\n")
-    hosts = request.header("host")
-    if len(hosts) != 1 or not host_allowed(hosts[0], port):
-        return text("421 Misdirected Request", "Host must be 127.0.0.1 or localhost\n")
-    if request.method != "GET":
-        return text("405 Method Not Allowed", "GET only\n")
-    try:
-        return route_response(request.target, status, routes)
-    except Exception:  # a page's bug must not end the daemon
-        log.exception("control endpoint: building %s failed", request.target)
-        return text("500 Internal Server Error", "internal error (see the daemon log)\n")
-
-
-async def read_head(stream: trio.abc.ReceiveStream, limit: int) -> bytes | None:
-    """The request head, or None if the client closed first; ValueError past `limit`."""
-    head = bytearray()
-    while b"\r\n\r\n" not in head and b"\n\n" not in head:
-        if len(head) > limit:
-            raise ValueError("request head too large")
-        chunk = await stream.receive_some(1024)
-        if not chunk:
-            return None
-        head += chunk
-    return bytes(head)
-
-
 # --- the server -----------------------------------------------------------------------------
+
+
+def unread_bytes(stream: trio.SocketStream, limit: int) -> bytes:
+    """What the client sent that has not been read yet (peeked, left in place)."""
+    try:
+        fd = stream.socket.fileno()
+        with socket.socket(fileno=os.dup(fd)) as view:
+            return view.recv(limit, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # nothing waiting (EAGAIN), or no descriptor to spare: nothing known
+        return b""
 
 
 def _reset(stream: trio.SocketStream) -> None:
@@ -173,6 +124,17 @@ def _reset(stream: trio.SocketStream) -> None:
     with contextlib.suppress(OSError):
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     stream.socket.close()
+
+
+@dataclass(eq=False)
+class Slot:
+    """One served connection; cancelling `scope` ends it."""
+
+    stream: trio.SocketStream
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    head: bytearray = field(default_factory=bytearray)  # request head read so far
+    has_token: bool = False
+    evicted: bool = False
 
 
 class ControlServer:
@@ -184,16 +146,20 @@ class ControlServer:
         *,
         port: int,
         limits: ControlLimits,
+        token: str,
         routes: Mapping[str, Route] = DEFAULT_ROUTES,
     ) -> None:
         self.status = status
         self.port = port
         self.limits = limits
+        self.token = token
         self.routes = routes
         self.active = 0  # connections being served now
         self.peak = 0
         self.accepted = 0  # served (or timed out) since start
         self.refused = 0  # closed at once because the cap was reached
+        self.evicted = 0  # closed to make room: held a slot without presenting the token
+        self._slots: dict[Slot, None] = {}  # oldest first
         self._last_warning = -float("inf")
 
     async def serve(
@@ -217,7 +183,7 @@ class ControlServer:
                 self._warn(f"accept failed ({errno.errorcode.get(exc.errno or 0, exc)})")
                 await trio.sleep(ACCEPT_BACKOFF_S)
                 continue
-            if self.active >= self.limits.max_connections:
+            if self.active >= self.limits.max_connections and not self._evict_one():
                 self.refused += 1
                 self._warn(f"{self.limits.max_connections} connections open, closing new ones")
                 _reset(stream)
@@ -225,24 +191,62 @@ class ControlServer:
             self.active += 1
             self.accepted += 1
             self.peak = max(self.peak, self.active)
-            nursery.start_soon(self._handle, stream)
+            slot = Slot(stream)
+            self._slots[slot] = None
+            nursery.start_soon(self._handle, slot)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    def _evict_one(self) -> bool:
+        """Free the slot of the oldest connection that has sent nothing, else of the oldest
+        that has not presented the token; False if every slot is a token holder's.
+
+        A head already in the socket buffer counts as read: under a stream of re-opened
+        idle connections the owner's request may not have been scheduled yet."""
+        victim: Slot | None = None
+        for slot in self._slots:
+            if slot.has_token:
+                continue
+            seen = bytes(slot.head) + unread_bytes(slot.stream, self.limits.max_head_bytes + 1)
+            if not seen:
+                victim = slot
+                break
+            if head_presents_token(seen, self.token):
+                slot.has_token = True
+            elif victim is None:
+                victim = slot
+        if victim is None:
+            return False
+        self._release(victim)
+        victim.evicted = True
+        victim.scope.cancel()
+        self.evicted += 1
+        return True
+
+    def _release(self, slot: Slot) -> None:
+        if slot in self._slots:
+            del self._slots[slot]
+            self.active -= 1
+
+    async def _handle(self, slot: Slot) -> None:
+        stream = slot.stream
         try:
-            await self._exchange(stream)
+            with slot.scope:
+                await self._exchange(stream, slot)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            self.active -= 1
+            self._release(slot)
             with trio.CancelScope(shield=True):
-                await stream.aclose()
+                if slot.evicted:
+                    _reset(stream)  # its descriptor is free at once
+                else:
+                    await stream.aclose()
 
-    async def _exchange(self, stream: trio.SocketStream) -> None:
+    async def _exchange(self, stream: trio.SocketStream, slot: Slot) -> None:
         limits = self.limits
         head: bytes | None = None
         with trio.move_on_after(limits.head_timeout_s):
             try:
-                head = await read_head(stream, limits.max_head_bytes)
+                head = await read_head(stream, limits.max_head_bytes, slot.head)
             except ValueError:
                 reply = text("431 Request Header Fields Too Large", "request head too large\n")
                 with trio.move_on_after(limits.response_timeout_s):
@@ -250,7 +254,10 @@ class ControlServer:
                 return
         if head is None:  # idle past the timeout, or closed before a whole head
             return
-        reply = respond(head, port=self.port, status=self.status, routes=self.routes)
+        slot.has_token = head_presents_token(head, self.token)
+        reply = respond(
+            head, port=self.port, status=self.status, routes=self.routes, token=self.token
+        )
         with trio.move_on_after(limits.response_timeout_s):
             await stream.send_all(reply.encode())
 
@@ -275,12 +282,14 @@ async def serve_control(
     routes: Mapping[str, Route] = DEFAULT_ROUTES,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled. Reports the ControlServer (its `port`) via task_status and
-    writes the port to `control_file` (0600); removes that file on the way out."""
+    """Serve until cancelled. Reports the ControlServer (its `port` and this start's fresh
+    `token`) via task_status and writes both to `control_file` (0600); removes that file on
+    the way out."""
     limits = limits or ControlLimits.from_rlimit()
     listeners = await trio.open_tcp_listeners(port, host=CONTROL_HOST, backlog=LISTEN_BACKLOG)
     bound = int(listeners[0].socket.getsockname()[1])
-    server = ControlServer(status, port=bound, limits=limits, routes=routes)
+    token = new_token()
+    server = ControlServer(status, port=bound, limits=limits, token=token, routes=routes)
     log.info(
         "control endpoint on %s:%d (at most %d connections)",
         CONTROL_HOST,
@@ -295,6 +304,7 @@ async def serve_control(
                     "v": CONTROL_VERSION,
                     "host": CONTROL_HOST,
                     "port": bound,
+                    "token": token,
                     "pid": os.getpid(),
                     "started_at": time.time(),
                 },

@@ -84,6 +84,10 @@ class Libp2pTimeouts:
     defaults an honest 8 MiB update passes on any link that gives the stream >= 28 KiB/s
     (0.23 Mbit/s; then `message_s` = 300 s is the binding limit), and a stream trickling a
     byte every few seconds is dropped 10 s after it opened.
+
+    `first_byte_s` closes an inbound connection that has not sent a byte by then: an honest
+    dialer writes its multistream header at once, so only a connection held open to occupy a
+    handshake slot waits longer.
     """
 
     dial_s: float = 5.0
@@ -95,6 +99,7 @@ class Libp2pTimeouts:
     backoff_max_s: float = 5.0
     negotiate_s: int = 5  # multistream-select, inbound and outbound
     handshake_s: float = 10.0  # an inbound connection's Noise + yamux upgrade
+    first_byte_s: float = 1.0  # an inbound connection says nothing this long: closed
     min_rate_bps: float = 16 * 1024.0
     rate_grace_s: float = 10.0
     keepalive_s: float = 20.0  # a kept-open connection is pinged when idle this long
@@ -109,6 +114,7 @@ class Libp2pTimeouts:
             "message_s",
             "backoff_max_s",
             "handshake_s",
+            "first_byte_s",
             "min_rate_bps",
             "keepalive_s",
             "redial_max_s",
@@ -142,9 +148,14 @@ class Libp2pLimits:
       not lock members out; `member_handshakes_per_address` of them (or of the general pool)
       per member address, so one address cannot hold them all (several hospitals behind one
       NAT share this).
+    - at any of these caps a new connection takes the slot of one still waiting for its
+      handshake: the oldest that has sent no byte, else the oldest unauthenticated one (a
+      newcomer from a non-member address never displaces a member address's connection);
+      see node.net.libp2p.admission.
     - `outsider_burst` / `outsider_per_s`: token bucket per address, spent by each failed
-      handshake or handshake of a peer outside the roster. An empty bucket refuses the
-      address's next connections before any handshake; member addresses are never refused.
+      (silent, evicted) handshake or handshake of a peer outside the roster. An empty bucket
+      refuses the address's next connections before any handshake; member addresses are
+      never refused.
     - `address_table`: addresses remembered for the buckets above (least recent forgotten).
     - `reports_burst` / `reports_per_s`: `on_reject` calls per peer or address; the rest are
       counted and summarised in the next report, so an attacker cannot flood the audit log.

@@ -6,14 +6,17 @@ even when the connection is long closed: 250 handshakes with throwaway keys clos
 every new inbound connection, members included. `InboundGate.install` replaces that method on
 our swarm instance (the TCP listener calls it by attribute, per connection) with `_handle`:
 
-1. admission, before any byte is read: a connection from an address known to be a member's
-   takes a slot in a reserved pool (or the general one when that is full), with at most
-   `member_handshakes_per_address` in flight from its address; any other address needs a
-   slot in the general pool, fewer than `handshakes_per_address` handshakes in flight from
-   its address, and a non-empty outsider bucket for its address. Refused connections are
-   closed at once (no handshake). The per-address caps are on concurrency, not rate: a
+1. admission, before any byte is read (node.net.libp2p.admission): a connection from an
+   address known to be a member's takes a slot in a reserved pool (or the general one when
+   that is full), with at most `member_handshakes_per_address` in flight from its address;
+   any other address needs a slot in the general pool, fewer than `handshakes_per_address`
+   handshakes in flight from its address, and a non-empty outsider bucket for its address.
+   When the caps are reached the newcomer takes the slot of a waiting connection, silent
+   ones first, then the oldest; only an empty bucket or no displaceable connection refuses
+   it, closed at once (no handshake). The per-address caps are on concurrency, not rate: a
    member address is never refused for what came from it before.
-2. the Noise handshake (then yamux), bounded by `handshake_s`. The peer ID is known after
+2. the first byte must arrive within `first_byte_s` (an honest dialer speaks at once), then
+   the Noise handshake (then yamux), bounded by `handshake_s`. The peer ID is known after
    Noise: a peer outside the roster is closed right there (never muxed, never registered in
    the swarm) and spends a token of its address's bucket, as does a failed or timed-out
    handshake. Members never spend tokens and member addresses are never refused.
@@ -24,7 +27,8 @@ our swarm instance (the TCP listener calls it by attribute, per connection) with
 Member addresses are the IP addresses in members' roster multiaddrs plus the last few
 addresses each member authenticated from. A member that shares an address with an outsider
 flooding us, and whose address is in neither, is refused with that address until the
-bucket refills (documented in the transport's cost model).
+bucket refills (documented in the transport's cost model). A silent or evicted connection
+counts as a failed handshake and spends a token of its address's bucket.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from libp2p.io.abc import ReadWriteCloser
 from libp2p.network.connection.raw_connection import RawConnection
 
-from node.net.libp2p.buckets import BucketTable, Reporter
+from node.net.libp2p.admission import Admission, Pending
+from node.net.libp2p.buckets import Reporter
 from node.net.libp2p.config import Libp2pLimits, Libp2pTimeouts
 from node.net.libp2p.roster import Roster, address_key
 
@@ -58,6 +64,7 @@ class GateStats:
     outsiders_closed: int
     failed_handshakes: int
     refused_before_handshake: int
+    evicted_before_handshake: int
     addresses_tracked: int
 
 
@@ -68,64 +75,6 @@ async def close_quietly(conn: Any) -> None:
             await conn.close()
         except Exception as exc:
             log.debug("closing %s: %s: %s", type(conn).__name__, type(exc).__name__, exc)
-
-
-class Admission:
-    """Handshake slots: a reserved pool for member addresses, a general pool, per-address caps
-    on concurrency, and a per-address outsider bucket that only non-member addresses obey."""
-
-    def __init__(self, *, roster: Roster, limits: Libp2pLimits, clock: Callable[[], float]) -> None:
-        self._roster = roster
-        self._limits = limits
-        self.buckets = BucketTable(
-            size=limits.address_table,
-            burst=limits.outsider_burst,
-            per_s=limits.outsider_per_s,
-            clock=clock,
-        )
-        self._in_flight: dict[str, int] = {}  # handshakes per address key
-        self.general = 0
-        self.reserved = 0
-
-    def admit(self, key: str) -> str | None:
-        """The pool the handshake may use ("member" or "general"), or None if refused."""
-        member = self._roster.is_member_address(key)
-        limits = self._limits
-        per_address = (
-            limits.member_handshakes_per_address if member else limits.handshakes_per_address
-        )
-        if self._in_flight.get(key, 0) >= per_address:
-            return None
-        if member and self.reserved < limits.member_handshakes:
-            pool = "member"
-            self.reserved += 1
-        elif self.general < limits.handshakes and (member or not self.buckets.empty(key)):
-            pool = "general"
-            self.general += 1
-        else:
-            return None
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        return pool
-
-    def release(self, key: str, pool: str) -> None:
-        if pool == "member":
-            self.reserved -= 1
-        else:
-            self.general -= 1
-        left = self._in_flight[key] - 1
-        if left:
-            self._in_flight[key] = left
-        else:
-            del self._in_flight[key]
-
-    def charge(self, key: str) -> None:
-        """An outsider's or a failed handshake from `key`: one token less for the address."""
-        self.buckets.spend(key)
-
-    def refusal_reason(self, key: str) -> str:
-        if self.buckets.empty(key) and not self._roster.is_member_address(key):
-            return "too many outsider or failed handshakes from this address"
-        return "too many handshakes in progress"
 
 
 class InboundGate:
@@ -162,6 +111,7 @@ class InboundGate:
             outsiders_closed=self._outsiders,
             failed_handshakes=self._failed,
             refused_before_handshake=self._refused,
+            evicted_before_handshake=a.evicted,
             addresses_tracked=len(a.buckets),
         )
 
@@ -174,8 +124,9 @@ class InboundGate:
             remote = None
         host = str(remote[0]) if remote else UNKNOWN_ADDRESS
         key = address_key(host) or UNKNOWN_ADDRESS
-        pool = self._admission.admit(key)
-        if pool is None:
+        scope = trio.CancelScope(deadline=trio.current_time() + self._timeouts.first_byte_s)
+        pending = self._admission.admit(key, scope)
+        if pending is None:
             self._refused += 1
             self._reporter.report(
                 host,
@@ -184,10 +135,20 @@ class InboundGate:
             )
             await close_quietly(read_write_closer)
             return
+        raw = RawConnection(FirstByteWatch(read_write_closer, pending.heard), False)
+        conn = None
         try:
-            conn = await self._upgrade(RawConnection(read_write_closer, False), key, host)
+            with scope:
+                conn = await self._upgrade(raw, pending, host)
         finally:
-            self._admission.release(key, pool)
+            self._admission.release(pending)
+        if scope.cancelled_caught:  # silent past first_byte_s, or evicted by a newcomer
+            self._failed += 1
+            self._admission.charge(key)
+            why = "evicted" if pending.evicted else "no byte within the first-byte limit"
+            log.debug("inbound connection from %s closed before its handshake: %s", host, why)
+            await close_quietly(raw)
+            return
         if conn is None:
             return
         self._established += 1
@@ -196,8 +157,9 @@ class InboundGate:
         finally:
             self._established -= 1
 
-    async def _upgrade(self, raw: RawConnection, key: str, host: str) -> Any:
+    async def _upgrade(self, raw: RawConnection, pending: Pending, host: str) -> Any:
         """Noise, the roster check, yamux and registration; None if the connection was closed."""
+        key = pending.key
         upgrader = self._swarm.upgrader
         deadline = trio.current_time() + self._timeouts.handshake_s  # Noise and yamux together
         try:
@@ -221,6 +183,7 @@ class InboundGate:
             )
             await close_quietly(secured)
             return None
+        pending.authenticated = True  # a member: no newcomer may take its slot now
         self._roster.saw(site, key)
         try:
             with trio.fail_at(deadline):
@@ -230,3 +193,28 @@ class InboundGate:
             log.info("inbound connection of %s failed: %s: %s", site, type(exc).__name__, exc)
             await close_quietly(secured)
             return None
+
+
+class FirstByteWatch(ReadWriteCloser):
+    """The raw stream, telling `on_first_byte` when the remote has sent anything."""
+
+    def __init__(self, stream: Any, on_first_byte: Callable[[], None]) -> None:
+        self._stream = stream
+        self._on_first_byte: Callable[[], None] | None = on_first_byte
+
+    async def read(self, n: int | None = None) -> bytes:
+        data: bytes = await self._stream.read(n)
+        if data and self._on_first_byte is not None:
+            self._on_first_byte()
+            self._on_first_byte = None
+        return data
+
+    async def write(self, data: bytes) -> None:
+        await self._stream.write(data)
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        address: tuple[str, int] | None = self._stream.get_remote_address()
+        return address

@@ -45,7 +45,11 @@ What a peer can still cost a site, with the default limits:
   and 64 overall are in flight, each for at most `handshake_s` = 10 s: an attacker with
   many addresses can delay members whose address we do not know yet; members at roster
   addresses or addresses they connected from before have 32 reserved handshake slots (16
-  per address) and are never refused for what came from their address before. Memory: one
+  per address) and are never refused for what came from their address before. A connection
+  that sends nothing is closed after `first_byte_s` = 1 s, and at any cap a newcomer takes
+  the slot of the oldest connection that has sent nothing (then of the oldest
+  unauthenticated one; a non-member address never displaces a member address's), so silent
+  connections from a member's own address (a shared NAT) cannot keep it out. Memory: one
   handshake's buffers per slot (Noise frames <= 64 KiB). The address table holds 4096
   addresses; an attacker with more than that gets a fresh bucket per forgotten address.
 - a member that is not a neighbour: every stream it opens is reset before protocol

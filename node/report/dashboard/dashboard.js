@@ -263,13 +263,36 @@
     if (isNum(doc.refresh_s) && doc.refresh_s > 0) refreshMs = 1000 * doc.refresh_s;
   }
 
+  // The token comes in the URL fragment (#token=..., never sent to the server). Keep it in
+  // sessionStorage (this origin, this tab), take it out of the address bar, and send it as
+  // a header on every fetch. No cookies.
+  const TOKEN_KEY = "gossipmed-token";
+  let token = "";
+  function loadToken() {
+    const match = /(?:^#|&)token=([A-Za-z0-9_-]+)/.exec(window.location.hash || "");
+    try {
+      if (match) window.sessionStorage.setItem(TOKEN_KEY, match[1]);
+      token = window.sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (e) {
+      token = match ? match[1] : "";
+    }
+    if (match && window.history && window.history.replaceState) {
+      window.history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+  }
+
   function refresh() {
-    fetch("/dashboard.json", { cache: "no-store" })
-      .then((r) => { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+    fetch("/dashboard.json", { cache: "no-store", headers: { Authorization: "Bearer " + token } })
+      .then((r) => {
+        if (r.status === 401) throw new Error("no valid token: open the address `gossipmed status --url` prints");
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      })
       .then(render)
       .catch((e) => text("updated", "not updated: " + e.message))
       .finally(() => setTimeout(refresh, refreshMs));
   }
 
+  loadToken();
   refresh();
 })();
