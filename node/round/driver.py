@@ -11,9 +11,11 @@ With k exchanges per round the send-wait-mix part runs k times, each with its ow
 after the first exchange a site waits only for neighbours it heard in the previous one, and
 stops retrying the others when the wait ends, so a dead neighbour costs one timeout per round.
 Nobody waits longer than one timeout for anybody: a slow or dead site never stalls its
-neighbours. A site that learns (from an authentic update of a graph neighbour) that the
-neighbour is already past its round jumps ahead to that round without training for the
-rounds it skipped; that is how a restarted site rejoins.
+neighbours. A site that learns from authentic updates that a majority of its recently heard
+graph neighbours is past its round jumps ahead to their round (at most MAX_JUMP_ROUNDS per
+jump, never to FINAL_ROUND) without training for the rounds it skipped, nor for the rounds it
+runs while still behind; that is how a restarted site rejoins (node.round.progress). One
+neighbour's word alone moves a site only where it is the only one heard.
 
 Stragglers (measured in BENCHMARKS.md, scripts/bench_straggler.py): each neighbour has its own
 wait, adapted to when its updates arrived in recent exchanges and never longer than the round
@@ -51,6 +53,7 @@ from gossipmed.metrics import RoundRecord
 from node.net.transport import Transport
 from node.round.patience import Patience, PatienceSettings
 from node.round.peer import Peer
+from node.round.progress import FINAL_ROUND, jump_target, recent_window_s
 from node.round.secure_frame import is_frame
 from node.round.secure_session import Outbox, SecureSession
 
@@ -161,18 +164,24 @@ class RoundDriver:
     # -- rounds -------------------------------------------------------------------------------
 
     async def run(self, *, rounds: int = 0) -> None:
-        """Rounds from the peer's current one until `rounds` are done (0: until cancelled)."""
+        """Rounds from the peer's current one until `rounds` are done (0: until cancelled),
+        or until FINAL_ROUND is reached (audited; the caller exits 0)."""
         self._rounds = rounds
         r = self.peer.round
         while not rounds or r < rounds:
-            ahead = self._furthest()
-            if ahead is not None and ahead > r:
-                target = ahead if not rounds else min(ahead, rounds - 1)
-                log.info("neighbours are at round %d: skipping rounds %d..%d", ahead, r, target - 1)
+            if r >= FINAL_ROUND:
+                self._final_round_reached(r)
+                return
+            target = self._catch_up_target(r)
+            if target is not None:
+                log.info("a quorum of neighbours is ahead: skipping rounds %d..%d", r, target - 1)
                 self.state.skipped = [*self.state.skipped, (r, target - 1)][-MAX_SKIP_RECORDS:]
                 self.peer.force_keyframes(1)  # neighbours' copies of us miss the skipped rounds
                 r = target
-            record = await self.run_round(r)
+                if r >= FINAL_ROUND:
+                    continue
+            # still behind after a bounded jump: the round runs, without training
+            record = await self.run_round(r, catching_up=self._catch_up_target(r) is not None)
             log.info(
                 "round %d done: heard %d/%d, loss %s, eps %.3f, local D %.3e, %.2f s",
                 r,
@@ -185,17 +194,26 @@ class RoundDriver:
             )
             r = record.round + 1
 
-    async def run_round(self, round: int, *, timeout: float | None = None) -> RoundRecord:
-        """Train, then `peer.gossip_steps` exchanges, each waiting up to the round timeout.
+    def _final_round_reached(self, round: int) -> None:
+        log.warning("round %d is the last a site may reach: stopping", round)
+        self.state.phase = "final_round"
+        self.peer.audit.record("final_round_reached", site=self.peer.name, round=round)
+
+    async def run_round(
+        self, round: int, *, timeout: float | None = None, catching_up: bool = False
+    ) -> RoundRecord:
+        """Train (not when `catching_up`: a quorum of neighbours is further ahead than one
+        jump), then `peer.gossip_steps` exchanges, each waiting up to the round timeout.
         The record is of a later round when training ended after the neighbours had moved
         past `round` (see `_defer`)."""
         wait = self.round_timeout_s if timeout is None else timeout
         if self.secure is not None:
-            return await self._run_secure_round(round, self.secure)
-        self.state.round, self.state.phase = round, "training"
+            return await self._run_secure_round(round, self.secure, catching_up=catching_up)
+        self.state.round, self.state.phase = round, "catching up" if catching_up else "training"
         started = trio.current_time()
-        await self._call(self.peer.train, round, abandon=True)
-        round = self._defer(round)
+        await self._call(self.peer.train, round, catching_up, abandon=True)
+        if not catching_up:
+            round = self._defer(round)
         for step in range(self.peer.gossip_steps):
             if step > 0:
                 self.state.phase = "mixing"
@@ -213,19 +231,27 @@ class RoundDriver:
         self.state.last_record = record
         return record
 
-    def _furthest(self) -> int | None:
-        rounds = [self.peer.furthest_neighbour_round()]
+    def _catch_up_target(self, round: int) -> int | None:
+        """Where a site at `round` jumps (node.round.progress): the round a quorum of recently
+        heard neighbours claims, at most MAX_JUMP_ROUNDS on; None: no jump."""
+        return jump_target(current=round, ahead=self._quorum_ahead(), rounds=self._rounds)
+
+    def _quorum_ahead(self) -> int | None:
+        window = recent_window_s(self.round_timeout_s)
+        rounds = [self.peer.quorum_round(window_s=window)]
         if self.secure is not None:
             rounds.append(self.secure.furthest_round)
         known = [r for r in rounds if r is not None]
         return max(known) if known else None
 
-    async def _run_secure_round(self, round: int, secure: SecureSession) -> RoundRecord:
+    async def _run_secure_round(
+        self, round: int, secure: SecureSession, *, catching_up: bool = False
+    ) -> RoundRecord:
         """Open the own instance, train, contribute, run the phases until the own instance
         is over (each phase bounded by its share of the timeout), mix the aggregate."""
-        self.state.round, self.state.phase = round, "training"
+        self.state.round, self.state.phase = round, "catching up" if catching_up else "training"
         self._send_frames(await self._call(secure.open, round))
-        await self._call(self.peer.train, round, abandon=True)
+        await self._call(self.peer.train, round, catching_up, abandon=True)
         state = self.peer.secure_input(round)
         if self.before_send is not None:
             self.before_send(round, 0)
@@ -246,18 +272,17 @@ class RoundDriver:
         return record
 
     def _defer(self, round: int) -> int:
-        """After training: if an authentic update showed a neighbour already past `round`, an
-        update for `round` would be refused as stale everywhere it is late, so the trained
-        state goes into the round after the furthest neighbour's (buffered by them until they
-        open it). Returns the round the exchanges run in."""
-        ahead = self.peer.furthest_neighbour_round()
+        """After training: if a quorum of recently heard neighbours is already past `round`
+        (node.round.progress), an update for `round` would be refused as stale where it is
+        late, so the trained state goes into the round after theirs (buffered by them until
+        they open it), at most MAX_JUMP_ROUNDS on. Returns the round the exchanges run in."""
+        ahead = self.peer.quorum_round(window_s=recent_window_s(self.round_timeout_s))
         if ahead is None or ahead <= round:
             return round
-        target = ahead + 1
-        if self._rounds:
-            target = min(target, self._rounds - 1)
-        if target <= round:
+        target = jump_target(current=round, ahead=ahead + 1, rounds=self._rounds)
+        if target is None or min(target, FINAL_ROUND - 1) <= round:
             return round
+        target = min(target, FINAL_ROUND - 1)  # the trained state is sealed in `target`
         log.info(
             "training ended after neighbours reached round %d: offering it in %d", ahead, target
         )
