@@ -48,12 +48,12 @@ from typing import Any, TypeVar
 import trio
 
 from gossipmed.consortium.audit import payload_hash
-from gossipmed.errors import TransportError
+from gossipmed.errors import GossipmedError, TransportError
 from gossipmed.metrics import RoundRecord
 from node.net.transport import Transport
 from node.round.patience import Patience, PatienceSettings
 from node.round.peer import Peer
-from node.round.progress import FINAL_ROUND, jump_target, recent_window_s
+from node.round.progress import FINAL_ROUND, RoundLimitReached, jump_target, recent_window_s
 from node.round.secure_frame import is_frame
 from node.round.secure_session import Outbox, SecureSession
 
@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_PAUSE_S = 1.0
+SURVIVED = (GossipmedError, ArithmeticError, ValueError, RuntimeError)
+"""Failures of a round that a daemon survives (audited); OSError and MemoryError end it."""
 MAX_SKIP_RECORDS = 32
 
 
@@ -112,6 +114,7 @@ class RoundDriver:
         self.patience = Patience(patience)
         self._arrival = trio.Event()
         self._rounds = 0  # run()'s limit, which a deferred round must not pass
+        self._started = -math.inf  # when run() began (catch-up's quorum rule)
         self._own_work_s = 0.0  # this round's training and sealing time
         self._offloaded = 0  # steps running in worker threads (abandoned ones included)
         self._idle = threading.Condition()
@@ -137,11 +140,17 @@ class RoundDriver:
                 except TransportError:
                     sends.cancel_scope.cancel()
                     return
-                if self.secure is not None and is_frame(data):
-                    self.state.bytes_received += len(data)
-                    self._send_frames(await self._call(self.secure.handle, site, data))
-                elif await self._call(self._receive, data):
-                    self.state.bytes_received += len(data)
+                try:
+                    if self.secure is not None and is_frame(data):
+                        self.state.bytes_received += len(data)
+                        self._send_frames(await self._call(self.secure.handle, site, data))
+                    elif await self._call(self._receive, data):
+                        self.state.bytes_received += len(data)
+                except Exception as exc:  # nothing a peer sends ends the daemon
+                    log.exception("a message from %s could not be handled", site)
+                    self.peer.audit.record(
+                        "receive_failed", site=self.peer.name, sender=site, reason=repr(exc)
+                    )
                 arrived, self._arrival = self._arrival, trio.Event()
                 arrived.set()
 
@@ -167,6 +176,7 @@ class RoundDriver:
         """Rounds from the peer's current one until `rounds` are done (0: until cancelled),
         or until FINAL_ROUND is reached (audited; the caller exits 0)."""
         self._rounds = rounds
+        self._started = trio.current_time()
         r = self.peer.round
         while not rounds or r < rounds:
             if r >= FINAL_ROUND:
@@ -181,7 +191,11 @@ class RoundDriver:
                 if r >= FINAL_ROUND:
                     continue
             # still behind after a bounded jump: the round runs, without training
-            record = await self.run_round(r, catching_up=self._catch_up_target(r) is not None)
+            try:
+                record = await self.run_round(r, catching_up=self._catch_up_target(r) is not None)
+            except SURVIVED as exc:
+                r = await self._round_failed(r, exc)
+                continue
             log.info(
                 "round %d done: heard %d/%d, loss %s, eps %.3f, local D %.3e, %.2f s",
                 r,
@@ -193,6 +207,24 @@ class RoundDriver:
                 record.seconds,
             )
             r = record.round + 1
+
+    async def _round_failed(self, round: int, exc: Exception) -> int:
+        """A round that raised on the way from the network through mix, seal and checkpoint
+        (say, a state a neighbour's update made unsealable) is audited and given up; the site
+        goes on with the next round after one round timeout (so a failure that repeats does
+        not spin). Returns that round. Local failures (OSError: a full disk) still end the
+        daemon, for its supervisor to restart."""
+        if isinstance(exc, RoundLimitReached):
+            raise exc
+        ran = max(round, self.state.round)  # _defer may have moved the round on
+        log.error("round %d failed and is given up: %s", ran, exc)
+        self.state.failures += 1
+        self.state.phase = "round_failed"
+        self.peer.audit.record("round_failed", site=self.peer.name, round=ran, reason=repr(exc))
+        self.peer.force_keyframes(1)  # whatever left of this round, neighbours' replicas lag
+        pause = self.round_timeout_s if math.isfinite(self.round_timeout_s) else RETRY_PAUSE_S
+        await trio.sleep(pause)
+        return max(ran + 1, self.peer.round)
 
     def _final_round_reached(self, round: int) -> None:
         log.warning("round %d is the last a site may reach: stopping", round)
@@ -237,8 +269,15 @@ class RoundDriver:
         return jump_target(current=round, ahead=self._quorum_ahead(), rounds=self._rounds)
 
     def _quorum_ahead(self) -> int | None:
+        """Until one round timeout has passed since the start, a live neighbour may simply
+        not have been heard yet: then the quorum is a majority of ALL the neighbours (one
+        early liar among two must not count as a majority of one)."""
         window = recent_window_s(self.round_timeout_s)
-        rounds = [self.peer.quorum_round(window_s=window)]
+        quorum = None
+        if trio.current_time() - self._started < self.round_timeout_s:
+            degree = len(self.peer.schedule.neighbours(self.peer.round, self.peer.name))
+            quorum = degree // 2 + 1
+        rounds = [self.peer.quorum_round(window_s=window, quorum=quorum)]
         if self.secure is not None:
             rounds.append(self.secure.furthest_round)
         known = [r for r in rounds if r is not None]
@@ -276,7 +315,7 @@ class RoundDriver:
         (node.round.progress), an update for `round` would be refused as stale where it is
         late, so the trained state goes into the round after theirs (buffered by them until
         they open it), at most MAX_JUMP_ROUNDS on. Returns the round the exchanges run in."""
-        ahead = self.peer.quorum_round(window_s=recent_window_s(self.round_timeout_s))
+        ahead = self._quorum_ahead()
         if ahead is None or ahead <= round:
             return round
         target = jump_target(current=round, ahead=ahead + 1, rounds=self._rounds)

@@ -119,10 +119,16 @@ class Inbox:
             if s.last_round is not None and s.last_heard is not None
         }
 
-    def quorum_round(self, *, neighbours: frozenset[str], window_s: float) -> int | None:
+    def quorum_round(
+        self, *, neighbours: frozenset[str], window_s: float, quorum: int | None = None
+    ) -> int | None:
         """The round a majority of the `neighbours` heard within `window_s` claims."""
         return quorum_round(
-            self.claims(), neighbours=neighbours, now=self._wall_clock(), window_s=window_s
+            self.claims(),
+            neighbours=neighbours,
+            now=self._wall_clock(),
+            window_s=window_s,
+            quorum=quorum,
         )
 
     def moved_past(self, sender: str, round: int) -> bool:

@@ -312,12 +312,13 @@ class Peer:
         with self._lock:
             return self._inbox.furthest_round()
 
-    def quorum_round(self, *, window_s: float) -> int | None:
+    def quorum_round(self, *, window_s: float, quorum: int | None = None) -> int | None:
         """The highest round a majority of this round's neighbours heard within `window_s`
-        claims (node.round.progress): what catch-up may jump to."""
+        (and at least `quorum` of them) claims (node.round.progress): what catch-up may
+        jump to."""
         neighbours = self.schedule.neighbours(self.round, self.name)
         with self._lock:
-            return self._inbox.quorum_round(neighbours=neighbours, window_s=window_s)
+            return self._inbox.quorum_round(neighbours=neighbours, window_s=window_s, quorum=quorum)
 
     def neighbour_stats(self) -> dict[str, NeighbourStats]:
         with self._lock:
