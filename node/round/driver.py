@@ -274,7 +274,10 @@ class RoundDriver:
         early liar among two must not count as a majority of one)."""
         window = recent_window_s(self.round_timeout_s)
         quorum = None
-        if trio.current_time() - self._started < self.round_timeout_s:
+        if (
+            math.isfinite(self._started)
+            and trio.current_time() - self._started < self.round_timeout_s
+        ):
             degree = len(self.peer.schedule.neighbours(self.peer.round, self.peer.name))
             quorum = degree // 2 + 1
         rounds = [self.peer.quorum_round(window_s=window, quorum=quorum)]
