@@ -14,6 +14,7 @@ import pytest
 import trio
 from progress_world import Net, Site, build, run
 
+from gossipmed.errors import WireError
 from gossipmed.wire.update import MAX_ROUND
 from node.round.progress import MAX_JUMP_ROUNDS
 
@@ -88,3 +89,43 @@ def test_one_neighbour_claiming_2_40_moves_no_site_with_two_live_neighbours() ->
         assert all(r.trained for r in site.records), name
         claims = site.peer.neighbour_stats()
         assert all(s.last_round is None or s.last_round < MAX_ROUND for s in claims.values())
+
+
+def test_a_round_that_fails_on_the_way_to_its_seal_is_audited_and_survived() -> None:
+    """Nothing a peer sends ends the daemon: a round whose seal (or mix, or checkpoint)
+    raises is given up, audited, and the site goes on with the next one."""
+    net = build(nx.cycle_graph(3), start={})
+    site = net.sites["site-00"]
+    seal = site.peer.seal_outgoing
+    failed: list[int] = []
+
+    def seal_once(round: int, step: int = 0) -> dict[str, bytes]:
+        if not failed:
+            failed.append(round)
+            raise WireError("an unsealable state")
+        return seal(round, step)
+
+    site.peer.seal_outgoing = seal_once  # type: ignore[method-assign]
+    run(net, until={n: 4 for n in net.sites})
+    assert failed == [0]
+    assert [r.round for r in site.records] == [1, 2, 3]
+    (event,) = [e for e in site.audit.events if e["event"] == "round_failed"]
+    assert event["round"] == 0 and "unsealable" in event["reason"]
+
+
+def test_a_message_whose_handling_raises_is_audited_and_survived() -> None:
+    net = build(nx.cycle_graph(3), start={})
+    site = net.sites["site-00"]
+    receive = site.peer.receive
+    raised: list[bool] = []
+
+    def receive_once(data: bytes, *, payload_hash: str = "") -> bool:
+        if not raised:
+            raised.append(True)
+            raise ValueError("a decoder bug a peer found")
+        return receive(data, payload_hash=payload_hash)
+
+    site.peer.receive = receive_once  # type: ignore[method-assign]
+    run(net, until={n: 3 for n in net.sites})
+    assert raised and [r.round for r in site.records] == [0, 1, 2]
+    assert [e["event"] for e in site.audit.events].count("receive_failed") == 1
