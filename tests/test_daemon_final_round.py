@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from daemon_support import rounds_done
 
+from gossipmed.consortium.audit import read_audit
+from gossipmed.consortium.site import load_site
 from gossipmed.storage.checkpoint import META_FILE
 from gossipmed.wire.update import MAX_ROUND
 from node.cli import main
@@ -22,6 +24,7 @@ from node.daemon.cluster import create_cluster, toy_sections
 from node.daemon.config import STATE_DIR
 from node.daemon.ledger import ledger_path
 from node.round.peer import Peer
+from node.round.progress import FINAL_ROUND
 
 pytest_plugins = ["daemon_support"]  # fixture: toy_base
 pytestmark = [pytest.mark.slow, pytest.mark.network]
@@ -87,3 +90,24 @@ def test_a_crash_after_training_is_charged_exactly_once(
     assert main(["run", "--site", str(site)]) == 1
     assert steps_charged(site) == STEPS  # round 0's steps, charged once, before training
     assert rounds_done(site) == []
+
+
+def test_a_site_that_reaches_the_final_round_stops_with_exit_0_audited(tmp_path: Path) -> None:
+    def sections(i: int) -> dict[str, dict[str, object]]:
+        return {
+            "daemon": {"rounds": 1, "site_index": i, "problem": "quadratic"},
+            "gossip": {"round_timeout_s": 0.2},
+        }
+
+    site = create_cluster(tmp_path / "c", nodes=2, topology="ring", sections=sections)[0]
+    assert main(["run", "--site", str(site)]) == 0
+    meta_path = site / STATE_DIR / META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["round"] = FINAL_ROUND - 1  # it resumes at FINAL_ROUND
+    meta_path.write_text(json.dumps(meta))
+    set_rounds(site, 0)
+    records = rounds_done(site)
+    assert main(["run", "--site", str(site)]) == 0
+    assert rounds_done(site) == records  # nothing ran
+    events = read_audit(load_site(site).audit_path)
+    assert any("final_round_reached" in str(e.get("reason")) for e in events)
