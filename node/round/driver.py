@@ -79,6 +79,8 @@ class DriverState:
     last_record: RoundRecord | None = None
     skipped: list[tuple[int, int]] = field(default_factory=list)
     """Rounds jumped over to catch up, as [first, last] ranges (the most recent ones)."""
+    failed_rounds: int = 0
+    """Rounds given up because something between the network and the checkpoint failed."""
     deferred: int = 0
     """Rounds whose training ended after the neighbours had moved on (offered later)."""
     waits: dict[str, float] = field(default_factory=dict)
@@ -193,6 +195,9 @@ class RoundDriver:
             # still behind after a bounded jump: the round runs, without training
             try:
                 record = await self.run_round(r, catching_up=self._catch_up_target(r) is not None)
+            except RoundLimitReached:
+                self._final_round_reached(r)
+                return
             except SURVIVED as exc:
                 r = await self._round_failed(r, exc)
                 continue
@@ -214,11 +219,9 @@ class RoundDriver:
         goes on with the next round after one round timeout (so a failure that repeats does
         not spin). Returns that round. Local failures (OSError: a full disk) still end the
         daemon, for its supervisor to restart."""
-        if isinstance(exc, RoundLimitReached):
-            raise exc
         ran = max(round, self.state.round)  # _defer may have moved the round on
         log.error("round %d failed and is given up: %s", ran, exc)
-        self.state.failures += 1
+        self.state.failed_rounds += 1
         self.state.phase = "round_failed"
         self.peer.audit.record("round_failed", site=self.peer.name, round=ran, reason=repr(exc))
         self.peer.force_keyframes(1)  # whatever left of this round, neighbours' replicas lag
