@@ -36,8 +36,8 @@ from node.round.progress import FINAL_ROUND, MAX_JUMP_ROUNDS, capped, recent_win
 from topology.schedule import MixingSchedule
 
 SETTINGS = settings(
-    max_examples=60,
-    stateful_step_count=30,
+    max_examples=50,
+    stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
