@@ -31,6 +31,7 @@ from node.net.memory import MemoryNetwork
 from node.round.audit import ListAudit
 from node.round.driver import RoundDriver
 from node.round.peer import Peer
+from node.round.progress import FINAL_ROUND
 from topology.schedule import MixingSchedule
 
 NAMES = ("site-00", "site-01", "site-02", "mallory")
@@ -135,9 +136,12 @@ def test_rounds_past_the_bound_never_reach_the_peer() -> None:
     assert peer.furthest_neighbour_round() is None
 
 
-def test_catching_up_to_the_highest_round_allocates_nothing_per_skipped_round() -> None:
-    """The jump from round 0 to 2^40 is one record, not 2^40 of them."""
-    peer, sealers, _audit = world()
+def test_catching_up_to_the_highest_claim_stops_at_the_final_round() -> None:
+    """A claim of 2^40 is capped below MAX_ROUND; the jump to it is one record, not one per
+    skipped round, and a site that reaches FINAL_ROUND stops (audited) instead of sealing a
+    round that could not be sealed."""
+    peer, sealers, audit = world()
+    peer.round = FINAL_ROUND - 10
     peer.receive(update(sealers, "site-01", MAX_ROUND))
     network = MemoryNetwork()
     transport = network.endpoint("site-00")
@@ -146,8 +150,9 @@ def test_catching_up_to_the_highest_round_allocates_nothing_per_skipped_round() 
 
     async def main() -> None:
         with trio.fail_after(30):
-            await driver.run(rounds=MAX_ROUND + 1)
+            await driver.run()
 
     trio.run(main)
-    assert driver.state.skipped == [(0, MAX_ROUND - 1)]
-    assert driver.state.completed == 1 and peer.round == MAX_ROUND + 1
+    assert driver.state.skipped == [(FINAL_ROUND - 10, FINAL_ROUND - 1)]
+    assert driver.state.completed == 0
+    assert audit.events[-1]["event"] == "final_round_reached"

@@ -31,6 +31,7 @@ import torch
 
 from gossipmed.errors import CheckpointError, GossipmedError
 from gossipmed.storage.checkpoint import META_FILE, atomic_write_bytes, load_state, save_state
+from gossipmed.wire.update import MAX_ROUND
 
 CHECKPOINT_FORMAT = 2
 REPLAY_KEY = "replay_guard"
@@ -120,8 +121,12 @@ def read_checkpoint(directory: Path, *, site: str) -> Checkpoint:
     if meta.get("site") != site:
         raise CheckpointError(f"the checkpoint in {directory} is not {site}'s")
     round_ = meta.get("round")
-    if type(round_) is not int or round_ < 0:
-        raise CheckpointError(f"the checkpoint in {directory} has no valid round")
+    if type(round_) is not int or not 0 <= round_ < MAX_ROUND:
+        # a round of MAX_ROUND or more cannot be sealed: resuming after it would train,
+        # charge the ledger and fail at the first seal, on every supervised restart
+        raise CheckpointError(
+            f"the checkpoint in {directory} has no valid round (an integer in [0, {MAX_ROUND}))"
+        )
     if not _finite(state):
         raise CheckpointError(f"the checkpoint in {directory} holds NaN or Inf; not resuming")
     epsilon = meta.get("epsilon")

@@ -8,7 +8,9 @@ Crash safety: the privacy ledger is written (atomically) when a round is charged
 any update leaves; after mixing, the adapter, round, epsilon, replay-guard state and every
 component's state go to one checkpoint (gossipmed.storage.peer_state), and only then the metrics
 record. After kill -9 the daemon resumes at the round after its last checkpoint with the
-ledger's epsilon (never lower).
+ledger's epsilon (never lower). A checkpoint it cannot resume from (not its own, non-finite,
+or of a round at or above MAX_ROUND, which could never be sealed) is refused before the ledger
+opens: exit 2, nothing charged.
 
 A top-k sender's neighbours hold a replica of it that only consecutive deltas keep right,
 so the daemon sends dense keyframes whenever a replica may be out of step: after rounds it
@@ -174,10 +176,12 @@ class SiteDaemon:
         private_dir(settings.directory, tighten=True)  # older site folders were 0755
         private_dir(settings.state_dir, tighten=True)
         self.audit = DaemonAudit(AuditLog(site.audit_path))
-        learner = build_learner(settings, roster=self.roster)
         checkpoint = None
         if has_checkpoint(settings.state_dir):
+            # before the ledger opens: a checkpoint this site cannot resume from (a round at or
+            # above MAX_ROUND included) exits 2 without charging anything
             checkpoint = read_checkpoint(settings.state_dir, site=self.name)
+        learner = build_learner(settings, roster=self.roster)
         d = settings.daemon
         self.max_bytes = d.max_bytes or update_size_limit(state_schema(learner.get_state()))
         schedule = schedule_from_roster(self.roster)

@@ -103,6 +103,7 @@ def build_status(
             "bytes": {"sent": state.bytes_sent, "received": state.bytes_received},
             "rejected": rejected,
             "failures": state.failures,
+            "failed_rounds": state.failed_rounds,
         }
     )
 

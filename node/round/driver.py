@@ -11,9 +11,11 @@ With k exchanges per round the send-wait-mix part runs k times, each with its ow
 after the first exchange a site waits only for neighbours it heard in the previous one, and
 stops retrying the others when the wait ends, so a dead neighbour costs one timeout per round.
 Nobody waits longer than one timeout for anybody: a slow or dead site never stalls its
-neighbours. A site that learns (from an authentic update of a graph neighbour) that the
-neighbour is already past its round jumps ahead to that round without training for the
-rounds it skipped; that is how a restarted site rejoins.
+neighbours. A site that learns from authentic updates that a majority of its recently heard
+graph neighbours is past its round jumps ahead to their round (at most MAX_JUMP_ROUNDS per
+jump, never to FINAL_ROUND) without training for the rounds it skipped, nor for the rounds it
+runs while still behind; that is how a restarted site rejoins (node.round.progress). One
+neighbour's word alone moves a site only where it is the only one heard.
 
 Stragglers (measured in BENCHMARKS.md, scripts/bench_straggler.py): each neighbour has its own
 wait, adapted to when its updates arrived in recent exchanges and never longer than the round
@@ -46,11 +48,12 @@ from typing import Any, TypeVar
 import trio
 
 from gossipmed.consortium.audit import payload_hash
-from gossipmed.errors import TransportError
+from gossipmed.errors import GossipmedError, TransportError
 from gossipmed.metrics import RoundRecord
 from node.net.transport import Transport
 from node.round.patience import Patience, PatienceSettings
 from node.round.peer import Peer
+from node.round.progress import FINAL_ROUND, RoundLimitReached, jump_target, recent_window_s
 from node.round.secure_frame import is_frame
 from node.round.secure_session import Outbox, SecureSession
 
@@ -58,6 +61,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_PAUSE_S = 1.0
+SURVIVED = (GossipmedError, ArithmeticError, ValueError, RuntimeError)
+"""Failures of a round that a daemon survives (audited); OSError and MemoryError end it."""
 MAX_SKIP_RECORDS = 32
 
 
@@ -74,6 +79,8 @@ class DriverState:
     last_record: RoundRecord | None = None
     skipped: list[tuple[int, int]] = field(default_factory=list)
     """Rounds jumped over to catch up, as [first, last] ranges (the most recent ones)."""
+    failed_rounds: int = 0
+    """Rounds given up because something between the network and the checkpoint failed."""
     deferred: int = 0
     """Rounds whose training ended after the neighbours had moved on (offered later)."""
     waits: dict[str, float] = field(default_factory=dict)
@@ -109,6 +116,7 @@ class RoundDriver:
         self.patience = Patience(patience)
         self._arrival = trio.Event()
         self._rounds = 0  # run()'s limit, which a deferred round must not pass
+        self._started = -math.inf  # when run() began (catch-up's quorum rule)
         self._own_work_s = 0.0  # this round's training and sealing time
         self._offloaded = 0  # steps running in worker threads (abandoned ones included)
         self._idle = threading.Condition()
@@ -134,11 +142,17 @@ class RoundDriver:
                 except TransportError:
                     sends.cancel_scope.cancel()
                     return
-                if self.secure is not None and is_frame(data):
-                    self.state.bytes_received += len(data)
-                    self._send_frames(await self._call(self.secure.handle, site, data))
-                elif await self._call(self._receive, data):
-                    self.state.bytes_received += len(data)
+                try:
+                    if self.secure is not None and is_frame(data):
+                        self.state.bytes_received += len(data)
+                        self._send_frames(await self._call(self.secure.handle, site, data))
+                    elif await self._call(self._receive, data):
+                        self.state.bytes_received += len(data)
+                except Exception as exc:  # nothing a peer sends ends the daemon
+                    log.exception("a message from %s could not be handled", site)
+                    self.peer.audit.record(
+                        "receive_failed", site=self.peer.name, sender=site, reason=repr(exc)
+                    )
                 arrived, self._arrival = self._arrival, trio.Event()
                 arrived.set()
 
@@ -161,18 +175,32 @@ class RoundDriver:
     # -- rounds -------------------------------------------------------------------------------
 
     async def run(self, *, rounds: int = 0) -> None:
-        """Rounds from the peer's current one until `rounds` are done (0: until cancelled)."""
+        """Rounds from the peer's current one until `rounds` are done (0: until cancelled),
+        or until FINAL_ROUND is reached (audited; the caller exits 0)."""
         self._rounds = rounds
+        self._started = trio.current_time()
         r = self.peer.round
         while not rounds or r < rounds:
-            ahead = self._furthest()
-            if ahead is not None and ahead > r:
-                target = ahead if not rounds else min(ahead, rounds - 1)
-                log.info("neighbours are at round %d: skipping rounds %d..%d", ahead, r, target - 1)
+            if r >= FINAL_ROUND:
+                self._final_round_reached(r)
+                return
+            target = self._catch_up_target(r)
+            if target is not None:
+                log.info("a quorum of neighbours is ahead: skipping rounds %d..%d", r, target - 1)
                 self.state.skipped = [*self.state.skipped, (r, target - 1)][-MAX_SKIP_RECORDS:]
                 self.peer.force_keyframes(1)  # neighbours' copies of us miss the skipped rounds
                 r = target
-            record = await self.run_round(r)
+                if r >= FINAL_ROUND:
+                    continue
+            # still behind after a bounded jump: the round runs, without training
+            try:
+                record = await self.run_round(r, catching_up=self._catch_up_target(r) is not None)
+            except RoundLimitReached:
+                self._final_round_reached(r)
+                return
+            except SURVIVED as exc:
+                r = await self._round_failed(r, exc)
+                continue
             log.info(
                 "round %d done: heard %d/%d, loss %s, eps %.3f, local D %.3e, %.2f s",
                 r,
@@ -199,17 +227,42 @@ class RoundDriver:
         if not rounds:
             await trio.sleep_forever()
 
-    async def run_round(self, round: int, *, timeout: float | None = None) -> RoundRecord:
-        """Train, then `peer.gossip_steps` exchanges, each waiting up to the round timeout.
+    async def _round_failed(self, round: int, exc: Exception) -> int:
+        """A round that raised on the way from the network through mix, seal and checkpoint
+        (say, a state a neighbour's update made unsealable) is audited and given up; the site
+        goes on with the next round after one round timeout (so a failure that repeats does
+        not spin). Returns that round. Local failures (OSError: a full disk) still end the
+        daemon, for its supervisor to restart."""
+        ran = max(round, self.state.round)  # _defer may have moved the round on
+        log.error("round %d failed and is given up: %s", ran, exc)
+        self.state.failed_rounds += 1
+        self.state.phase = "round_failed"
+        self.peer.audit.record("round_failed", site=self.peer.name, round=ran, reason=repr(exc))
+        self.peer.force_keyframes(1)  # whatever left of this round, neighbours' replicas lag
+        pause = self.round_timeout_s if math.isfinite(self.round_timeout_s) else RETRY_PAUSE_S
+        await trio.sleep(pause)
+        return max(ran + 1, self.peer.round)
+
+    def _final_round_reached(self, round: int) -> None:
+        log.warning("round %d is the last a site may reach: stopping", round)
+        self.state.phase = "final_round"
+        self.peer.audit.record("final_round_reached", site=self.peer.name, round=round)
+
+    async def run_round(
+        self, round: int, *, timeout: float | None = None, catching_up: bool = False
+    ) -> RoundRecord:
+        """Train (not when `catching_up`: a quorum of neighbours is further ahead than one
+        jump), then `peer.gossip_steps` exchanges, each waiting up to the round timeout.
         The record is of a later round when training ended after the neighbours had moved
         past `round` (see `_defer`)."""
         wait = self.round_timeout_s if timeout is None else timeout
         if self.secure is not None:
-            return await self._run_secure_round(round, self.secure)
-        self.state.round, self.state.phase = round, "training"
+            return await self._run_secure_round(round, self.secure, catching_up=catching_up)
+        self.state.round, self.state.phase = round, "catching up" if catching_up else "training"
         started = trio.current_time()
-        await self._call(self.peer.train, round, abandon=True)
-        round = self._defer(round)
+        await self._call(self.peer.train, round, catching_up, abandon=True)
+        if not catching_up:
+            round = self._defer(round)
         for step in range(self.peer.gossip_steps):
             if step > 0:
                 self.state.phase = "mixing"
@@ -227,19 +280,37 @@ class RoundDriver:
         self.state.last_record = record
         return record
 
-    def _furthest(self) -> int | None:
-        rounds = [self.peer.furthest_neighbour_round()]
+    def _catch_up_target(self, round: int) -> int | None:
+        """Where a site at `round` jumps (node.round.progress): the round a quorum of recently
+        heard neighbours claims, at most MAX_JUMP_ROUNDS on; None: no jump."""
+        return jump_target(current=round, ahead=self._quorum_ahead(), rounds=self._rounds)
+
+    def _quorum_ahead(self) -> int | None:
+        """Until one round timeout has passed since the start, a live neighbour may simply
+        not have been heard yet: then the quorum is a majority of ALL the neighbours (one
+        early liar among two must not count as a majority of one)."""
+        window = recent_window_s(self.round_timeout_s)
+        quorum = None
+        if (
+            math.isfinite(self._started)
+            and trio.current_time() - self._started < self.round_timeout_s
+        ):
+            degree = len(self.peer.schedule.neighbours(self.peer.round, self.peer.name))
+            quorum = degree // 2 + 1
+        rounds = [self.peer.quorum_round(window_s=window, quorum=quorum)]
         if self.secure is not None:
             rounds.append(self.secure.furthest_round)
         known = [r for r in rounds if r is not None]
         return max(known) if known else None
 
-    async def _run_secure_round(self, round: int, secure: SecureSession) -> RoundRecord:
+    async def _run_secure_round(
+        self, round: int, secure: SecureSession, *, catching_up: bool = False
+    ) -> RoundRecord:
         """Open the own instance, train, contribute, run the phases until the own instance
         is over (each phase bounded by its share of the timeout), mix the aggregate."""
-        self.state.round, self.state.phase = round, "training"
+        self.state.round, self.state.phase = round, "catching up" if catching_up else "training"
         self._send_frames(await self._call(secure.open, round))
-        await self._call(self.peer.train, round, abandon=True)
+        await self._call(self.peer.train, round, catching_up, abandon=True)
         state = self.peer.secure_input(round)
         if self.before_send is not None:
             self.before_send(round, 0)
@@ -260,18 +331,17 @@ class RoundDriver:
         return record
 
     def _defer(self, round: int) -> int:
-        """After training: if an authentic update showed a neighbour already past `round`, an
-        update for `round` would be refused as stale everywhere it is late, so the trained
-        state goes into the round after the furthest neighbour's (buffered by them until they
-        open it). Returns the round the exchanges run in."""
-        ahead = self.peer.furthest_neighbour_round()
+        """After training: if a quorum of recently heard neighbours is already past `round`
+        (node.round.progress), an update for `round` would be refused as stale where it is
+        late, so the trained state goes into the round after theirs (buffered by them until
+        they open it), at most MAX_JUMP_ROUNDS on. Returns the round the exchanges run in."""
+        ahead = self._quorum_ahead()
         if ahead is None or ahead <= round:
             return round
-        target = ahead + 1
-        if self._rounds:
-            target = min(target, self._rounds - 1)
-        if target <= round:
+        target = jump_target(current=round, ahead=ahead + 1, rounds=self._rounds)
+        if target is None or min(target, FINAL_ROUND - 1) <= round:
             return round
+        target = min(target, FINAL_ROUND - 1)  # the trained state is sealed in `target`
         log.info(
             "training ended after neighbours reached round %d: offering it in %d", ahead, target
         )

@@ -7,9 +7,12 @@ signature, freshness, schema):
     too_early        more than `max_future_rounds` rounds ahead of this site
     duplicate        this sender's update for that exchange is already buffered
 
-Progress (what round each neighbour is at) is learnt only from updates that passed the
-sealer's checks AND come from a graph neighbour -- including ones too far ahead to buffer,
-or a restarted site could never rejoin. A member with no edge to us cannot move our round.
+A refused update changes no state, with one exception: an authentic update of a current graph
+neighbour refused only as too early records that neighbour's claimed round (or a restarted
+site could never rejoin). Progress is learnt from that and from accepted updates only: one
+integer per neighbour, capped below MAX_ROUND (node.round.progress). A claim moves nothing by
+itself; the driver jumps only on a quorum of recent claims. A member with no edge to us
+cannot inform catch-up at all.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gossipmed.errors import GossipmedError
+from node.round.progress import Claim, capped, quorum_round
 
 
 class Refused(GossipmedError):
@@ -33,8 +37,8 @@ class Refused(GossipmedError):
 
 @dataclass
 class NeighbourStats:
-    last_heard: float | None = None  # wall-clock time of the last authentic update
-    last_round: int | None = None  # highest round of an authentic update
+    last_heard: float | None = None  # wall-clock time of the last accepted or too-early update
+    last_round: int | None = None  # its claim: the highest such round, capped below MAX_ROUND
     accepted: int = 0
 
 
@@ -62,13 +66,14 @@ class Inbox:
         current_round: int,
         is_neighbour: bool,
     ) -> None:
-        """Raise Refused unless the update may be buffered; learn progress either way."""
+        """Raise Refused unless the update may be buffered. A refusal changes nothing but a
+        neighbour's claim, and that only for `too_early`; `put` records an accepted one."""
         if exchange < open_exchange:
             raise Refused("stale")
         if not is_neighbour:
             raise Refused("not_a_neighbour")
-        self._saw(sender, exchange[0])
         if exchange[0] > current_round + self.max_future_rounds:
+            self._saw(sender, exchange[0])
             raise Refused("too_early")
         buffer = self._buffers.get(exchange)
         if buffer is not None and sender in buffer.states:
@@ -80,7 +85,7 @@ class Inbox:
         buffer = self._buffers.setdefault(exchange, ExchangeBuffer())
         buffer.states[sender] = state
         buffer.bytes_received += size
-        self.neighbours.setdefault(sender, NeighbourStats()).accepted += 1
+        self._saw(sender, exchange[0]).accepted += 1
 
     def heard(self, exchange: tuple[int, int]) -> set[str]:
         buffer = self._buffers.get(exchange)
@@ -90,7 +95,10 @@ class Inbox:
         return self._buffers.pop(exchange, ExchangeBuffer())
 
     def drop_senders(self, keep: frozenset[str]) -> None:
-        """Forget buffered updates of senders that are no longer neighbours (roster reload)."""
+        """Forget buffered updates and claims of senders that are no longer neighbours
+        (roster reload)."""
+        for sender in [s for s in self.neighbours if s not in keep]:
+            del self.neighbours[sender]
         for buffer in self._buffers.values():
             for sender in [s for s in buffer.states if s not in keep]:
                 del buffer.states[sender]
@@ -100,14 +108,36 @@ class Inbox:
             del self._buffers[old]
 
     def furthest_round(self) -> int | None:
+        """The highest single claim (status only: one neighbour's word moves nothing)."""
         rounds = [s.last_round for s in self.neighbours.values() if s.last_round is not None]
         return max(rounds) if rounds else None
+
+    def claims(self) -> dict[str, Claim]:
+        return {
+            n: Claim(round=s.last_round, heard_at=s.last_heard)
+            for n, s in self.neighbours.items()
+            if s.last_round is not None and s.last_heard is not None
+        }
+
+    def quorum_round(
+        self, *, neighbours: frozenset[str], window_s: float, quorum: int | None = None
+    ) -> int | None:
+        """The round a majority of the `neighbours` heard within `window_s` claims."""
+        return quorum_round(
+            self.claims(),
+            neighbours=neighbours,
+            now=self._wall_clock(),
+            window_s=window_s,
+            quorum=quorum,
+        )
 
     def moved_past(self, sender: str, round: int) -> bool:
         stats = self.neighbours.get(sender)
         return stats is not None and stats.last_round is not None and stats.last_round > round
 
-    def _saw(self, sender: str, round: int) -> None:
+    def _saw(self, sender: str, round: int) -> NeighbourStats:
         stats = self.neighbours.setdefault(sender, NeighbourStats())
         stats.last_heard = self._wall_clock()
-        stats.last_round = round if stats.last_round is None else max(stats.last_round, round)
+        claim = capped(round)
+        stats.last_round = claim if stats.last_round is None else max(stats.last_round, claim)
+        return stats

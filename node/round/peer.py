@@ -46,6 +46,7 @@ from gossipmed.wire.update import Sealer, Update
 from node.round.audit import AuditSink, NullAudit
 from node.round.inbox import Inbox, NeighbourStats, Refused
 from node.round.plain_mix import mix_states
+from node.round.progress import FINAL_ROUND, RoundLimitReached
 from node.round.secure_mix import SecureOutcome, mix_outcome
 from node.round.work import RoundWork, offline_record, snapshot
 from topology.schedule import MixingSchedule
@@ -82,6 +83,7 @@ class Peer:
         checkpoint_dir: Path | None = None,
         metrics: MetricsWriter | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        wall_clock: Callable[[], float] = time.time,
         secure: bool = False,
     ) -> None:
         if name not in schedule.sites:
@@ -115,7 +117,7 @@ class Peer:
         self.rejected = 0
         self._budget_spent = False
         self._work: RoundWork | None = None
-        self._inbox = Inbox(max_future_rounds=max_future_rounds)
+        self._inbox = Inbox(max_future_rounds=max_future_rounds, wall_clock=wall_clock)
         self._lock = threading.Lock()  # receive() may run while another thread trains
 
     @property
@@ -129,15 +131,19 @@ class Peer:
 
     # -- phase 1+2+3: train, encode, seal ---------------------------------------------------
 
-    def train(self, round: int) -> None:
-        """Local steps for `round` (skipped when training is off or the budget is spent)."""
+    def train(self, round: int, catching_up: bool = False) -> None:
+        """Local steps for `round` (skipped when training is off or the budget is spent, and
+        when its result is known beforehand to be unusable: see `untrainable`)."""
+        if round >= FINAL_ROUND:  # could not be sealed: nothing may be charged for it
+            raise RoundLimitReached(f"{self.name}: round {round} is past the last one run")
         self._start(round)
         work = self._work
         assert work is not None
         started = self.clock()
         before = snapshot(self.learner.get_state())
-        if not math.isfinite(state_norm(before)):  # never charge privacy for a broken state
-            self.audit.record("non_finite_state", round=round, site=self.name)
+        reason = self.untrainable(before, catching_up=catching_up)
+        if reason is not None:  # never charge privacy for a round known to be wasted
+            self.audit.record(reason, round=round, site=self.name)
         elif self.train_enabled and not self._budget_spent:
             try:
                 stats = self.learner.train_round(steps=self.local_steps)
@@ -154,6 +160,16 @@ class Peer:
                     self.audit.record("non_finite_training", round=round, site=self.name)
         work.state = snapshot(self.learner.get_state())
         work.seconds += self.clock() - started
+
+    def untrainable(self, state: Mapping[str, torch.Tensor], *, catching_up: bool) -> str | None:
+        """Why training now would give a result known beforehand to be unusable (the audit
+        event), or None. Charges stay spend-first: this is decided before training, never
+        refunded after. A state outside the public norm envelope belongs here too."""
+        if catching_up:  # the site jumps on: its neighbours are past this round
+            return "catching_up"
+        if not math.isfinite(state_norm(state)):
+            return "non_finite_state"
+        return None
 
     def seal_outgoing(self, round: int, step: int = 0) -> dict[str, bytes]:
         """The state of exchange `step` of this round, sealed once per neighbour of this
@@ -300,9 +316,17 @@ class Peer:
             }
 
     def furthest_neighbour_round(self) -> int | None:
-        """The highest round an authentic update from a graph neighbour carried."""
+        """The highest round one graph neighbour claimed (status; it moves nothing)."""
         with self._lock:
             return self._inbox.furthest_round()
+
+    def quorum_round(self, *, window_s: float, quorum: int | None = None) -> int | None:
+        """The highest round a majority of this round's neighbours heard within `window_s`
+        (and at least `quorum` of them) claims (node.round.progress): what catch-up may
+        jump to."""
+        neighbours = self.schedule.neighbours(self.round, self.name)
+        with self._lock:
+            return self._inbox.quorum_round(neighbours=neighbours, window_s=window_s, quorum=quorum)
 
     def neighbour_stats(self) -> dict[str, NeighbourStats]:
         with self._lock:

@@ -57,6 +57,7 @@ from gossipmed.mixing.secagg.envelope import NormEnvelope, resolve
 from gossipmed.mixing.secagg.params import MAX_CONTRIBUTORS, threshold_for
 from gossipmed.mixing.secagg.suspects import SuspectSearch
 from gossipmed.wire.update import MAX_ROUND
+from node.round.progress import Claim, capped, quorum_round, recent_window_s
 from node.round.secure_frame import open_frame, seal_frame
 from node.round.secure_mix import SecureOutcome
 from topology.schedule import MixingSchedule
@@ -126,7 +127,7 @@ class SecureSession:
         self._own: _Own | None = None
         self._contributors: dict[tuple[str, int], Contributor] = {}
         self._buffer: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
-        self._ahead: dict[str, int] = {}  # neighbour -> highest round its frames carried
+        self._claims: dict[str, Claim] = {}  # neighbour -> its round claim (node.round.progress)
         self.refused = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -168,23 +169,33 @@ class SecureSession:
         self.sign_keys = dict(sign_keys)
         self.schedule = schedule
         self._buffer.clear()
-        self._ahead.clear()  # a revoked member's claims no longer count
+        self._claims.clear()  # a revoked member's claims no longer count
 
     @property
     def furthest_round(self) -> int | None:
-        """The highest round that at least a threshold of this site's neighbours have shown
-        in signed frames (None below that). One neighbour alone cannot make the site jump: a
-        frame of round 2**40 would otherwise move it there, write that round into its
-        contribution guard and end its secure aggregation for good. Fewer than a threshold
-        of neighbours ahead cannot aggregate with it anyway."""
+        """The highest round that a majority of the neighbours heard recently, and at least a
+        threshold of all of them, claim in signed frames (None below that; node.round.progress).
+        One neighbour alone cannot make the site jump: a frame of round 2**40 would otherwise
+        move it there, write that round into its contribution guard and end its secure
+        aggregation for good. Fewer than a threshold of neighbours ahead cannot aggregate
+        with it anyway."""
         with self._lock:
             current = self._own.round if self._own is not None else 0
             neighbours = self.schedule.neighbours(current, self.name)
-            quorum = threshold_for(max(len(neighbours), 1))
-            claims = sorted((self._ahead.get(n, -1) for n in neighbours), reverse=True)
-            if len(claims) < quorum or claims[quorum - 1] < 0:
-                return None
-            return claims[quorum - 1]
+            return quorum_round(
+                self._claims,
+                neighbours=neighbours,
+                now=self.clock(),
+                window_s=recent_window_s(self.timeout_s),
+                quorum=threshold_for(max(len(neighbours), 1)),
+            )
+
+    def _claim(self, sender: str, round: int) -> None:
+        """An authentic frame of a neighbour that was taken or refused only as early: its
+        claim, one integer capped below MAX_ROUND, and when it was heard."""
+        old = self._claims.get(sender)
+        claim = capped(round) if old is None else max(old.round, capped(round))
+        self._claims[sender] = Claim(round=claim, heard_at=self.clock())
 
     # -- the round ------------------------------------------------------------------------
 
@@ -273,7 +284,7 @@ class SecureSession:
         own = self._own
         current = own.round if own is not None else -1
         if inst.round > current:
-            self._ahead[sender] = max(self._ahead.get(sender, 0), inst.round)
+            self._claim(sender, inst.round)
             if inst.receiver == self.name:
                 frames = self._buffer[sender]
                 if len(frames) < MAX_BUFFERED_PER_SENDER:
@@ -286,6 +297,7 @@ class SecureSession:
                 if own is None or own.aggregator is None or inst.round != own.round:
                     raise GossipmedError(f"no open own instance for round {inst.round}")
                 relayed = own.aggregator.receive(sender, message)
+                self._claim(sender, inst.round)
                 return [self._frame(r, m) for r, m in relayed]
             if inst.receiver != sender:
                 raise GossipmedError("a receiver's message relayed by someone else")
@@ -293,6 +305,7 @@ class SecureSession:
             if contributor is None:
                 raise GossipmedError(f"not contributing to {sender!r} round {inst.round}")
             reply = contributor.handle(sender, message)
+            self._claim(sender, inst.round)
             return [self._frame(sender, reply)]
         except DeclaredDropped as exc:  # the receiver excluded this contribution: it is over
             self._audit(
