@@ -29,7 +29,7 @@ MIN_THRESHOLD = 3
 MAX_COORDS = 2**31 - 1
 MAX_ROUND = 2**63 - 1
 MAX_STEP = 2**32 - 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would let "a\n" through
 _INSTANCE_DOMAIN = b"gossipmed/secagg/instance/v1"
 
 
@@ -46,7 +46,7 @@ class Phase(enum.IntEnum):
 
 
 def valid_name(name: object) -> bool:
-    return isinstance(name, str) and _NAME_RE.match(name) is not None
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
 
 
 def threshold_for(contributors: int, *, minimum: int = MIN_THRESHOLD) -> int:
