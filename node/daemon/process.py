@@ -6,6 +6,7 @@ run daemons inside one trio loop, and all of it matters to a supervisor (systemd
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -14,6 +15,7 @@ import trio
 
 from gossipmed.errors import GossipmedError
 from gossipmed.storage.files import open_private
+from gossipmed.storage.site_lock import site_lock
 from node.daemon.config import DaemonSettings
 from node.daemon.site_daemon import SiteDaemon
 from node.daemon.systemd import JournaldFormatter, stderr_is_journal
@@ -83,11 +85,37 @@ def run_daemon(settings: DaemonSettings) -> int:
     """Start and run one site's daemon; its exit code follows the table above. Everything
     that can be wrong with the site's own files raises before the daemon serves (the command
     line turns it into EXIT_CONFIG); nothing a peer sends reaches this far."""
-    check_not_running(settings)
-    daemon = SiteDaemon(settings)
-    try:
-        trio.run(daemon.run)
-    except Exception:
-        log.exception("the daemon crashed; a restart resumes from the last checkpoint")
-        return EXIT_CRASH
+    # the lock comes first: nothing of the site's (ledger, checkpoint) is opened without it
+    with site_lock(settings.directory, purpose="starting another daemon on it"):
+        check_not_running(settings)
+        daemon = SiteDaemon(settings)
+        try:
+            trio.run(daemon.run)
+        except Exception as exc:
+            busy = address_in_use(exc)
+            if busy is not None:  # a setting to fix, not a crash to restart into
+                ports = ", ".join(settings.site.config.listen)
+                raise DaemonError(
+                    f"a port it must listen on is already in use ({busy}); listen addresses "
+                    f"{ports}, control port {settings.daemon.control_port or 'any'}"
+                ) from exc
+            log.exception("the daemon crashed; a restart resumes from the last checkpoint")
+            return EXIT_CRASH
     return EXIT_OK
+
+
+def address_in_use(exc: BaseException) -> str | None:
+    """The message of an EADDRINUSE anywhere in `exc`'s causes or exception groups."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+            return str(exc) if isinstance(exc, GossipmedError) else str(e)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return None
