@@ -22,7 +22,9 @@ def register(sub: Any) -> None:
         epilog=(
             "Exit codes: 0 stopped (signal, or its rounds are done); 1 crashed while running "
             "(restart it: it resumes from its last checkpoint); 2 bad configuration, keys, "
-            "consortium file, checkpoint or privacy ledger (do not restart: fix it first). "
+            "consortium file, checkpoint or privacy ledger, a port already in use, or the site "
+            "folder held by another process (its PID is named; SITE_DIR/site.lock) (do not "
+            "restart: fix it first). "
             "Nothing a peer sends makes the daemon exit."
         ),
     )
