@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gossipmed.errors import DataError
 from gossipmed.learn.config import DataConfig
@@ -109,3 +111,26 @@ def test_bytes_are_counted_while_reading_not_taken_from_stat(tmp_path: Path) -> 
         list(read_lines(path, max_bytes=4096))
     lines = list(read_lines(path, max_bytes=5000, max_line=4))
     assert lines[0] == (1, "line") and len(lines) == 1000
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    lines=st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=40)),
+    max_bytes=st.integers(min_value=1, max_value=600),
+    max_line=st.integers(min_value=1, max_value=60),
+)
+def test_read_lines_returns_the_file_or_refuses_exactly_when_a_limit_is_passed(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], max_bytes: int, max_line: int
+) -> None:
+    path = tmp_path_factory.mktemp("lines") / "f.txt"
+    data = "".join(line + "\n" for line in lines).encode()
+    path.write_bytes(data)
+    too_big = len(data) > max_bytes or any(len(x.encode()) > max_line for x in lines)
+    try:
+        got = list(read_lines(path, max_bytes=max_bytes, max_line=max_line))
+    except DataError as exc:
+        assert too_big, exc
+        assert str(path) in str(exc) and "\n" not in str(exc)
+    else:
+        assert not too_big
+        assert got == list(enumerate(lines, 1))
