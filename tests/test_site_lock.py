@@ -129,3 +129,17 @@ def test_a_control_port_in_use_exits_2_in_one_line(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "already in use" in err.strip().splitlines()[-1]
+
+
+def test_a_dashboard_port_in_use_exits_2_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = quadratic_sites(tmp_path, rounds=1)[0]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", str(site), "--port", str(port), "--no-live"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and "already in use" in err

@@ -6,7 +6,6 @@ run daemons inside one trio loop, and all of it matters to a supervisor (systemd
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ import trio
 from gossipmed.errors import GossipmedError
 from gossipmed.storage.files import open_private
 from gossipmed.storage.site_lock import site_lock
+from node.addresses import address_in_use
 from node.daemon.config import DaemonSettings
 from node.daemon.site_daemon import SiteDaemon
 from node.daemon.systemd import JournaldFormatter, stderr_is_journal
@@ -102,20 +102,3 @@ def run_daemon(settings: DaemonSettings) -> int:
             log.exception("the daemon crashed; a restart resumes from the last checkpoint")
             return EXIT_CRASH
     return EXIT_OK
-
-
-def address_in_use(exc: BaseException) -> str | None:
-    """The message of an EADDRINUSE anywhere in `exc`'s causes or exception groups."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
-            return str(exc) if isinstance(exc, GossipmedError) else str(e)
-        if isinstance(e, BaseExceptionGroup):
-            todo.extend(e.exceptions)
-        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
-    return None
