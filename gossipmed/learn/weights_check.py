@@ -7,6 +7,11 @@ device (shapes only, no memory) and its parameters are compared with the safeten
 headers (the 8-byte length and the JSON that follows; no tensor data is read), before
 anything is allocated. Missing or mismatched weights are a one-line ModelError.
 
+Only parameters are required, matched by transformers' own load-time renaming: parameters
+tied to another (an LM head tied to the embeddings) are present when any of their names is;
+buffers (rotary tables, attention masks) are rebuilt from the config, and a checkpoint that
+stores them anyway, or holds other extra tensors, is accepted as transformers accepts it.
+
 Only safetensors can be checked this way: a .bin checkpoint is a pickle whose shapes are
 known only after unpickling (and allocating) it, so a folder with .bin weights only is
 refused; `transformers` would load it with weights_only, but unchecked.
