@@ -70,6 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    except Exception as exc:  # a taken port is any command's setting to fix, not a crash
+        from node.addresses import address_in_use
+
+        busy = address_in_use(exc)
+        if busy is None:
+            raise
+        sys.stderr.write(f"gossipmed {args.command}: error: a port is already in use: {busy}\n")
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

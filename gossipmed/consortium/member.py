@@ -16,11 +16,11 @@ from gossipmed.consortium.crypto import KEY_BYTES, peer_id_from_ed25519
 from gossipmed.errors import IdentityError, RosterError
 from gossipmed.toml_writer import toml_value
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would let "a\n" through
 
 
 def check_site_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise RosterError(
             f"invalid site name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

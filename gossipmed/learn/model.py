@@ -28,6 +28,7 @@ from gossipmed.learn.adapters import save_adapter, trainable_names, wrap_with_ad
 from gossipmed.learn.compute import auto_microbatch, resolve_device, torch_dtype
 from gossipmed.learn.config import AdapterConfig, ComputeConfig
 from gossipmed.learn.optim import SiteOptimizer
+from gossipmed.learn.weights_check import checked_config
 from gossipmed.privacy.dp import clip_sum
 
 AdapterState = dict[str, torch.Tensor]
@@ -38,18 +39,25 @@ def load_base_model(
 ) -> tuple[nn.Module, object]:
     """Any local Hugging Face causal-LM folder (never the hub) -> (model, tokenizer).
 
-    Weights load with `weights_only` semantics: a pickled checkpoint that needs arbitrary
-    code is refused, and the refusal is a one-line ModelError, not a traceback."""
+    Only safetensors weights load, and only after their headers match the parameters
+    config.json describes (gossipmed.learn.weights_check): a missing or misshapen weight is a
+    one-line ModelError, never a random one. A pickled checkpoint is refused likewise."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)")
+    config = checked_config(path)  # weights match it; nothing is allocated before
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, attn_implementation="eager", dtype=dtype
+            path,
+            config=config,
+            local_files_only=True,
+            use_safetensors=True,
+            attn_implementation="eager",
+            dtype=dtype,
         )
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

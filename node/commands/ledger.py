@@ -68,6 +68,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_reset(args: argparse.Namespace) -> int:
     from gossipmed.errors import ConfigError
+    from gossipmed.storage.site_lock import site_lock
     from node.daemon.config import load_daemon_settings
     from node.daemon.ledger import ledger_path, reset_budget
     from node.daemon.process import check_not_running
@@ -75,8 +76,9 @@ def run_reset(args: argparse.Namespace) -> int:
     if not args.confirm:
         raise ConfigError("a budget reset is final and recorded; add --confirm to do it")
     settings = load_daemon_settings(args.site)
-    check_not_running(settings)
-    done = reset_budget(settings)
+    with site_lock(settings.directory, purpose="resetting its ledger"):
+        check_not_running(settings)
+        done = reset_budget(settings)
     doc = {
         "ledger": str(ledger_path(settings.directory)),
         "archived": str(done.archived) if done.archived else None,

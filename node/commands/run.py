@@ -24,11 +24,13 @@ def register(sub: Any) -> None:
         epilog=(
             "Exit codes: 0 stopped (signal, or its rounds are done); 1 crashed while running "
             "(restart it: it resumes from its last checkpoint); 2 bad configuration, keys, "
-            "consortium file, checkpoint or privacy ledger (do not restart: fix it first); a "
-            "checkpoint whose round is invalid (at or above 2**40) is refused this way before "
-            "the privacy ledger is opened, so nothing is charged. Nothing a peer sends makes "
-            "the daemon exit: refused messages and failed rounds are audited and survived; a "
-            "site that reaches round 2**40 - 1 stops with exit 0 (audited)."
+            "consortium file, checkpoint or privacy ledger, a port already in use, or the site "
+            "folder held by another process (its PID is named; SITE_DIR/site.lock) (do not "
+            "restart: fix it first); a checkpoint whose round is invalid (at or above 2**40) "
+            "is refused this way before the privacy ledger is opened, so nothing is charged. "
+            "Nothing a peer sends makes the daemon exit: refused messages and failed rounds "
+            "are audited and survived; a site that reaches round 2**40 - 1 stops with exit 0 "
+            "(audited)."
         ),
     )
     p.add_argument("--site", type=Path, required=True, metavar="SITE_DIR", help="site folder")

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from gossipmed.consortium.audit import EVENT, AuditLog
+from gossipmed.consortium.audit import EVENT, AuditLog, audit_files
 from gossipmed.errors import PrivacyError
 from gossipmed.metrics import METRICS_FILE, read_metrics
 from gossipmed.privacy.ledger import PrivacyLedger
@@ -69,9 +69,7 @@ def recorded_spending(settings: DaemonSettings) -> Recorded:
         for record in read_metrics(metrics):
             if record.epsilon is not None:
                 epsilon = max(epsilon, float(record.epsilon))
-    audit = settings.site.audit_path
-    if audit.is_file() and audit.stat().st_size:
-        sources.append(str(audit))
+    sources += [str(p) for p in audit_files(settings.site.audit_path) if p.stat().st_size]
     return Recorded(epsilon=epsilon, sources=tuple(sources))
 
 

@@ -14,6 +14,8 @@ import trio
 
 from gossipmed.errors import GossipmedError
 from gossipmed.storage.files import open_private
+from gossipmed.storage.site_lock import site_lock
+from node.addresses import address_in_use
 from node.daemon.config import DaemonSettings
 from node.daemon.site_daemon import SiteDaemon
 from node.daemon.systemd import JournaldFormatter, stderr_is_journal
@@ -83,11 +85,20 @@ def run_daemon(settings: DaemonSettings) -> int:
     """Start and run one site's daemon; its exit code follows the table above. Everything
     that can be wrong with the site's own files raises before the daemon serves (the command
     line turns it into EXIT_CONFIG); nothing a peer sends reaches this far."""
-    check_not_running(settings)
-    daemon = SiteDaemon(settings)
-    try:
-        trio.run(daemon.run)
-    except Exception:
-        log.exception("the daemon crashed; a restart resumes from the last checkpoint")
-        return EXIT_CRASH
+    # the lock comes first: nothing of the site's (ledger, checkpoint) is opened without it
+    with site_lock(settings.directory, purpose="starting another daemon on it"):
+        check_not_running(settings)
+        daemon = SiteDaemon(settings)
+        try:
+            trio.run(daemon.run)
+        except Exception as exc:
+            busy = address_in_use(exc)
+            if busy is not None:  # a setting to fix, not a crash to restart into
+                ports = ", ".join(settings.site.config.listen)
+                raise DaemonError(
+                    f"a port it must listen on is already in use ({busy}); listen addresses "
+                    f"{ports}, control port {settings.daemon.control_port or 'any'}"
+                ) from exc
+            log.exception("the daemon crashed; a restart resumes from the last checkpoint")
+            return EXIT_CRASH
     return EXIT_OK

@@ -342,6 +342,7 @@ class SiteDaemon:
             if not finished:
                 log.warning("a training step still runs %.0f s after the stop", STOP_WAIT_S)
         self.metrics.close()
+        self.audit.log.flush_suppressed()
         last = self.state.last_record
         log.info("%s stopped (last completed round %s)", self.name, last.round if last else None)
 

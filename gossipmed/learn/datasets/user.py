@@ -12,51 +12,48 @@ from pathlib import Path
 
 from gossipmed.errors import DataError
 from gossipmed.learn.config import DataConfig
+from gossipmed.learn.datasets.bounded import read_lines
 from gossipmed.learn.datasets.core import Example, TaskDataset, balanced_take, stable_fraction
 
 TEST_FRACTION = 0.1
-MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
 def _read_file(path: Path, *, site: str | None) -> list[Example]:
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise DataError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
     out: list[Example] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if path.suffix != ".jsonl":
-                out.append(Example(text=line, label=None, site=site))
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise DataError(f'{path}:{lineno}: expected an object with a "text" string')
-            label = rec.get("label")
-            if label is not None and not isinstance(label, str | int):
-                raise DataError(f"{path}:{lineno}: label must be a string")
-            rec_site = rec.get("site", site)
-            out.append(
-                Example(
-                    text=rec["text"],
-                    label=None if label is None else str(label),
-                    site=None if rec_site is None else str(rec_site),
-                )
+    for lineno, raw in read_lines(path):  # a regular file, bounded while it is read
+        line = raw.strip()
+        if not line:
+            continue
+        if path.suffix != ".jsonl":
+            out.append(Example(text=line, label=None, site=site))
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise DataError(f'{path}:{lineno}: expected an object with a "text" string')
+        label = rec.get("label")
+        if label is not None and not isinstance(label, str | int):
+            raise DataError(f"{path}:{lineno}: label must be a string")
+        rec_site = rec.get("site", site)
+        out.append(
+            Example(
+                text=rec["text"],
+                label=None if label is None else str(label),
+                site=None if rec_site is None else str(rec_site),
             )
+        )
     return out
 
 
 def load_user(config: DataConfig) -> TaskDataset:
     assert config.path is not None  # checked by DataConfig
     root = Path(config.path)
-    if root.is_file():
-        files = [root]
-    elif root.is_dir():
+    if root.is_dir():
         files = sorted(p for p in root.iterdir() if p.suffix in (".jsonl", ".txt"))
+    elif root.exists() or root.is_symlink():
+        files = [root]  # whatever it is, the reader refuses anything but a regular file
     else:
         raise DataError(f"user data path {root} does not exist")
     train: list[Example] = []

@@ -31,7 +31,7 @@ MAX_ROUND = 2**63 - 1
 MAX_STEP = 2**32 - 1
 WEIGHT_SUM_SLACK = 1e-9
 """Float slack on sum(w) <= 1; the fixed point's headroom (MAX_CONTRIBUTORS units) covers it."""
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would let "a\n" through
 _INSTANCE_DOMAIN = b"gossipmed/secagg/instance/v1"
 
 
@@ -48,7 +48,7 @@ class Phase(enum.IntEnum):
 
 
 def valid_name(name: object) -> bool:
-    return isinstance(name, str) and _NAME_RE.match(name) is not None
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
 
 
 PROTOCOL_VERSION = 2
