@@ -3,8 +3,9 @@
 A signed update from an enrolled member can carry any finite value (up to about 3e38). Two
 bounds keep that from compounding:
 
-- the default `bounded` rule scales each neighbour's state down to the median norm of the
-  states the site mixes this exchange, its own included (`clip_to_median_norm`);
+- the default `bounded` rule scales each neighbour's state down to L = max(own norm, m), m
+  the lower median norm of the states the site mixes this exchange, its own included
+  (`clip_to_median_norm`);
 - a mix whose result is not finite, or whose norm exceeds `max_ratio` times the larger of the
   pre-mix norm and a floor, is rolled back to the pre-mix state (every rule; the peer). This
   is a backstop for rules without a norm bound; under `bounded` it cannot fire.
@@ -14,16 +15,16 @@ clipped each neighbour to 10x the site's own norm (or an RMS-1 floor): a bound r
 something a neighbour moves. One member answering every exchange just under it grew its
 neighbour's norm about 3x per exchange, the neighbour forwarded it, and every site
 saturated (issue #20, finding 2). Any neighbour-relative bound with a factor above 1 has the
-same flaw. The median norm of {own} and the neighbours heard has factor 1: attackers that
-are at most half of the states mixed cannot lift it above the largest honest norm among
-them, whatever they send. Clipping the state (not its difference from the site's own) is
+same flaw. L has factor 1: the site's own norm is honest, and attackers that are at most
+half of the states mixed cannot lift the median above the largest honest norm among them,
+whatever they send. Clipping the state (not its difference from the site's own) is
 what bounds the norm itself; a radius on differences bounds the step, and a site pushed
 away from its honest neighbours sees their distances, and so the radius, grow with it.
 
 The guarantee (`median_norm_growth_bound`): with stochastic weights w (w_i for the site,
 w_j for each neighbour heard) and m the lower median of the norms of the n + 1 states mixed,
 
-    ||x_i'|| <= w_i ||x_i|| + sum_j w_j min(||x_j||, m) <= max(||x_i||, m).
+    ||x_i'|| <= w_i ||x_i|| + sum_j w_j min(||x_j||, L) <= L = max(||x_i||, m).
 
 If at most ceil(n/2) of the n neighbours heard are dishonest, at least half of the n + 1
 norms are honest, so m <= H, the largest honest norm among the states mixed (own included),
@@ -31,10 +32,14 @@ and ||x_i'|| <= H: mixing never takes a site above the largest honest norm it he
 over the consortium the largest honest norm grows only by local training, never by mixing.
 With more attackers than that the bound is max(||x_i||, m) and m is theirs to choose.
 
-The cost in an honest run: a neighbour whose norm is above the median is scaled down to it
-(a small factor, since honest norms within a neighbourhood are close after mixing), and a
-site with one neighbour is never pulled above its own norm (the lower median of two norms is
-the smaller). The metrics count how often it acts (`bound_clipped` of `states_mixed`).
+The cost in an honest run: a neighbour whose norm is above both the site's own and the median
+is scaled down to the larger of the two (a small factor near consensus, where honest norms
+are close), and a site with one neighbour is never pulled above its own norm (the lower
+median of two norms is the smaller). Mixing then no longer preserves the network's average:
+norms above the median are pulled down, so the run settles on a slightly smaller-norm
+consensus, and with training off the disagreement contracts more slowly than lambda2 (the
+engine's linear rate holds for `weighted`; BENCHMARKS.md has the measured cost). The
+metrics count how often the bound acts (`bound_clipped` of `states_mixed`).
 """
 
 from __future__ import annotations
@@ -120,11 +125,11 @@ class Clipped:
 def clip_to_median_norm(
     states: Mapping[str, Mapping[str, torch.Tensor]], *, self_name: str
 ) -> Clipped:
-    """Every neighbour's state scaled down to the lower median norm of all the states given,
-    the site's own included (own kept as is). A non-finite neighbour (the wire refuses them,
+    """Every neighbour's state scaled down to L = max(own norm, lower median norm of all the
+    states given, own included); own kept as is. A non-finite neighbour (the wire refuses them,
     but a caller may not have checked) has no direction to keep: it becomes zero."""
     norms = {name: state_norm(state) for name, state in states.items()}
-    limit = lower_median(list(norms.values()))
+    limit = max(norms[self_name], lower_median(list(norms.values())))
     out: dict[str, Mapping[str, torch.Tensor]] = {}
     scaled: set[str] = set()
     for name, state in states.items():

@@ -121,12 +121,12 @@ class CosineClipParams:
 
 
 class MedianNormRule:
-    """The default: the weighted average after every neighbour's state is scaled down to the
-    median norm of the states mixed (gossipmed.mixing.bounds.clip_to_median_norm). Worst
-    case per exchange: ||x_i'|| <= max(||x_i||, m), m the lower median of the norms, which
-    is at most the largest honest norm mixed while attackers are at most half of the
-    neighbours heard: mixing never raises the largest honest norm, so poisoning cannot
-    compound (the module docstring of gossipmed.mixing.bounds has the proof)."""
+    """The default: the weighted average after every neighbour's state is scaled down to
+    max(own norm, m), m the lower median norm of the states mixed, own included
+    (gossipmed.mixing.bounds.clip_to_median_norm). Worst case per exchange:
+    ||x_i'|| <= max(||x_i||, m), which is at most the largest honest norm mixed while at
+    most ceil(n/2) of the n neighbours heard are attackers: mixing never raises the largest
+    honest norm, so poisoning cannot compound (gossipmed.mixing.bounds has the proof)."""
 
     def __call__(
         self,
@@ -155,8 +155,8 @@ RULES.register(
     Spec(
         name="bounded",
         build=lambda _p: MedianNormRule(),
-        summary="weighted average, each neighbour's state scaled down to the median norm of "
-        "the states mixed (own included): never above the largest honest norm, the default",
+        summary="weighted average, each neighbour's state scaled down to max(own norm, median "
+        "norm of the states mixed): never above the largest honest norm; the default",
     ),
 )
 RULES.register(
