@@ -14,10 +14,11 @@ config time, with the reason:
   secagg_modulus_bits = 32 (with a smaller secagg_frac_bits) in the consortium file.
 
 "weighted" and the default "bounded" are accepted. With secure aggregation "bounded" cannot
-scale each neighbour down separately; what replaces that per-update screening is: every
+scale each neighbour down separately; it holds the contributors' weighted mean to the site's
+own norm instead (node.round.secure_mix), so secure mixing never raises a site's norm. Every
 contributor clips each coordinate to the public range before encoding, the decoded sum must
 lie within sum(w) x range (else SumOutOfRange: the exchange is skipped and audited), and the
-mixed state passes the same influence bound on its norm as every rule (`max_mix_growth`,
+mixed state passes the same rollback backstop on its norm as every rule (`max_mix_growth`,
 rolled back and audited otherwise).
 """
 
