@@ -36,12 +36,18 @@ from node.round.peer import Peer
 
 NORMS: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
 _current = ["clean"]
+_trace: list[Any] = []  # an open file when --trace is given
 _complete = Peer.complete_round
 
 
 def _recording(self: Peer, round: int) -> Any:
     record = _complete(self, round)
-    NORMS[_current[0]][round][self.name] = state_norm(self.learner.get_state())
+    norm = state_norm(self.learner.get_state())
+    NORMS[_current[0]][round][self.name] = norm
+    for fh in _trace:  # so a run cut short still leaves its rounds
+        fh.write(json.dumps({"run": _current[0], "round": round, "site": self.name,
+                             "norm": norm}) + "\n")  # fmt: skip
+        fh.flush()
     return record
 
 
@@ -67,13 +73,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attack-scale", default="1000")
     parser.add_argument("--every", type=int, default=1, help="print every Nth round")
+    parser.add_argument("--trace", type=Path, help="also append every norm to this JSONL file")
     parser.add_argument("simulate_args", nargs=argparse.REMAINDER)
     opts = parser.parse_args()
     args = [a for a in opts.simulate_args if a != "--"]
     attack = ["--attack", "scale", "--attackers", "1", "--attack-scale", opts.attack_scale]
+    if opts.trace is not None:
+        _trace.append(opts.trace.open("a", encoding="utf-8"))
     with tempfile.TemporaryDirectory() as tmp:
-        clean = _simulate("clean", args, Path(tmp))
         attacked = _simulate("attacked", [*args, *attack], Path(tmp))
+        clean = _simulate("clean", args, Path(tmp))
     attackers = set(attacked["robustness"]["attackers"])
     rows = []
     for r in sorted(NORMS["attacked"]):
