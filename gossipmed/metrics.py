@@ -73,6 +73,7 @@ _MEASURED = (
     "consensus_distance",
     "local_consensus_distance",
     "seconds",
+    "state_norm",
 )
 
 
@@ -102,6 +103,9 @@ class RoundRecord:
     secure_contributors: int | None = None  # neighbours in the sum (None: no sum)
     secure_reconstructed: int | None = None  # dropped after sharing keys: masks rebuilt
     secure_skipped: str | None = None  # why the secure exchange gave no sum
+    states_mixed: int = 0  # neighbour states (secure: sums) mixed over the round's exchanges
+    bound_clipped: int = 0  # of those, scaled down by the mixing rule's norm bound
+    state_norm: float | None = None  # L2 norm of the adapter state after mixing
 
     def to_json(self) -> dict[str, Any]:
         doc = {"v": METRICS_VERSION, **asdict(self)}

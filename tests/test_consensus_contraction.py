@@ -1,14 +1,19 @@
 """With training off, gossip is x <- W x: the measured per-round contraction of the consensus
 distance must match the topology's lambda2 (the engine mixes exactly what topology says), and
-lambda2 ** k when a round has k exchanges (multi-gossip)."""
+lambda2 ** k when a round has k exchanges (multi-gossip). That is the plain `weighted` rule;
+the default `bounded` rule scales neighbours above the median norm down, which is not linear
+and contracts more slowly (gossipmed.mixing.bounds, BENCHMARKS.md)."""
 
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gossipmed.choice import default_choice
 from gossipmed.consortium.settings import AUTO_GOSSIP_STEPS, ConsortiumSettings
 from gossipmed.learn.config import DataConfig, LearningConfig
+from gossipmed.mixing.rules import RULES
+from node.round.config import GossipConfig
 from node.sim.config import SimConfig, SimSection
 from node.sim.run import run_simulation
 from topology.spectral import AUTO_CONTRACTION, gossip_steps_for
@@ -62,6 +67,7 @@ def _run_without_training(
             seed=3,
         ),
         consortium=ConsortiumSettings(gossip_steps=gossip_steps),
+        gossip=GossipConfig(aggregation=default_choice(RULES, "weighted")),
         learning=LearningConfig(data=DataConfig(n_sites=nodes, dataset="notes")),
     )
     return run_simulation(config, out_dir=tmp_path)

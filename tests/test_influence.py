@@ -20,7 +20,7 @@ import torch
 from gossipmed.choice import default_choice
 from gossipmed.errors import ConfigError
 from gossipmed.learn.learner import AdapterState, EvalStats, TrainStats
-from gossipmed.mixing.bounds import InfluenceBound, clip_neighbours, state_norm
+from gossipmed.mixing.bounds import InfluenceBound, clip_to_median_norm, state_norm
 from gossipmed.mixing.rules import RULES, Aggregator
 from node.round.audit import ListAudit
 from node.round.peer import Peer
@@ -122,19 +122,18 @@ def test_the_plain_average_takes_the_poison_and_the_rollback_undoes_it() -> None
     assert torch.allclose(peers["site-01"].learner.get_state()["x"], trained)
 
 
-def test_the_default_rule_scales_a_neighbour_down_to_the_bound() -> None:
+def test_the_default_rule_scales_a_neighbour_down_to_the_median_norm() -> None:
     own = {"x": torch.ones(4)}  # norm 2
     huge = {"x": torch.full((4,), HUGE)}
-    bound = InfluenceBound(max_ratio=10.0, floor_rms=1.0)  # floor: 1 x sqrt(4) = 2
-    clipped = clip_neighbours({"me": own, "j": huge}, self_name="me", bound=bound)
-    assert state_norm(clipped["j"]) == pytest.approx(20.0, rel=1e-6)
-    assert clipped["me"] is own
-    zero = {"x": torch.zeros(4)}  # a zero state (FFA-LoRA's B at start): the floor counts
-    assert bound.limit(zero) == pytest.approx(20.0)
+    clipped = clip_to_median_norm({"me": own, "j": huge}, self_name="me")
+    assert state_norm(clipped.states["j"]) == pytest.approx(2.0, rel=1e-6)  # lower median
+    assert clipped.states["me"] is own
+    zero = {"x": torch.zeros(4)}  # a zero state (FFA-LoRA's B at start): nothing to pull up to
+    assert clip_to_median_norm({"me": zero, "j": huge}, self_name="me").limit == 0.0
     mixed = Aggregator().mix(
         self_name="me", row={"me": 0.5, "j": 0.5}, states={"me": own, "j": huge}
     )
-    assert state_norm(mixed) <= 11.0 + 1e-6
+    assert state_norm(mixed) <= 2.0 + 1e-6
 
 
 def test_the_rollback_check_names_its_reason() -> None:

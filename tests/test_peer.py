@@ -7,9 +7,11 @@ import networkx as nx
 import pytest
 import torch
 
+from gossipmed.choice import default_choice
 from gossipmed.consortium.settings import AUTO_GOSSIP_STEPS, resolve_gossip_steps
 from gossipmed.errors import GossipmedError, PrivacyBudgetExceeded
 from gossipmed.learn.learner import AdapterState, EvalStats, TrainStats
+from gossipmed.mixing.rules import RULES, Aggregator
 from gossipmed.storage.checkpoint import load_state
 from gossipmed.wire.plaintext import PlaintextSealer
 from node.round.audit import ListAudit
@@ -52,6 +54,11 @@ class StepLearner:
         return None
 
 
+WEIGHTED = Aggregator(default_choice(RULES, "weighted"))
+"""The plain weighted average: for tests of the mixing weights themselves (the default rule
+also scales a neighbour down to the median norm; tests/test_influence_bound.py)."""
+
+
 def _peers(graph: nx.Graph, *, sealing: str = "plaintext", **kwargs: object) -> dict[str, Peer]:
     schedule = MixingSchedule.from_graphs([graph])
     sealers = build_sealers(
@@ -75,7 +82,7 @@ def _peers(graph: nx.Graph, *, sealing: str = "plaintext", **kwargs: object) -> 
 
 @pytest.mark.parametrize("sealing", ["plaintext", "envelope"])
 def test_a_full_round_mixes_with_metropolis_hastings_weights(sealing: str) -> None:
-    peers = _peers(nx.path_graph(3), sealing=sealing, train=False)  # 0 - 1 - 2
+    peers = _peers(nx.path_graph(3), sealing=sealing, train=False, aggregator=WEIGHTED)  # 0-1-2
     for p in peers.values():
         for recipient, data in p.outgoing(0).items():
             assert peers[recipient].receive(data)
@@ -206,7 +213,7 @@ def _exchange_all(peers: Mapping[str, Peer], round: int, step: int) -> None:
 @pytest.mark.parametrize("sealing", ["plaintext", "envelope"])
 def test_a_round_with_k_gossip_steps_mixes_k_times(sealing: str) -> None:
     graph = nx.path_graph(3)
-    peers = _peers(graph, sealing=sealing, train=False, gossip_steps=3)
+    peers = _peers(graph, sealing=sealing, train=False, gossip_steps=3, aggregator=WEIGHTED)
     w = torch.tensor(mixing_matrix(graph))
     x = torch.tensor([0.0, 1.0, 2.0], dtype=w.dtype) ** 2  # not an eigenvector of W
     for p, value in zip(peers.values(), x, strict=True):
@@ -282,14 +289,14 @@ def test_an_envelope_landing_while_its_exchange_is_mixed_is_refused_as_stale(
     b.train(0)
     late = b.seal_outgoing(0, 0)["site-00"]
     a.seal_outgoing(0, 0)
-    real_mix = a.aggregator.mix
+    real_mix = a.aggregator.mix_reporting
     outcome = []
 
-    def mix_with_an_arrival(**kwargs: object) -> AdapterState:
+    def mix_with_an_arrival(**kwargs: object) -> tuple[AdapterState, frozenset[str]]:
         outcome.append(a.receive(late))
         return real_mix(**kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(a.aggregator, "mix", mix_with_an_arrival)
+    monkeypatch.setattr(a.aggregator, "mix_reporting", mix_with_an_arrival)
     if gossip_steps > 1:
         a.mix_step(0, 0)
     else:

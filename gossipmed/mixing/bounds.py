@@ -1,19 +1,45 @@
 """How much one neighbour, and one mix, may move a site.
 
-A signed update from an enrolled member can still carry values near 3e38: finite, so they pass
-the wire's checks, but one weighted mix with them makes a state that training turns into NaN,
-and a site that forwards it spreads the damage. Two bounds stop that without touching honest
-runs:
+A signed update from an enrolled member can carry any finite value (up to about 3e38). Two
+bounds keep that from compounding:
 
-- each neighbour's state is scaled down to at most `max_ratio` times the larger of the site's
-  own state norm and a floor (the `bounded` mixing rule, the default);
+- the default `bounded` rule scales each neighbour's state down to L = max(own norm, m), m
+  the lower median norm of the states the site mixes this exchange, its own included
+  (`clip_to_median_norm`);
 - a mix whose result is not finite, or whose norm exceeds `max_ratio` times the larger of the
-  pre-mix norm and the floor, is rolled back to the pre-mix state (every rule; the peer).
+  pre-mix norm and a floor, is rolled back to the pre-mix state (every rule; the peer). This
+  is a backstop for rules without a norm bound; under `bounded` it cannot fire.
 
-The floor matters when a state starts at zero (FFA-LoRA's B): it is `floor_rms` per
-coordinate, so it scales with the adapter's size. Honest adapters have per-coordinate RMS far
-below 1 and neighbours' norms within a small factor of each other, so with the defaults
-(10x, RMS 1) neither bound acts in an honest run: the recorded reference run is unchanged.
+Why the median, and why of the states rather than of their differences. The earlier default
+clipped each neighbour to 10x the site's own norm (or an RMS-1 floor): a bound relative to
+something a neighbour moves. One member answering every exchange just under it grew its
+neighbour's norm about 3x per exchange, the neighbour forwarded it, and every site
+saturated (issue #20, finding 2). Any neighbour-relative bound with a factor above 1 has the
+same flaw. L has factor 1: the site's own norm is honest, and attackers that are at most
+half of the states mixed cannot lift the median above the largest honest norm among them,
+whatever they send. Clipping the state (not its difference from the site's own) is
+what bounds the norm itself; a radius on differences bounds the step, and a site pushed
+away from its honest neighbours sees their distances, and so the radius, grow with it.
+
+The guarantee (`median_norm_growth_bound`): with stochastic weights w (w_i for the site,
+w_j for each neighbour heard) and m the lower median of the norms of the n + 1 states mixed,
+
+    ||x_i'|| <= w_i ||x_i|| + sum_j w_j min(||x_j||, L) <= L = max(||x_i||, m).
+
+If at most ceil(n/2) of the n neighbours heard are dishonest, at least half of the n + 1
+norms are honest, so m <= H, the largest honest norm among the states mixed (own included),
+and ||x_i'|| <= H: mixing never takes a site above the largest honest norm it heard, so
+over the consortium the largest honest norm grows only by local training, never by mixing.
+With more attackers than that the bound is max(||x_i||, m) and m is theirs to choose.
+
+The cost in an honest run: a neighbour whose norm is above both the site's own and the median
+is scaled down to the larger of the two (a small factor near consensus, where honest norms
+are close), and a site with one neighbour is never pulled above its own norm (the lower
+median of two norms is the smaller). Mixing then no longer preserves the network's average:
+norms above the median are pulled down, so the run settles on a slightly smaller-norm
+consensus, and with training off the disagreement contracts more slowly than lambda2 (the
+engine's linear rate holds for `weighted`; BENCHMARKS.md has the measured cost). The
+metrics count how often the bound acts (`bound_clipped` of `states_mixed`).
 """
 
 from __future__ import annotations
@@ -25,7 +51,6 @@ from dataclasses import dataclass
 import torch
 
 from gossipmed.choice import require_number
-from gossipmed.learn.learner import AdapterState
 
 DEFAULT_MAX_RATIO = 10.0
 DEFAULT_FLOOR_RMS = 1.0
@@ -48,6 +73,8 @@ def numel(state: Mapping[str, torch.Tensor]) -> int:
 
 @dataclass(frozen=True)
 class InfluenceBound:
+    """The rollback backstop: how far one mix may take a site's norm, for every rule."""
+
     max_ratio: float = DEFAULT_MAX_RATIO
     floor_rms: float = DEFAULT_FLOOR_RMS
 
@@ -56,7 +83,7 @@ class InfluenceBound:
         require_number(self.floor_rms, what="floor_rms", lo=0.0, hi=1e12)
 
     def limit(self, reference: Mapping[str, torch.Tensor]) -> float:
-        """The largest norm allowed next to `reference` (the site's own state)."""
+        """The largest norm allowed after a mix from `reference` (the pre-mix state)."""
         floor = self.floor_rms * math.sqrt(numel(reference))
         return self.max_ratio * max(state_norm(reference), floor)
 
@@ -73,20 +100,76 @@ class InfluenceBound:
         return None
 
 
-def clip_neighbours(
-    states: Mapping[str, Mapping[str, torch.Tensor]], *, self_name: str, bound: InfluenceBound
-) -> dict[str, Mapping[str, torch.Tensor]]:
-    """Every neighbour's state scaled down to the bound around the site's own (own as is)."""
-    limit = bound.limit(states[self_name])
+def lower_median(values: list[float]) -> float:
+    """The smaller middle value: with two values, the smaller one."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def median_norm_growth_bound(norms: Mapping[str, float], *, self_name: str) -> float:
+    """The largest norm the `bounded` rule can mix from states of these norms, whatever the
+    weights: max(own norm, lower median of all of them). See the module docstring for why
+    this is at most the largest honest norm when attackers are at most half of them."""
+    return max(norms[self_name], lower_median(list(norms.values())))
+
+
+@dataclass(frozen=True)
+class Clipped:
+    """The states as the `bounded` rule mixes them, and which neighbours it scaled down."""
+
+    states: dict[str, Mapping[str, torch.Tensor]]
+    scaled: frozenset[str]
+    limit: float
+
+
+def clip_to_median_norm(
+    states: Mapping[str, Mapping[str, torch.Tensor]], *, self_name: str
+) -> Clipped:
+    """Every neighbour's state scaled down to L = max(own norm, lower median norm of all the
+    states given, own included); own kept as is. A non-finite neighbour (the wire refuses them,
+    but a caller may not have checked) has no direction to keep: it becomes zero."""
+    norms = {name: state_norm(state) for name, state in states.items()}
+    limit = max(norms[self_name], lower_median(list(norms.values())))
     out: dict[str, Mapping[str, torch.Tensor]] = {}
+    scaled: set[str] = set()
     for name, state in states.items():
-        norm = state_norm(state) if name != self_name else 0.0
+        norm = norms[name]
         if name == self_name or norm <= limit:
             out[name] = state
             continue
-        factor = limit / norm  # norm is finite: the wire refuses NaN and Inf
-        scaled: AdapterState = {
+        scaled.add(name)
+        if not math.isfinite(norm):
+            out[name] = {k: torch.zeros_like(v) for k, v in state.items()}
+            continue
+        factor = limit / norm
+        out[name] = {
             k: (v.detach().to(torch.float64) * factor).to(v.dtype) for k, v in state.items()
         }
-        out[name] = scaled
-    return out
+    return Clipped(states=out, scaled=frozenset(scaled), limit=limit)
+
+
+def bound_secure_sum(
+    own: Mapping[str, torch.Tensor], total: Mapping[str, torch.Tensor], *, weight: float
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """(the aggregate s, scaled so that ||s|| <= W ||own||; whether it had to be scaled).
+
+    With secure aggregation a site sees only s = sum_{j in U} w_j x_j and W = sum w_j, not
+    the states. It applies the `bounded` rule to what it sees: the contributors' weighted
+    mean s / W is one neighbour, and the lower median of the two norms {own, mean} is the
+    smaller, so the mean is scaled to at most the site's own norm. Then
+
+        ||(1 - W) x_i + s|| <= (1 - W) ||x_i|| + W ||x_i|| = ||x_i||:
+
+    secure mixing never raises a site's norm (factor 1 per exchange), whatever the
+    contributors send. What it does not bound: the direction (the mix may move the state by
+    up to 2 W ||x_i|| within that ball each exchange), nor who moved it (the receiver sees
+    only the sum), and it costs an honest site the pull towards neighbours with larger norms
+    (its norm then grows only by its own training)."""
+    limit = weight * state_norm(own)
+    norm = state_norm(total)
+    if norm <= limit:
+        return dict(total), False
+    if not math.isfinite(norm) or norm == 0.0:
+        return {k: torch.zeros_like(v) for k, v in total.items()}, True
+    factor = limit / norm
+    return {k: v * factor for k, v in total.items()}, True

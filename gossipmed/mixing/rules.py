@@ -17,12 +17,7 @@ import torch
 from gossipmed.choice import Choice, NoParams, Spec, build, default_choice, require_number
 from gossipmed.errors import GossipmedError
 from gossipmed.learn.learner import AdapterState
-from gossipmed.mixing.bounds import (
-    DEFAULT_FLOOR_RMS,
-    DEFAULT_MAX_RATIO,
-    InfluenceBound,
-    clip_neighbours,
-)
+from gossipmed.mixing.bounds import clip_to_median_norm
 from gossipmed.mixing.robust import (
     DEFAULT_MIN_COSINE,
     DEFAULT_TRIM,
@@ -125,27 +120,33 @@ class CosineClipParams:
         require_number(self.min_cosine, what="min_cosine", lo=-1.0, hi=0.999999)
 
 
-@dataclass(frozen=True)
-class BoundParams:
-    max_ratio: float = DEFAULT_MAX_RATIO
-    floor_rms: float = DEFAULT_FLOOR_RMS
+class MedianNormRule:
+    """The default: the weighted average after every neighbour's state is scaled down to
+    max(own norm, m), m the lower median norm of the states mixed, own included
+    (gossipmed.mixing.bounds.clip_to_median_norm). Worst case per exchange:
+    ||x_i'|| <= max(||x_i||, m), which is at most the largest honest norm mixed while at
+    most ceil(n/2) of the n neighbours heard are attackers: mixing never raises the largest
+    honest norm, so poisoning cannot compound (gossipmed.mixing.bounds has the proof)."""
 
-    def __post_init__(self) -> None:
-        InfluenceBound(max_ratio=self.max_ratio, floor_rms=self.floor_rms)  # validates
-
-
-def _bounded(params: BoundParams) -> AggregationRule:
-    bound = InfluenceBound(max_ratio=params.max_ratio, floor_rms=params.floor_rms)
-
-    def rule(
+    def __call__(
+        self,
         states: Mapping[str, Mapping[str, torch.Tensor]],
         weights: Mapping[str, float],
         *,
         self_name: str,
     ) -> AdapterState:
-        return weighted_average(clip_neighbours(states, self_name=self_name, bound=bound), weights)
+        return self.mix_reporting(states, weights, self_name=self_name)[0]
 
-    return rule
+    def mix_reporting(
+        self,
+        states: Mapping[str, Mapping[str, torch.Tensor]],
+        weights: Mapping[str, float],
+        *,
+        self_name: str,
+    ) -> tuple[AdapterState, frozenset[str]]:
+        """(the mixed state, the neighbours the bound scaled down)."""
+        clipped = clip_to_median_norm(states, self_name=self_name)
+        return weighted_average(clipped.states, weights), clipped.scaled
 
 
 RULES: Registry[Spec[AggregationRule]] = Registry("aggregation rule")
@@ -153,10 +154,9 @@ RULES.register(
     "bounded",
     Spec(
         name="bounded",
-        build=_bounded,
-        params=BoundParams,
-        summary="weighted average, each neighbour scaled down to at most max_ratio x the "
-        "site's own norm (or the floor): the default",
+        build=lambda _p: MedianNormRule(),
+        summary="weighted average, each neighbour's state scaled down to max(own norm, median "
+        "norm of the states mixed): never above the largest honest norm; the default",
     ),
 )
 RULES.register(
@@ -209,6 +209,9 @@ RULES.register(
     ),
 )
 DEFAULT_RULE = "bounded"
+NORM_BOUNDED_RULES = frozenset({"bounded"})
+"""Rules whose mix never exceeds the median-norm bound; the secure mix applies the same bound
+to its sum under these (node.round.secure_mix)."""
 
 
 def get_rule(name: str) -> AggregationRule:
@@ -232,13 +235,31 @@ class Aggregator:
         states: Mapping[str, Mapping[str, torch.Tensor]],
     ) -> AdapterState:
         """x_i <- rule over the states heard (own included); silent weight goes to self."""
+        return self.mix_reporting(self_name=self_name, row=row, states=states)[0]
+
+    def mix_reporting(
+        self,
+        *,
+        self_name: str,
+        row: Mapping[str, float],
+        states: Mapping[str, Mapping[str, torch.Tensor]],
+    ) -> tuple[AdapterState, frozenset[str]]:
+        """`mix`, and the neighbours whose states the rule's norm bound scaled down (none for
+        rules without one)."""
         weights = fold_silent_weight(
             row, self_name=self_name, heard=frozenset(states) - {self_name}
         )
         unknown = set(states) - set(weights)
         if unknown:
             raise AggregationError(f"states from non-neighbours {sorted(unknown)}")
-        return self._rule(states, weights, self_name=self_name)
+        if isinstance(self._rule, MedianNormRule):
+            return self._rule.mix_reporting(states, weights, self_name=self_name)
+        return self._rule(states, weights, self_name=self_name), frozenset()
+
+    @property
+    def bounds_norm(self) -> bool:
+        """Whether the rule holds the median-norm bound (then so does the secure mix)."""
+        return self.choice.name in NORM_BOUNDED_RULES
 
 
 def mix(

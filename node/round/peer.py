@@ -359,6 +359,7 @@ class Peer:
         else:
             mixed = self._mix_exchange(work, round, work.step)
         self.learner.set_state(mixed)
+        work.state_norm = state_norm(mixed)
         eval_loss = accuracy = None
         if self._should_evaluate(round):
             ev = self.learner.evaluate()
@@ -441,7 +442,7 @@ class Peer:
         work.bytes_received += buffer.bytes_received
         work.heard |= set(neighbour_states)
         work.heard_last = frozenset(neighbour_states)
-        return mix_states(
+        mixed, scaled = mix_states(
             work.state,
             neighbour_states,
             site=self.name,
@@ -452,6 +453,9 @@ class Peer:
             bound=self.mix_bound,
             audit=self.audit,
         )
+        work.states_mixed += len(neighbour_states)
+        work.bound_clipped += len(scaled)
+        return mixed
 
     def _mix_secure(self, work: RoundWork, round: int) -> AdapterState:
         """Mix this round's secure aggregate (node.round.secure_mix.mix_outcome)."""
@@ -462,9 +466,17 @@ class Peer:
         work.bytes_sent += outcome.bytes_sent
         work.bytes_received += outcome.bytes_received
         work.seconds += outcome.seconds
-        mixed, work.local_cd, contributors = mix_outcome(
-            work.state, outcome, site=self.name, round=round, audit=self.audit, bound=self.mix_bound
+        mixed, work.local_cd, contributors, scaled = mix_outcome(
+            work.state,
+            outcome,
+            site=self.name,
+            round=round,
+            audit=self.audit,
+            bound=self.mix_bound,
+            bound_norm=self.aggregator.bounds_norm,
         )
+        work.states_mixed += 1 if contributors else 0  # the sum is the one "neighbour" seen
+        work.bound_clipped += int(scaled)
         work.heard |= contributors
         work.heard_last = frozenset(contributors)
         return mixed

@@ -1,6 +1,7 @@
 """Mixing one exchange from the neighbours' individual states (the path without secure
-aggregation): the consortium's rule over the site's row of the mixing matrix, then the
-influence bound, which rolls a non-finite or exploding mix back to the site's own state."""
+aggregation): the consortium's rule over the site's row of the mixing matrix (the default
+`bounded` rule scales neighbours down to the median norm, gossipmed.mixing.bounds), then the
+rollback backstop, which returns a non-finite or exploding mix to the site's own state."""
 
 from __future__ import annotations
 
@@ -26,13 +27,16 @@ def mix_states(
     aggregator: Aggregator,
     bound: InfluenceBound,
     audit: AuditSink,
-) -> AdapterState:
-    """The mixed state, or a copy of `own` (audited "mix_rolled_back") when the bound refuses
-    the mix; a silent neighbour's weight goes to the site itself (the rule's job)."""
-    mixed = aggregator.mix(self_name=site, row=row, states={site: own, **neighbours})
+) -> tuple[AdapterState, frozenset[str]]:
+    """(the mixed state, or a copy of `own` (audited "mix_rolled_back") when the backstop
+    refuses the mix; the neighbours the rule's norm bound scaled down). A silent neighbour's
+    weight goes to the site itself (the rule's job)."""
+    mixed, scaled = aggregator.mix_reporting(
+        self_name=site, row=row, states={site: own, **neighbours}
+    )
     reason = bound.rollback_reason(own, mixed)
     if reason is None:
-        return mixed
+        return mixed, scaled
     audit.record(
         "mix_rolled_back",
         site=site,
@@ -41,4 +45,4 @@ def mix_states(
         reason=reason,
         heard=sorted(neighbours),
     )
-    return snapshot(own)
+    return snapshot(own), scaled

@@ -13,12 +13,13 @@ config time, with the reason:
   site's codec, so a codec choice would be silently ignored. Only "raw" is accepted.
 
 "weighted" and the default "bounded" are accepted. With secure aggregation "bounded" cannot
-scale each neighbour down separately; what replaces that per-update screening is: every
+scale each neighbour down separately; it holds the contributors' weighted mean to the site's
+own norm instead (node.round.secure_mix), so secure mixing never raises a site's norm. Every
 contributor clips each coordinate to the public range before encoding, the decoded sum must
 lie within sum(w) x range per coordinate and sum(w) x l2 in norm (else SumOutOfRange: the
 exchange is skipped and audited, and persistent failures start the search for the
-contributor responsible, gossipmed.mixing.secagg.suspects), and the
-mixed state passes the same influence bound on its norm as every rule (`max_mix_growth`,
+contributor responsible, gossipmed.mixing.secagg.suspects), and the mixed state passes the
+same rollback backstop on its norm as every rule (`max_mix_growth`,
 rolled back and audited otherwise).
 """
 

@@ -29,6 +29,9 @@ class RoundWork:
     local_cd: float | None = None  # before the first exchange's mix
     seconds: float = 0.0
     secure: SecureOutcome | None = None  # secure aggregation: this exchange's outcome
+    states_mixed: int = 0  # neighbour states (or secure sums) mixed, all exchanges
+    bound_clipped: int = 0  # of those, how many the rule's norm bound scaled down
+    state_norm: float | None = None  # after the round's last mix
 
     def record(
         self,
@@ -57,6 +60,9 @@ class RoundWork:
             local_consensus_distance=self.local_cd,
             trained=self.trained,
             rejected=rejected,
+            states_mixed=self.states_mixed,
+            bound_clipped=self.bound_clipped,
+            state_norm=self.state_norm,
             **secure_fields(self.secure) if secure else {},
         )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import resource
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,21 @@ def robustness_summary(
         "drift": gossip["drift"]["name"],
         "honest_accuracy_mean": sum(accs) / len(accs) if accs else None,
         "honest_round": last,
+        "mixing_bound": bound_activity(r for r in records if r.site not in attackers),
+    }
+
+
+def bound_activity(records: Iterable[RoundRecord]) -> dict[str, Any]:
+    """How often the rule's norm bound acted: neighbour states (secure: sums) it scaled down,
+    of all those mixed, over the given records."""
+    mixed = clipped = 0
+    for r in records:
+        mixed += r.states_mixed
+        clipped += r.bound_clipped
+    return {
+        "states_mixed": mixed,
+        "bound_clipped": clipped,
+        "fraction": clipped / mixed if mixed else None,
     }
 
 
