@@ -1,11 +1,11 @@
 """Soak: a 4-site loopback cluster in which one member, "site-03", is dishonest and cycles
-through every attack of the invariants review for a bounded time, against real daemons.
+through the attacks of an attack review for a bounded time, against real daemons.
 
 The dishonest member holds real keys and is every honest site's graph neighbour, so every
-envelope it sends is authentic. It answers each exchange with the state it was sent, scaled
-by 1000 (poisoning), and in between it claims rounds 2^40 and 2^40 - 1, sends garbage,
-non-finite and mis-shaped tensors, floods envelopes with bad signatures, replays, and holds
-silent TCP connections from the members' own address.
+envelope it sends is authentic. It answers each exchange first, with the state it was sent
+scaled by 1000 (poisoning), with NaN or with mis-shaped tensors, and in between it claims
+rounds 2^40 and 2^40 - 1, sends garbage and envelopes for another site, floods envelopes
+with bad signatures, replays, and holds silent TCP connections from the members' address.
 
 The property, whatever it sends: every honest daemon is still alive and training, its model
 is as good as in a clean run of the same consortium (within the margins below, which absorb
@@ -56,6 +56,7 @@ STEPS = 2  # local DP steps per round (toy_sections' default)
 ATTACK_LIMIT_S = 240.0  # bound on the attack phase (it normally ends after ROUNDS rounds)
 ACCURACY_MARGIN = 0.2  # absolute; DP noise from the OS differs between the two runs
 EVAL_LOSS_FACTOR = 1.5  # a poisoned model's loss explodes far beyond this
+NORM_FACTOR = 2.0  # honest adapter norms stay within 2x of the clean run's (influence bound)
 
 
 def sections(toy_base: Path, *, rounds: int) -> Callable[[int], dict[str, dict[str, Any]]]:
@@ -65,11 +66,12 @@ def sections(toy_base: Path, *, rounds: int) -> Callable[[int], dict[str, dict[s
     )
 
 
-def final_scores(site: Path) -> tuple[float, float]:
-    """Accuracy and eval loss of the site's round ROUNDS - 1 (0-based)."""
+def final_scores(site: Path) -> tuple[float, float, float]:
+    """Accuracy, eval loss and adapter norm of the site's round ROUNDS - 1 (0-based)."""
     record = next(r for r in rounds_done(site) if r.round == ROUNDS - 1)
     assert record.accuracy is not None and record.eval_loss is not None
-    return record.accuracy, record.eval_loss
+    assert record.state_norm is not None
+    return record.accuracy, record.eval_loss, record.state_norm
 
 
 # --- the dishonest member ---------------------------------------------------------------
@@ -93,7 +95,9 @@ def peek_update(adversary: Adversary, data: bytes) -> tuple[str, int, int, dict[
     return sender, int(header["round"]), int(header["step"]), tensors
 
 
-def raw_envelope(adversary: Adversary, *, to: str, round: int, tensors: dict[str, Any]) -> bytes:
+def raw_envelope(
+    adversary: Adversary, *, to: str, round: int, step: int = 0, tensors: dict[str, Any]
+) -> bytes:
     """An envelope whose payload the honest encoder would refuse (NaN, wrong shapes)."""
     payload = msgpack.packb(
         {
@@ -110,7 +114,7 @@ def raw_envelope(adversary: Adversary, *, to: str, round: int, tensors: dict[str
         },
         use_bin_type=True,
     )
-    return adversary.envelope(to=to, round=round, payload=payload)
+    return adversary.envelope(to=to, round=round, step=step, payload=payload)
 
 
 class Attacker:
@@ -128,9 +132,12 @@ class Attacker:
                 self.sent += 1
 
     async def mirror(self, nursery: trio.Nursery) -> None:
-        """Answer every exchange with the state it was sent, scaled by 1000."""
+        """Answer every exchange first, before the honest answer could: mostly with the state
+        it was sent scaled by 1000, every fourth time with NaN and every fourth with tensors
+        of the wrong shape (only a fresh exchange reaches the decoder)."""
         transport = self.adversary.transport
         assert transport is not None
+        answered = 0
         while True:
             sender, data = await transport.receive_from()
             try:
@@ -140,10 +147,20 @@ class Attacker:
             if name != sender:
                 continue
             self.last[name] = (r, s, tensors)
-            poisoned = {k: v * 1000.0 for k, v in tensors.items()}
-            nursery.start_soon(
-                self.send, name, self.adversary.envelope(to=name, round=r, step=s, tensors=poisoned)
-            )
+            answered += 1
+            if answered % 4 == 0:
+                nan = {k: v * math.nan for k, v in tensors.items()}
+                reply = raw_envelope(self.adversary, to=name, round=r, step=s, tensors=nan)
+                self.attacks_run.add("non-finite")
+            elif answered % 4 == 1:
+                shapes = {"x": torch.ones(3, 3)}
+                reply = raw_envelope(self.adversary, to=name, round=r, step=s, tensors=shapes)
+                self.attacks_run.add("wrong shape")
+            else:
+                poisoned = {k: v * 1000.0 for k, v in tensors.items()}
+                reply = self.adversary.envelope(to=name, round=r, step=s, tensors=poisoned)
+                self.attacks_run.add("scaled by 1000")
+            nursery.start_soon(self.send, name, reply)
 
     def silent_connections(self, site: str, count: int) -> list[socket.socket]:
         held = []
@@ -164,16 +181,6 @@ class Attacker:
             ("round 2^40-1", lambda: a.envelope(to=victim, round=MAX_ROUND - 1, tensors=tensors)),
             ("next round", lambda: a.envelope(to=victim, round=r + 1, tensors=tensors)),
             ("garbage", lambda: b"\x93not an envelope" * 64),
-            (
-                "non-finite",
-                lambda: raw_envelope(
-                    a, to=victim, round=r, tensors={k: v * math.nan for k, v in tensors.items()}
-                ),
-            ),
-            (
-                "wrong shape",
-                lambda: raw_envelope(a, to=victim, round=r, tensors={"x": torch.ones(3, 3)}),
-            ),
             ("wrong recipient", lambda: a.envelope(to=other, round=r, tensors=tensors)),
         ]
         for what, make in attacks:
@@ -276,7 +283,13 @@ def test_one_dishonest_member_cycling_through_every_attack_takes_no_honest_site_
             done=done,
         )
     )
-    assert attacker.attacks_run >= {"round 2^40", "non-finite", "silent connections"}
+    assert attacker.attacks_run >= {
+        "round 2^40",
+        "scaled by 1000",
+        "non-finite",
+        "wrong shape",
+        "silent connections",
+    }
     assert attacker.sent > 0
 
     # every honest daemon is alive and has gone on training past the clean run's rounds
@@ -290,11 +303,14 @@ def test_one_dishonest_member_cycling_through_every_attack_takes_no_honest_site_
     for p in procs:
         assert p.wait(timeout=60) == 0
 
+    # the poison reached the mix and the bound scaled it down
+    assert sum(r.bound_clipped for s in honest for r in rounds_done(s)) > 0
     for s in honest:
-        accuracy, eval_loss = final_scores(s)
-        clean_accuracy, clean_loss = reference[s.name]
+        accuracy, eval_loss, norm = final_scores(s)
+        clean_accuracy, clean_loss, clean_norm = reference[s.name]
         assert accuracy >= clean_accuracy - ACCURACY_MARGIN, (s.name, accuracy, clean_accuracy)
         assert eval_loss <= clean_loss * EVAL_LOSS_FACTOR, (s.name, eval_loss, clean_loss)
+        assert norm <= clean_norm * NORM_FACTOR, (s.name, norm, clean_norm)
         # budget is spent only on work that is kept: one charge per trained round recorded,
         # plus at most one round the SIGTERM interrupted after its charge
         trained = sum(r.trained for r in rounds_done(s))
