@@ -8,7 +8,8 @@ bounds keep that from compounding:
   (`clip_to_median_norm`);
 - a mix whose result is not finite, or whose norm exceeds `max_ratio` times the larger of the
   pre-mix norm and a floor, is rolled back to the pre-mix state (every rule; the peer). This
-  is a backstop for rules without a norm bound; under `bounded` it cannot fire.
+  is a backstop for rules without a norm bound; under `bounded` it can fire only when
+  attackers hold the median (more than half the neighbours heard, rounded up).
 
 Why the median, and why of the states rather than of their differences. The earlier default
 clipped each neighbour to 10x the site's own norm (or an RMS-1 floor): a bound relative to
@@ -16,8 +17,8 @@ something a neighbour moves. One member answering every exchange just under it g
 neighbour's norm about 3x per exchange, the neighbour forwarded it, and every site
 saturated (issue #20, finding 2). Any neighbour-relative bound with a factor above 1 has the
 same flaw. L has factor 1: the site's own norm is honest, and attackers that are at most
-half of the states mixed cannot lift the median above the largest honest norm among them,
-whatever they send. Clipping the state (not its difference from the site's own) is
+ceil(n/2) of the n neighbours heard cannot lift the median above the largest honest norm
+among the states mixed, whatever they send. Clipping the state (not its difference from the site's own) is
 what bounds the norm itself; a radius on differences bounds the step, and a site pushed
 away from its honest neighbours sees their distances, and so the radius, grow with it.
 
