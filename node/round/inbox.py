@@ -5,6 +5,10 @@ signature, freshness, schema):
     stale            its exchange was already mixed (or is older)
     not_a_neighbour  the sender has no edge to this site in that round's graph
     too_early        more than `max_future_rounds` rounds ahead of this site
+    no_such_step     a step the consortium's rounds do not have (`steps_per_round`): never
+                     mixed, it would only hold memory (a sender could otherwise fill
+                     (max_future_rounds + 1) x 64 buffers instead of the x steps_per_round
+                     a round needs)
     duplicate        this sender's update for that exchange is already buffered
 
 A refused update changes no state, with one exception: an authentic update of a current graph
@@ -51,8 +55,15 @@ class ExchangeBuffer:
 class Inbox:
     """Not thread-safe by itself: the peer calls it under its own lock."""
 
-    def __init__(self, *, max_future_rounds: int, wall_clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        *,
+        max_future_rounds: int,
+        steps_per_round: int = 1,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self.max_future_rounds = max_future_rounds
+        self.steps_per_round = steps_per_round
         self._wall_clock = wall_clock
         self._buffers: dict[tuple[int, int], ExchangeBuffer] = {}
         self.neighbours: dict[str, NeighbourStats] = {}
@@ -72,6 +83,8 @@ class Inbox:
             raise Refused("stale")
         if not is_neighbour:
             raise Refused("not_a_neighbour")
+        if exchange[1] >= self.steps_per_round:
+            raise Refused("no_such_step")
         if exchange[0] > current_round + self.max_future_rounds:
             self._saw(sender, exchange[0])
             raise Refused("too_early")

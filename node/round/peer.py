@@ -117,7 +117,9 @@ class Peer:
         self.rejected = 0
         self._budget_spent = False
         self._work: RoundWork | None = None
-        self._inbox = Inbox(max_future_rounds=max_future_rounds, wall_clock=wall_clock)
+        self._inbox = Inbox(
+            max_future_rounds=max_future_rounds, steps_per_round=gossip_steps, wall_clock=wall_clock
+        )
         self._lock = threading.Lock()  # receive() may run while another thread trains
 
     @property
