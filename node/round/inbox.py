@@ -11,10 +11,14 @@ signature, freshness, schema):
                      a round needs)
     duplicate        this sender's update for that exchange is already buffered
 
-A refused update changes no state, with one exception: an authentic update of a current graph
+A refused update changes no state, with two exceptions: an authentic update of a current graph
 neighbour refused only as too early records that neighbour's claimed round (or a restarted
-site could never rejoin). Progress is learnt from that and from accepted updates only: one
-integer per neighbour, capped below MAX_ROUND (node.round.progress). A claim moves nothing by
+site could never rejoin), and one refused as stale records that the neighbour was heard, and
+at which round (otherwise a site that one neighbour alone had moved ahead, while its other
+neighbour was down, would never hear that neighbour again once it was back: the one that
+moved it would stay a "majority" of one, and keep moving it, for good). Progress is learnt
+from these and from accepted updates only: one integer per neighbour, capped below MAX_ROUND
+(node.round.progress). A claim moves nothing by
 itself; the driver jumps only on a quorum of recent claims. A member with no edge to us
 cannot inform catch-up at all.
 """
@@ -78,8 +82,11 @@ class Inbox:
         is_neighbour: bool,
     ) -> None:
         """Raise Refused unless the update may be buffered. A refusal changes nothing but a
-        neighbour's claim, and that only for `too_early`; `put` records an accepted one."""
+        neighbour's claim, and that only for `too_early` and `stale`; `put` records an
+        accepted one."""
         if exchange < open_exchange:
+            if is_neighbour:  # it is alive, and behind us: its word counts in the quorum
+                self._saw(sender, exchange[0])
             raise Refused("stale")
         if not is_neighbour:
             raise Refused("not_a_neighbour")
