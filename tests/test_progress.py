@@ -119,11 +119,11 @@ def test_a_message_whose_handling_raises_is_audited_and_survived() -> None:
     receive = site.peer.receive
     raised: list[bool] = []
 
-    def receive_once(data: bytes, *, payload_hash: str = "") -> bool:
+    def receive_once(data: bytes, *, payload_hash: str = "", via: str | None = None) -> bool:
         if not raised:
             raised.append(True)
             raise ValueError("a decoder bug a peer found")
-        return receive(data, payload_hash=payload_hash)
+        return receive(data, payload_hash=payload_hash, via=via)
 
     site.peer.receive = receive_once  # type: ignore[method-assign]
     run(net, until={n: 3 for n in net.sites})

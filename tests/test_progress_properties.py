@@ -99,7 +99,7 @@ class InboxMachine(RuleBasedStateMachine):
             stats, buffers = self.snapshot()
             assert buffers == before[1]
             changed = {n for n in set(stats) | set(before[0]) if stats.get(n) != before[0].get(n)}
-            if exc.reason == "too_early" and sender in NEIGHBOURS:
+            if exc.reason in ("too_early", "stale") and sender in NEIGHBOURS:
                 assert changed <= {sender}
                 old = self.claims.get(sender, (0, 0.0))[0]
                 self.claims[sender] = (max(old, capped(round)), self.clock.current_time())
@@ -234,7 +234,7 @@ class CatchUpMachine(RuleBasedStateMachine):
             return
         (event,) = self.audit.events
         assert after[1:] == before[1:], event  # buffers, replay state, round: untouched
-        if event["reason"] == "too_early" and sender in NEIGHBOURS:
+        if event["reason"] in ("too_early", "stale") and sender in NEIGHBOURS:
             old = self.claims.get(sender, (0, 0.0))[0]
             self.claims[sender] = (max(old, capped(round)), self.clock.current_time())
             assert after[0][sender].last_round == self.claims[sender][0]

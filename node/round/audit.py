@@ -15,6 +15,16 @@ class AuditSink(Protocol):
     def record(self, event: str, **fields: Any) -> None: ...
 
 
+def outcome_of(event: str, *, sender: object) -> str:
+    """The log's outcome for a peer event. Anything a sender's message caused other than its
+    acceptance (a refused secure frame, a message that failed to be handled) is a refusal,
+    so it counts against that sender's refused-record budget: otherwise one peer's flood of
+    such events would rotate everyone else's history out of the size-capped log."""
+    if event in (ACCEPTED, REJECTED):
+        return event
+    return REJECTED if sender is not None else EVENT
+
+
 class AuditLogSink:
     """Routes accept/reject events to a site's gossipmed.consortium.audit.AuditLog file."""
 
@@ -29,7 +39,7 @@ class AuditLogSink:
             if fields.get("heard"):
                 reason += f" (neighbours heard: {', '.join(fields['heard'])})"
         self.log.record(
-            outcome=event if event in (ACCEPTED, REJECTED) else EVENT,
+            outcome=outcome_of(event, sender=fields.get("sender")),
             reason=reason + (f": {fields['detail']}" if "detail" in fields else "") + where,
             sender=fields.get("sender"),
             round=fields.get("msg_round", fields.get("round")),

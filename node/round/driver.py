@@ -146,7 +146,7 @@ class RoundDriver:
                     if self.secure is not None and is_frame(data):
                         self.state.bytes_received += len(data)
                         self._send_frames(await self._call(self.secure.handle, site, data))
-                    elif await self._call(self._receive, data):
+                    elif await self._call(self._receive, data, site):
                         self.state.bytes_received += len(data)
                 except Exception as exc:  # nothing a peer sends ends the daemon
                     log.exception("a message from %s could not be handled", site)
@@ -169,8 +169,10 @@ class RoundDriver:
         with trio.move_on_after(share):
             await self._send_retrying(recipient, data, what="secure frame")
 
-    def _receive(self, data: bytes) -> bool:
-        return self.peer.receive(data, payload_hash=payload_hash(data) if self.audit_hashes else "")
+    def _receive(self, data: bytes, via: str) -> bool:
+        return self.peer.receive(
+            data, payload_hash=payload_hash(data) if self.audit_hashes else "", via=via
+        )
 
     # -- rounds -------------------------------------------------------------------------------
 

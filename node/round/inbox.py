@@ -5,12 +5,20 @@ signature, freshness, schema):
     stale            its exchange was already mixed (or is older)
     not_a_neighbour  the sender has no edge to this site in that round's graph
     too_early        more than `max_future_rounds` rounds ahead of this site
+    no_such_step     a step the consortium's rounds do not have (`steps_per_round`): never
+                     mixed, it would only hold memory (a sender could otherwise fill
+                     (max_future_rounds + 1) x 64 buffers instead of the x steps_per_round
+                     a round needs)
     duplicate        this sender's update for that exchange is already buffered
 
-A refused update changes no state, with one exception: an authentic update of a current graph
+A refused update changes no state, with two exceptions: an authentic update of a current graph
 neighbour refused only as too early records that neighbour's claimed round (or a restarted
-site could never rejoin). Progress is learnt from that and from accepted updates only: one
-integer per neighbour, capped below MAX_ROUND (node.round.progress). A claim moves nothing by
+site could never rejoin), and one refused as stale records that the neighbour was heard, and
+at which round (otherwise a site that one neighbour alone had moved ahead, while its other
+neighbour was down, would never hear that neighbour again once it was back: the one that
+moved it would stay a "majority" of one, and keep moving it, for good). Progress is learnt
+from these and from accepted updates only: one integer per neighbour, capped below MAX_ROUND
+(node.round.progress). A claim moves nothing by
 itself; the driver jumps only on a quorum of recent claims. A member with no edge to us
 cannot inform catch-up at all.
 """
@@ -51,8 +59,15 @@ class ExchangeBuffer:
 class Inbox:
     """Not thread-safe by itself: the peer calls it under its own lock."""
 
-    def __init__(self, *, max_future_rounds: int, wall_clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        *,
+        max_future_rounds: int,
+        steps_per_round: int = 1,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self.max_future_rounds = max_future_rounds
+        self.steps_per_round = steps_per_round
         self._wall_clock = wall_clock
         self._buffers: dict[tuple[int, int], ExchangeBuffer] = {}
         self.neighbours: dict[str, NeighbourStats] = {}
@@ -67,11 +82,16 @@ class Inbox:
         is_neighbour: bool,
     ) -> None:
         """Raise Refused unless the update may be buffered. A refusal changes nothing but a
-        neighbour's claim, and that only for `too_early`; `put` records an accepted one."""
+        neighbour's claim, and that only for `too_early` and `stale`; `put` records an
+        accepted one."""
         if exchange < open_exchange:
+            if is_neighbour:  # it is alive, and behind us: its word counts in the quorum
+                self._saw(sender, exchange[0])
             raise Refused("stale")
         if not is_neighbour:
             raise Refused("not_a_neighbour")
+        if exchange[1] >= self.steps_per_round:
+            raise Refused("no_such_step")
         if exchange[0] > current_round + self.max_future_rounds:
             self._saw(sender, exchange[0])
             raise Refused("too_early")

@@ -117,7 +117,9 @@ class Peer:
         self.rejected = 0
         self._budget_spent = False
         self._work: RoundWork | None = None
-        self._inbox = Inbox(max_future_rounds=max_future_rounds, wall_clock=wall_clock)
+        self._inbox = Inbox(
+            max_future_rounds=max_future_rounds, steps_per_round=gossip_steps, wall_clock=wall_clock
+        )
         self._lock = threading.Lock()  # receive() may run while another thread trains
 
     @property
@@ -254,11 +256,17 @@ class Peer:
 
     # -- phase 4+5: receive and verify ------------------------------------------------------
 
-    def receive(self, data: bytes, *, payload_hash: str = "") -> bool:
+    def receive(self, data: bytes, *, payload_hash: str = "", via: str | None = None) -> bool:
         """Verify and buffer one update; True if kept. Bad input is audited, never raised.
-        With secure aggregation no individual update is opened: it is refused unread."""
+        With secure aggregation no individual update is opened: it is refused unread.
+        `via`: the transport-authenticated sender; a refusal that comes before the envelope's
+        own sender is verified is audited as its (so it counts against that member's
+        refused-record budget, not everyone's, and names who sent it)."""
+        carrier = {} if via is None else {"sender": via}
         if self.secure:
-            return self._reject("secure_aggregation", size=len(data), payload_hash=payload_hash)
+            return self._reject(
+                "secure_aggregation", size=len(data), payload_hash=payload_hash, **carrier
+            )
         claimed: dict[str, Any] = {}
         admitted: dict[str, torch.Tensor] = {}
 
@@ -282,7 +290,11 @@ class Peer:
                 return self._reject(exc.reason, payload_hash=payload_hash, **claimed)
             except GossipmedError as exc:
                 return self._reject(
-                    "invalid", detail=str(exc), size=len(data), payload_hash=payload_hash
+                    "invalid",
+                    detail=str(exc),
+                    size=len(data),
+                    payload_hash=payload_hash,
+                    **{**carrier, **claimed},
                 )
             self._inbox.put(
                 sender=update.sender, exchange=update.exchange, state=admitted, size=len(data)
