@@ -18,9 +18,10 @@ neighbour's norm about 3x per exchange, the neighbour forwarded it, and every si
 saturated (issue #20, finding 2). Any neighbour-relative bound with a factor above 1 has the
 same flaw. L has factor 1: the site's own norm is honest, and attackers that are at most
 ceil(n/2) of the n neighbours heard cannot lift the median above the largest honest norm
-among the states mixed, whatever they send. Clipping the state (not its difference from the site's own) is
-what bounds the norm itself; a radius on differences bounds the step, and a site pushed
-away from its honest neighbours sees their distances, and so the radius, grow with it.
+among the states mixed, whatever they send. Clipping the state (not its difference from the
+site's own) is what bounds the norm itself; a radius on differences bounds the step, and a
+site pushed away from its honest neighbours sees their distances, and so the radius, grow
+with it.
 
 The guarantee (`median_norm_growth_bound`): with stochastic weights w (w_i for the site,
 w_j for each neighbour heard) and m the lower median of the norms of the n + 1 states mixed,
