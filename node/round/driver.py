@@ -95,6 +95,8 @@ class RoundDriver:
         self.state = DriverState(round=peer.round)
         self.patience = Patience(patience)
         self._arrival = trio.Event()
+        self._rounds = 0  # run()'s limit, which a deferred round must not pass
+        self._started = -math.inf  # when run() began (catch-up's quorum rule)
         self._own_work_s = 0.0  # this round's training and sealing time
         self._steps = Offload(enabled=offload)
         self.secure = secure
@@ -155,8 +157,8 @@ class RoundDriver:
     async def run(self, *, rounds: int = 0) -> None:
         """Rounds from the peer's current one until `rounds` are done (0: until cancelled),
         or until FINAL_ROUND is reached (audited; the caller exits 0)."""
-        self._catch_up.rounds = rounds
-        self._catch_up.started = trio.current_time()
+        self._rounds = rounds
+        self._started = trio.current_time()
         r = self.peer.round
         while not rounds or r < rounds:
             if r >= FINAL_ROUND:
@@ -260,7 +262,7 @@ class RoundDriver:
 
     def _catch_up_target(self, round: int) -> int | None:
         """Where a site at `round` jumps; None: no jump (node.round.catch_up)."""
-        return self._catch_up.target(round)
+        return self._catch_up.target(round, rounds=self._rounds, started=self._started)
 
     async def _run_secure_round(
         self, round: int, secure: SecureSession, *, catching_up: bool = False
@@ -294,7 +296,7 @@ class RoundDriver:
         (node.round.progress), an update for `round` would be refused as stale where it is
         late, so the trained state goes into the round after theirs (buffered by them until
         they open it), at most MAX_JUMP_ROUNDS on. Returns the round the exchanges run in."""
-        deferral = self._catch_up.deferral(round)
+        deferral = self._catch_up.deferral(round, rounds=self._rounds, started=self._started)
         if deferral is None:
             return round
         ahead, target = deferral
