@@ -34,14 +34,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import torch
 import trio
 
 from gossipmed.consortium.audit import REJECTED, AuditLog
 from gossipmed.consortium.crypto import Identity
 from gossipmed.consortium.roster import Roster
-from gossipmed.consortium.settings import resolve_gossip_steps
 from gossipmed.errors import ConfigError, GossipmedError
 from gossipmed.learn.learner import Learner
 from gossipmed.metrics import METRICS_FILE, MetricsWriter
@@ -55,6 +53,7 @@ from node.daemon.config import DaemonSettings
 from node.daemon.control import serve_control
 from node.daemon.control_routes import site_routes
 from node.daemon.ledger import open_site_ledger
+from node.daemon.roster_view import own_name, roster_gossip_steps, schedule_from_roster
 from node.daemon.secure import build_session, frame_limit, roster_sign_keys, secure_status
 from node.daemon.status import Resumed, build_status
 from node.round.audit import AuditLogSink
@@ -63,9 +62,6 @@ from node.round.driver import DriverState, RoundDriver
 from node.round.peer import state_schema
 from node.round.secure_config import check_secure_gossip
 from node.round.secure_session import SecureSession
-from topology.mixing import mixing_matrix
-from topology.schedule import MixingSchedule
-from topology.spectral import lambda2
 
 log = logging.getLogger("gossipmed.daemon")
 
@@ -87,28 +83,6 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def roster_graph(roster: Roster) -> nx.Graph:
-    """The gossip graph is the roster's: active members and the edges between them."""
-    active = set(roster.active_names)
-    graph = nx.Graph()
-    graph.add_nodes_from(sorted(active))
-    graph.add_edges_from((a, b) for a, b in roster.edges if a in active and b in active)
-    return graph
-
-
-def schedule_from_roster(roster: Roster) -> MixingSchedule:
-    return MixingSchedule.from_graphs([roster_graph(roster)], rule=roster.settings.mixing)
-
-
-def roster_gossip_steps(roster: Roster) -> int:
-    """Exchanges per round from the consortium file; 'auto' (0) reads lambda2 off the roster
-    graph, which every site of the consortium shares, so all sites pick the same number."""
-    graph = roster_graph(roster)
-    rule = roster.settings.mixing
-    lam2 = lambda2(mixing_matrix(graph, rule=rule)) if graph.number_of_nodes() > 1 else 0.0
-    return resolve_gossip_steps(roster.settings.gossip_steps, lam2=lam2)
 
 
 class DaemonAudit:
@@ -411,12 +385,3 @@ def sealed_round(state_dir: Path) -> int | None:
         return None
     value = doc.get("round") if isinstance(doc, dict) else None
     return value if type(value) is int else None
-
-
-def own_name(roster: Roster, identity: Identity) -> str:
-    for m in roster.members:
-        if m.peer_id == identity.peer_id:
-            if m.revoked:
-                raise ConfigError(f"this site ({m.name}) is revoked in the consortium file")
-            return m.name
-    raise ConfigError(f"this site's peer ID {identity.peer_id} is not in the consortium file")

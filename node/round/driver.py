@@ -32,7 +32,7 @@ timeout, and the round mixes the aggregate (or skips, audited) when the own inst
 Frames ride the same transport; the pump tells them from envelopes by their magic prefix.
 
 With `offload=True` (the daemon) training, sealing, opening and mixing run in a worker thread
-so the trio loop keeps reading streams meanwhile (yamux resets a stream left unread for 5 s).
+so the trio loop keeps reading streams meanwhile (node.round.offload).
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
@@ -51,9 +49,13 @@ from gossipmed.consortium.audit import payload_hash
 from gossipmed.errors import GossipmedError, TransportError
 from gossipmed.metrics import RoundRecord
 from node.net.transport import Transport
+from node.round.catch_up import CatchUp
+from node.round.driver_state import MAX_SKIP_RECORDS, DriverState
+from node.round.neighbour_wait import await_neighbours
+from node.round.offload import Offload
 from node.round.patience import Patience, PatienceSettings
 from node.round.peer import Peer
-from node.round.progress import FINAL_ROUND, RoundLimitReached, jump_target, recent_window_s
+from node.round.progress import FINAL_ROUND, RoundLimitReached
 from node.round.secure_frame import is_frame
 from node.round.secure_session import Outbox, SecureSession
 
@@ -63,28 +65,6 @@ T = TypeVar("T")
 RETRY_PAUSE_S = 1.0
 SURVIVED = (GossipmedError, ArithmeticError, ValueError, RuntimeError)
 """Failures of a round that a daemon survives (audited); OSError and MemoryError end it."""
-MAX_SKIP_RECORDS = 32
-
-
-@dataclass
-class DriverState:
-    """What `status` shows about the driver's progress."""
-
-    round: int = 0
-    phase: str = "starting"
-    completed: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    failures: int = 0
-    last_record: RoundRecord | None = None
-    skipped: list[tuple[int, int]] = field(default_factory=list)
-    """Rounds jumped over to catch up, as [first, last] ranges (the most recent ones)."""
-    failed_rounds: int = 0
-    """Rounds given up because something between the network and the checkpoint failed."""
-    deferred: int = 0
-    """Rounds whose training ended after the neighbours had moved on (offered later)."""
-    waits: dict[str, float] = field(default_factory=dict)
-    """Each awaited neighbour's wait in the current exchange, in seconds."""
 
 
 class RoundDriver:
@@ -118,9 +98,9 @@ class RoundDriver:
         self._rounds = 0  # run()'s limit, which a deferred round must not pass
         self._started = -math.inf  # when run() began (catch-up's quorum rule)
         self._own_work_s = 0.0  # this round's training and sealing time
-        self._offloaded = 0  # steps running in worker threads (abandoned ones included)
-        self._idle = threading.Condition()
+        self._steps = Offload(enabled=offload)
         self.secure = secure
+        self._catch_up = CatchUp(peer, round_timeout_s=round_timeout_s, secure=secure)
         self._sends: trio.Nursery | None = None
         if secure is not None and not peer.secure:
             raise TransportError("a secure session needs a peer built for secure aggregation")
@@ -283,27 +263,8 @@ class RoundDriver:
         return record
 
     def _catch_up_target(self, round: int) -> int | None:
-        """Where a site at `round` jumps (node.round.progress): the round a quorum of recently
-        heard neighbours claims, at most MAX_JUMP_ROUNDS on; None: no jump."""
-        return jump_target(current=round, ahead=self._quorum_ahead(), rounds=self._rounds)
-
-    def _quorum_ahead(self) -> int | None:
-        """Until one round timeout has passed since the start, a live neighbour may simply
-        not have been heard yet: then the quorum is a majority of ALL the neighbours (one
-        early liar among two must not count as a majority of one)."""
-        window = recent_window_s(self.round_timeout_s)
-        quorum = None
-        if (
-            math.isfinite(self._started)
-            and trio.current_time() - self._started < self.round_timeout_s
-        ):
-            degree = len(self.peer.schedule.neighbours(self.peer.round, self.peer.name))
-            quorum = degree // 2 + 1
-        rounds = [self.peer.quorum_round(window_s=window, quorum=quorum)]
-        if self.secure is not None:
-            rounds.append(self.secure.furthest_round)
-        known = [r for r in rounds if r is not None]
-        return max(known) if known else None
+        """Where a site at `round` jumps; None: no jump (node.round.catch_up)."""
+        return self._catch_up.target(round, rounds=self._rounds, started=self._started)
 
     async def _run_secure_round(
         self, round: int, secure: SecureSession, *, catching_up: bool = False
@@ -337,13 +298,10 @@ class RoundDriver:
         (node.round.progress), an update for `round` would be refused as stale where it is
         late, so the trained state goes into the round after theirs (buffered by them until
         they open it), at most MAX_JUMP_ROUNDS on. Returns the round the exchanges run in."""
-        ahead = self._quorum_ahead()
-        if ahead is None or ahead <= round:
+        deferral = self._catch_up.deferral(round, rounds=self._rounds, started=self._started)
+        if deferral is None:
             return round
-        target = jump_target(current=round, ahead=ahead + 1, rounds=self._rounds)
-        if target is None or min(target, FINAL_ROUND - 1) <= round:
-            return round
-        target = min(target, FINAL_ROUND - 1)  # the trained state is sealed in `target`
+        ahead, target = deferral
         log.info(
             "training ended after neighbours reached round %d: offering it in %d", ahead, target
         )
@@ -371,35 +329,21 @@ class RoundDriver:
                 scopes[recipient] = scope = trio.CancelScope()
                 deliver = functools.partial(self._deliver, awaited=recipient in awaited)
                 sends.start_soon(deliver, recipient, data, deadline, scope)
-            await self._await_neighbours(round, step, start, waits)
+            await await_neighbours(
+                self.peer,
+                self.patience,
+                round=round,
+                step=step,
+                start=start,
+                waits=waits,
+                arrival=lambda: self._arrival,
+            )
             heard = self.peer.heard(round, step)
             for recipient, scope in scopes.items():
                 # not heard: silent before, waited out, or already past this round; so a dead
                 # neighbour costs one (adapted) wait per round, not the exchange's deadline
                 if recipient not in heard:
                     scope.cancel()
-
-    async def _await_neighbours(
-        self, round: int, step: int, start: float, waits: dict[str, float]
-    ) -> None:
-        """Until each awaited neighbour is heard, known to be past `round`, or out of its own
-        wait; each outcome teaches `patience`."""
-        open_waits = {n: start + w for n, w in waits.items()}
-        while open_waits:
-            now = trio.current_time()
-            pending = self.peer.pending(round, step)
-            heard = self.peer.heard(round, step)
-            for n, until in list(open_waits.items()):
-                if n in heard:
-                    self.patience.heard(n, now - start)
-                elif n in pending and now >= until:
-                    self.patience.missed(n)
-                elif n in pending:
-                    continue
-                del open_waits[n]  # heard, missed, or moved past the round (no lesson)
-            if open_waits:
-                with trio.move_on_at(min(open_waits.values())):
-                    await self._arrival.wait()
 
     async def _deliver(
         self,
@@ -434,29 +378,12 @@ class RoundDriver:
             await trio.sleep(self.retry_pause_s)
 
     async def _call(self, fn: Callable[..., T], *args: Any, abandon: bool = False) -> T:
-        """`abandon`: a stop request need not wait for this step (training, sealing); the
-        checkpoint at the end of a round is always waited for."""
-        if self.offload:
-            step = functools.partial(self._counted, fn, *args)
-            return await trio.to_thread.run_sync(step, abandon_on_cancel=abandon)  # type: ignore[call-arg]
-        return fn(*args)
-
-    def _counted(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._idle:
-            self._offloaded += 1
-        try:
-            return fn(*args)
-        finally:
-            with self._idle:
-                self._offloaded -= 1
-                self._idle.notify_all()
+        """A step inline, or in a worker thread (node.round.offload)."""
+        return await self._steps.call(fn, *args, abandon=abandon)
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block (a thread, not the loop) until no offloaded step runs, e.g. training that a
-        stop abandoned; False after `timeout`. A process must not exit while one runs: the
-        interpreter would end the thread inside torch's C++ code, which aborts (SIGABRT)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._offloaded == 0, timeout)
+        """Until no offloaded step runs; False after `timeout` (node.round.offload)."""
+        return self._steps.wait_idle(timeout)
 
 
 async def run_round(peer: Peer, transport: Transport, round: int, *, timeout: float) -> RoundRecord:

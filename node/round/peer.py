@@ -6,7 +6,7 @@ The round is split into phases so the same object serves a lockstep, determinist
 
     train(r)              the local steps (skipped when off or the budget is spent)
     seal_outgoing(r, s)   exchange s's state, encoded and sealed once per neighbour
-    receive(data)         open, verify, admit and buffer one update; never raises
+    receive(data)         open, verify, admit, buffer one update; never raises (peer_inbound)
     heard(r, s)           which neighbours' updates for exchange s of round r have arrived
     mix_step(r, s)        mix exchange s (not the last) into the state sent at exchange s + 1
     complete_round(r)     mix the last exchange (silent neighbours' weight -> self), checkpoint,
@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -42,24 +41,18 @@ from gossipmed.mixing.bounds import InfluenceBound, state_norm
 from gossipmed.mixing.rules import Aggregator
 from gossipmed.storage.peer_state import Stateful, save_checkpoint
 from gossipmed.wire.compression import DenseEncoder, ReplicaDecoder, UpdateEncoder
-from gossipmed.wire.update import Sealer, Update
+from gossipmed.wire.update import Sealer
 from node.round.audit import AuditSink, NullAudit
-from node.round.inbox import Inbox, NeighbourStats, Refused
+from node.round.inbox import Inbox
+from node.round.peer_inbound import PeerInbound, state_schema
 from node.round.plain_mix import mix_states
 from node.round.progress import FINAL_ROUND, RoundLimitReached
 from node.round.secure_mix import SecureOutcome, mix_outcome
 from node.round.work import RoundWork, offline_record, snapshot
 from topology.schedule import MixingSchedule
 
-Schema = dict[str, tuple[str, tuple[int, ...]]]
-"""Tensor name -> (dtype name, shape): what a neighbour's update must look like, exactly."""
 
-
-def state_schema(state: Mapping[str, torch.Tensor]) -> Schema:
-    return {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in state.items()}
-
-
-class Peer:
+class Peer(PeerInbound):
     """The gossip logic of one site; see the module docstring for the phase order."""
 
     def __init__(
@@ -254,95 +247,7 @@ class Peer:
             raise GossipmedError(f"{self.name}: a secure aggregate of another exchange")
         work.secure = outcome
 
-    # -- phase 4+5: receive and verify ------------------------------------------------------
-
-    def receive(self, data: bytes, *, payload_hash: str = "", via: str | None = None) -> bool:
-        """Verify and buffer one update; True if kept. Bad input is audited, never raised.
-        With secure aggregation no individual update is opened: it is refused unread.
-        `via`: the transport-authenticated sender; a refusal that comes before the envelope's
-        own sender is verified is audited as its (so it counts against that member's
-        refused-record budget, not everyone's, and names who sent it)."""
-        carrier = {} if via is None else {"sender": via}
-        if self.secure:
-            return self._reject(
-                "secure_aggregation", size=len(data), payload_hash=payload_hash, **carrier
-            )
-        claimed: dict[str, Any] = {}
-        admitted: dict[str, torch.Tensor] = {}
-
-        def admit(update: Update) -> None:
-            """Inside the sealer: after verification, before its replay state moves."""
-            r, step = update.exchange
-            claimed.update(sender=update.sender, msg_round=r, step=step)
-            self._inbox.check(
-                sender=update.sender,
-                exchange=update.exchange,
-                open_exchange=self._open_exchange(),
-                current_round=self.round,
-                is_neighbour=update.sender in self.schedule.neighbours(r, self.name),
-            )
-            admitted.update(self.decoder.decode(update))  # DeltaOutOfSync: replica behind
-
-        with self._lock:
-            try:
-                update = self.sealer.open(data, expected_schema=self.schema, admit=admit)
-            except Refused as exc:
-                return self._reject(exc.reason, payload_hash=payload_hash, **claimed)
-            except GossipmedError as exc:
-                return self._reject(
-                    "invalid",
-                    detail=str(exc),
-                    size=len(data),
-                    payload_hash=payload_hash,
-                    **{**carrier, **claimed},
-                )
-            self._inbox.put(
-                sender=update.sender, exchange=update.exchange, state=admitted, size=len(data)
-            )
-            self.audit.record(
-                "accepted", site=self.name, size=len(data), payload_hash=payload_hash, **claimed
-            )
-            return True
-
-    def heard(self, round: int, step: int = 0) -> set[str]:
-        with self._lock:
-            return self._inbox.heard((round, step))
-
-    def expected(self, round: int, step: int = 0) -> frozenset[str]:
-        """Whom to wait for. After the first exchange, only those heard in the previous one:
-        a neighbour that is offline costs one timeout per round, not one per exchange."""
-        neighbours = self.schedule.neighbours(round, self.name)
-        work = self._work
-        if step == 0 or work is None or work.round != round or work.heard_last is None:
-            return neighbours
-        return neighbours & work.heard_last
-
-    def pending(self, round: int, step: int = 0) -> set[str]:
-        """Expected neighbours neither heard in this exchange nor known to be past `round`."""
-        heard = self.heard(round, step)
-        with self._lock:
-            return {
-                n
-                for n in self.expected(round, step)
-                if n not in heard and not self._inbox.moved_past(n, round)
-            }
-
-    def furthest_neighbour_round(self) -> int | None:
-        """The highest round one graph neighbour claimed (status; it moves nothing)."""
-        with self._lock:
-            return self._inbox.furthest_round()
-
-    def quorum_round(self, *, window_s: float, quorum: int | None = None) -> int | None:
-        """The highest round a majority of this round's neighbours heard within `window_s`
-        (and at least `quorum` of them) claims (node.round.progress): what catch-up may
-        jump to."""
-        neighbours = self.schedule.neighbours(self.round, self.name)
-        with self._lock:
-            return self._inbox.quorum_round(neighbours=neighbours, window_s=window_s, quorum=quorum)
-
-    def neighbour_stats(self) -> dict[str, NeighbourStats]:
-        with self._lock:
-            return {k: NeighbourStats(**vars(v)) for k, v in self._inbox.neighbours.items()}
+    # -- phase 4+5: receive and verify, inherited from node.round.peer_inbound -------------
 
     def mix_step(self, round: int, step: int) -> None:
         """Mix exchange `step` (not the last one) and open exchange `step + 1`."""
@@ -431,12 +336,6 @@ class Peer:
             self._work = RoundWork(round=round, state={})
             self._inbox.drop_before((round, 0))
 
-    def _open_exchange(self) -> tuple[int, int]:
-        """Updates for exchanges before this one can no longer be mixed (stale)."""
-        work = self._work
-        step = work.step if work is not None and work.round == self.round else 0
-        return (self.round, step)
-
     def _mix_exchange(self, work: RoundWork, round: int, step: int) -> AdapterState:
         """Mix what arrived for one exchange into `work.state`. The exchange closes in the same
         locked step that takes its buffer, so an update that arrives while we mix is refused
@@ -501,13 +400,3 @@ class Peer:
     def _should_evaluate(self, round: int) -> bool:
         last = self.total_rounds is not None and round == self.total_rounds - 1
         return last or (round + 1) % self.eval_every == 0
-
-    def _reject(self, reason: str, **fields: Any) -> bool:
-        self.rejected += 1
-        self.audit.record("rejected", site=self.name, reason=reason, round=self.round, **fields)
-        return False
-
-    def _take_rejected(self) -> int:
-        with self._lock:
-            n, self.rejected = self.rejected, 0
-        return n

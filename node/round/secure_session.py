@@ -23,7 +23,7 @@ counted; a contributor that refuses a message aborts its own part of that instan
 
 When the own instance's sums keep failing the public bounds, `open` excludes one suspect
 per round (gossipmed.mixing.secagg.suspects) and `outcome` audits the contributor whose
-exclusion made the sum pass.
+exclusion made the sum pass (node.round.secure_neighbours, with the round claims).
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ from gossipmed.mixing.secagg import (
     instance_config,
 )
 from gossipmed.mixing.secagg.envelope import NormEnvelope, resolve
-from gossipmed.mixing.secagg.params import MAX_CONTRIBUTORS, threshold_for
+from gossipmed.mixing.secagg.params import MAX_CONTRIBUTORS
 from gossipmed.mixing.secagg.suspects import SuspectSearch
 from gossipmed.wire.update import MAX_ROUND
-from node.round.progress import Claim, capped, quorum_round, recent_window_s
 from node.round.secure_frame import open_frame, seal_frame
 from node.round.secure_mix import SecureOutcome
+from node.round.secure_neighbours import RoundClaims, judge
 from topology.schedule import MixingSchedule
 
 PHASES = 5
@@ -127,7 +127,7 @@ class SecureSession:
         self._own: _Own | None = None
         self._contributors: dict[tuple[str, int], Contributor] = {}
         self._buffer: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
-        self._claims: dict[str, Claim] = {}  # neighbour -> its round claim (node.round.progress)
+        self._claims = RoundClaims()
         self.refused = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -173,29 +173,12 @@ class SecureSession:
 
     @property
     def furthest_round(self) -> int | None:
-        """The highest round that a majority of the neighbours heard recently, and at least a
-        threshold of all of them, claim in signed frames (None below that; node.round.progress).
-        One neighbour alone cannot make the site jump: a frame of round 2**40 would otherwise
-        move it there, write that round into its contribution guard and end its secure
-        aggregation for good. Fewer than a threshold of neighbours ahead cannot aggregate
-        with it anyway."""
+        """The round a threshold of recently heard neighbours claims in signed frames, or None
+        (node.round.secure_neighbours: one neighbour alone cannot make the site jump)."""
         with self._lock:
             current = self._own.round if self._own is not None else 0
             neighbours = self.schedule.neighbours(current, self.name)
-            return quorum_round(
-                self._claims,
-                neighbours=neighbours,
-                now=self.clock(),
-                window_s=recent_window_s(self.timeout_s),
-                quorum=threshold_for(max(len(neighbours), 1)),
-            )
-
-    def _claim(self, sender: str, round: int) -> None:
-        """An authentic frame of a neighbour that was taken or refused only as early: its
-        claim, one integer capped below MAX_ROUND, and when it was heard."""
-        old = self._claims.get(sender)
-        claim = capped(round) if old is None else max(old.round, capped(round))
-        self._claims[sender] = Claim(round=claim, heard_at=self.clock())
+            return self._claims.furthest(neighbours, now=self.clock(), timeout_s=self.timeout_s)
 
     # -- the round ------------------------------------------------------------------------
 
@@ -284,7 +267,7 @@ class SecureSession:
         own = self._own
         current = own.round if own is not None else -1
         if inst.round > current:
-            self._claim(sender, inst.round)
+            self._claims.note(sender, inst.round, now=self.clock())
             if inst.receiver == self.name:
                 frames = self._buffer[sender]
                 if len(frames) < MAX_BUFFERED_PER_SENDER:
@@ -297,7 +280,7 @@ class SecureSession:
                 if own is None or own.aggregator is None or inst.round != own.round:
                     raise GossipmedError(f"no open own instance for round {inst.round}")
                 relayed = own.aggregator.receive(sender, message)
-                self._claim(sender, inst.round)
+                self._claims.note(sender, inst.round, now=self.clock())
                 return [self._frame(r, m) for r, m in relayed]
             if inst.receiver != sender:
                 raise GossipmedError("a receiver's message relayed by someone else")
@@ -305,7 +288,7 @@ class SecureSession:
             if contributor is None:
                 raise GossipmedError(f"not contributing to {sender!r} round {inst.round}")
             reply = contributor.handle(sender, message)
-            self._claim(sender, inst.round)
+            self._claims.note(sender, inst.round, now=self.clock())
             return [self._frame(sender, reply)]
         except DeclaredDropped as exc:  # the receiver excluded this contribution: it is over
             self._audit(
@@ -392,7 +375,7 @@ class SecureSession:
         try:
             result = own.aggregator.result()
         except ExchangeAborted as exc:
-            self._judge(round, exc)
+            judge(self.suspects, exc, audit=self._audit, site=self.name, round=round)
             return SecureOutcome(
                 skipped=f"{type(exc).__name__}: {exc}", bytes_sent=sent, bytes_received=received
             )
@@ -403,23 +386,8 @@ class SecureSession:
         dropped = sorted(set(own.aggregator.config.contributors) - set(result.contributors))
         if dropped:  # silent (dead, spent, late): a dropout, not an offence
             self._audit("secure_dropout", site=self.name, round=round, dropped=dropped)
-        self._judge(round, result)
+        judge(self.suspects, result, audit=self._audit, site=self.name, round=round)
         return SecureOutcome(result=result, bytes_sent=sent, bytes_received=received)
-
-    def _judge(self, round: int, outcome: object) -> None:
-        verdict = self.suspects.record(outcome)
-        if verdict.excluded is not None:
-            self._audit(
-                "secure_suspect_excluded", site=self.name, round=round, suspect=verdict.excluded
-            )
-        if verdict.named is not None:
-            self._audit(
-                "secure_offender_named", site=self.name, round=round, offender=verdict.named
-            )
-        if verdict.cleared is not None:
-            self._audit(
-                "secure_offender_cleared", site=self.name, round=round, offender=verdict.cleared
-            )
 
     def _require(self, round: int) -> _Own:
         if self._own is None or self._own.round != round:
