@@ -7,8 +7,10 @@ import torch
 import trio
 import trio.testing
 
+from gossipmed.choice import default_choice
 from gossipmed.errors import TransportError
 from gossipmed.metrics import RoundRecord
+from gossipmed.mixing.rules import RULES, Aggregator
 from node.net.memory import MemoryNetwork
 from node.round.driver import RoundDriver, run_round
 from node.round.peer import Peer
@@ -18,6 +20,11 @@ from topology.mixing import mixing_matrix
 from topology.schedule import MixingSchedule
 
 TIMEOUT = 10.0  # generous; rounds finish as soon as every neighbour is heard
+
+
+WEIGHTED = Aggregator(default_choice(RULES, "weighted"))
+"""The linear rule x <- W x that these tests specify (the default `bounded` rule also scales
+neighbours above the median norm down, so it does not keep the average)."""
 
 
 def _peers(n: int, *, gossip_steps: int = 1) -> dict[str, Peer]:
@@ -40,6 +47,7 @@ def _peers(n: int, *, gossip_steps: int = 1) -> dict[str, Peer]:
             local_steps=1,
             gossip_steps=gossip_steps,
             train=False,
+            aggregator=WEIGHTED,
         )
         for i, name in enumerate(names)
     }
