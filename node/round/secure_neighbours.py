@@ -9,7 +9,7 @@ gossipmed.mixing.secagg.suspects, from sums that failed or passed the public bou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, ItemsView
 
 from gossipmed.mixing.secagg.params import threshold_for
 from gossipmed.mixing.secagg.suspects import SuspectSearch
@@ -26,11 +26,19 @@ class RoundClaims:
         """An authentic frame of a neighbour that was taken or refused only as early: its
         claim, one integer capped below MAX_ROUND, and when it was heard."""
         old = self._claims.get(sender)
-        claim = capped(round) if old is None else max(old.round, capped(round))
-        self._claims[sender] = Claim(round=claim, heard_at=now)
+        if old is None:
+            self._claims[sender] = Claim(round=capped(round), heard_at=now)
+        else:  # a replayed buffered frame carries its arrival time, which may be older
+            self._claims[sender] = Claim(
+                round=max(old.round, capped(round)), heard_at=max(old.heard_at, now)
+            )
 
     def clear(self) -> None:
         self._claims.clear()
+
+    def items(self) -> ItemsView[str, Claim]:
+        """Each neighbour's claim, read-only (what the session's properties are checked on)."""
+        return self._claims.items()
 
     def furthest(self, neighbours: frozenset[str], *, now: float, timeout_s: float) -> int | None:
         """The highest round that a majority of the neighbours heard recently, and at least a

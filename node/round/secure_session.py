@@ -126,7 +126,7 @@ class SecureSession:
         )
         self._own: _Own | None = None
         self._contributors: dict[tuple[str, int], Contributor] = {}
-        self._buffer: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+        self._buffer: dict[str, list[tuple[int, bytes, float]]] = defaultdict(list)
         self._claims = RoundClaims()
         self.refused = 0
         self.bytes_sent = 0
@@ -198,10 +198,10 @@ class SecureSession:
         self._own = _Own(round=round, aggregator=aggregator, skipped=skipped)
         out: Outbox = []
         for sender, frames in list(self._buffer.items()):
-            keep = [(r, d) for r, d in frames if r > round]
-            for r, data in frames:
+            keep = [f for f in frames if f[0] > round]
+            for r, data, arrived in frames:
                 if r == round:
-                    out += self.handle(sender, data)
+                    out += self.handle(sender, data, arrived=arrived)
             self._buffer[sender] = keep
         return out
 
@@ -242,8 +242,9 @@ class SecureSession:
         return [self._frame(r, c.advertise()) for r, c in created.items()]
 
     @_locked
-    def handle(self, sender: str, data: bytes) -> Outbox:
-        """One inbound frame from the transport's authenticated `sender`."""
+    def handle(self, sender: str, data: bytes, *, arrived: float | None = None) -> Outbox:
+        """One inbound frame from the transport's authenticated `sender`. `arrived`: when a
+        buffered frame came in (a replay must not make its sender look recently heard)."""
         try:
             claimed, message = open_frame(
                 data,
@@ -264,14 +265,15 @@ class SecureSession:
         except GossipmedError as exc:
             return self._refuse(sender, str(exc))
         self.bytes_received += len(data)
+        now = self.clock() if arrived is None else arrived
         own = self._own
         current = own.round if own is not None else -1
         if inst.round > current:
-            self._claims.note(sender, inst.round, now=self.clock())
+            self._claims.note(sender, inst.round, now=now)
             if inst.receiver == self.name:
                 frames = self._buffer[sender]
                 if len(frames) < MAX_BUFFERED_PER_SENDER:
-                    frames.append((inst.round, data))
+                    frames.append((inst.round, data, now))
                 return []
         try:
             if inst.receiver == self.name:
@@ -280,7 +282,7 @@ class SecureSession:
                 if own is None or own.aggregator is None or inst.round != own.round:
                     raise GossipmedError(f"no open own instance for round {inst.round}")
                 relayed = own.aggregator.receive(sender, message)
-                self._claims.note(sender, inst.round, now=self.clock())
+                self._claims.note(sender, inst.round, now=now)
                 return [self._frame(r, m) for r, m in relayed]
             if inst.receiver != sender:
                 raise GossipmedError("a receiver's message relayed by someone else")
@@ -288,7 +290,7 @@ class SecureSession:
             if contributor is None:
                 raise GossipmedError(f"not contributing to {sender!r} round {inst.round}")
             reply = contributor.handle(sender, message)
-            self._claims.note(sender, inst.round, now=self.clock())
+            self._claims.note(sender, inst.round, now=now)
             return [self._frame(sender, reply)]
         except DeclaredDropped as exc:  # the receiver excluded this contribution: it is over
             self._audit(
