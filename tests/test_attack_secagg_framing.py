@@ -1,21 +1,17 @@
-"""An intermittent offender must not get an honest contributor named (not fixed: xfail).
+"""An intermittent offender must not get an honest contributor named.
 
-The suspect search (gossipmed.mixing.secagg.suspects) names the first contributor whose
-exclusion makes a sum pass, after one failing sum, taking suspects in sorted order. All of
-that is predictable by a contributor, and so is the outcome: the attacker knows when the sum
-failed (it sent the bad words) and whom the next exchange excludes (sorted order, one step
-per failure). So one failed exchange followed by honest behaviour names the first honest
-contributor in sorted order, who then stays excluded from that receiver's sums and is named
-in its audit log; repeating it moves the name on. The module's docstring concedes this; the
-property the issue asks for ("no honest member named") does not hold. A fix needs the
-receiver's choice of whom to exclude to be secret until the masked inputs are committed
-(OS CSPRNG, with exchanges that exclude nobody mixed in) and a name to need repeated,
-consistent evidence; see the attack report.
+The attacker knows when a sum failed (it sent the bad words) and, from the survivor list,
+whom an exchange excluded. On the merge before this fix the suspect search started after one
+failing sum, took suspects in sorted order and named the first whose exclusion made a sum
+pass: one failed exchange followed by honest behaviour named the first honest contributor in
+sorted order at every receiver, who then stayed excluded from that receiver's sums. Now the
+search starts only when sums keep failing (START_AFTER in a row), suspects and the order of
+each trial come from the OS CSPRNG, and a name needs K_TRIALS consistent trials
+(tests/test_secagg_bound.py::test_a_name_always_rests_on_consistent_evidence).
 """
 
 from __future__ import annotations
 
-import pytest
 from test_secagg_bound import (
     ATTACKER,
     SITES,
@@ -28,7 +24,6 @@ from test_secagg_bound import (
 )
 
 
-@pytest.mark.xfail(strict=True, reason="suspect search names on one predictable pass")
 def test_one_failed_exchange_then_honesty_names_no_honest_contributor() -> None:
     net, schedule, events = _network()
     with _dishonest(_random_words(3)):

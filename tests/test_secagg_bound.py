@@ -4,12 +4,14 @@ The receiver only sees the sum, so the bound is on the sum: whatever one contrib
 the receiver either refuses the sum (SumOutOfRange, its state unchanged) or mixes a sum
 within W x the public norm envelope, so its RMS after the exchange is at most
 (1 - W) rms(own) + W rho. A contributor that keeps sending garbage is named by the receiver
-within n + 1 exchanges, and honest exchanges never exclude anyone.
+within START_AFTER + 2 (n - 1) + 2 K_TRIALS exchanges, and honest exchanges never exclude
+anyone.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -80,11 +82,15 @@ def _dishonest(words: Callable[[FixedPoint], np.ndarray]) -> Iterator[None]:
         yield
 
 
-def _network() -> tuple[SecureNetwork, MixingSchedule, list[tuple[str, dict[str, Any]]]]:
+def _network(
+    seed: int = 0,
+) -> tuple[SecureNetwork, MixingSchedule, list[tuple[str, dict[str, Any]]]]:
     schedule = MixingSchedule.from_graphs([nx.complete_graph(SITES)])
     net = SecureNetwork(
         sites=tuple(schedule.sites), roster_hash=b"k" * 32, fixed_point=_encoding(_consortium())
     )
+    if hasattr(net, "suspect_rng"):  # seeded suspects, for a reproducible test only
+        net.suspect_rng = random.Random(seed)
     return net, schedule, []
 
 
@@ -178,23 +184,27 @@ def _named(events: list[tuple[str, dict[str, Any]]]) -> dict[str, tuple[int, str
     return named
 
 
-def test_a_random_words_attacker_is_named_within_n_plus_one_exchanges() -> None:
-    """Every receiver the attacker contributes to names it within n + 1 = 5 exchanges (one
-    that fails, then one exclusion per exchange), then gets its sums again without it; no
-    honest contributor is ever named. On 428312f every one of these exchanges failed
-    SumOutOfRange and nobody was named."""
-    net, schedule, events = _network()
+def test_a_random_words_attacker_is_named_within_the_search_bound() -> None:
+    """Every receiver the attacker contributes to names it within START_AFTER + 2 (n - 1) +
+    2 K_TRIALS = 14 exchanges (two failing, at most two per honest suspect, two per trial of
+    the attacker), then, in the next exchange, gets its sums again without it; no honest
+    contributor is ever named. On 428312f every one of these exchanges failed SumOutOfRange
+    and nobody was named."""
+    from gossipmed.mixing.secagg.suspects import K_TRIALS, START_AFTER
+
+    contributors = SITES - 1
+    bound = START_AFTER + 2 * (contributors - 1) + 2 * K_TRIALS
+    net, schedule, events = _network(seed=11)
     with _dishonest(_random_words(7)):
-        for r in range(SITES + 1):
+        for r in range(bound + 1):  # and one more, which sums the others again
             outcomes = _exchange(net, schedule, events, round=r, states=_states(r))
     honest_receivers = [s for s in schedule.sites if s != ATTACKER]
     named = _named(events)
     assert sorted(named) == honest_receivers
-    contributors = SITES - 1
     for receiver in honest_receivers:
         round_named, offender = named[receiver]
         assert offender == ATTACKER
-        assert round_named <= contributors
+        assert round_named <= bound - 1
     assert all(outcomes[s].result is not None for s in honest_receivers)
     assert all(ATTACKER not in outcomes[s].result.contributors for s in honest_receivers)
     assert all(ATTACKER in outcomes[s].result.reconstructed for s in honest_receivers)
@@ -288,26 +298,136 @@ def test_weights_above_one_in_total_are_refused() -> None:
 # --- the search ------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
-@given(n=st.integers(3, 12), data=st.data())
-def test_a_persistent_offender_is_named_within_n_plus_one_exchanges(
-    n: int, data: st.DataObject
-) -> None:
-    from gossipmed.mixing.secagg.suspects import SuspectSearch
+def _bound_failure(excluded: frozenset[str], offending: set[str]) -> object:
+    """The outcome of an exchange: a bound failure iff an offending contributor took part."""
+    return SumOutOfRange("bad") if offending - excluded else object()
 
-    t = data.draw(st.integers(3, n), label="threshold")
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(3, 12), seed=st.integers(0, 2**32), data=st.data())
+def test_a_persistent_offender_is_named_within_the_search_bound(
+    n: int, seed: int, data: st.DataObject
+) -> None:
+    from gossipmed.mixing.secagg.suspects import K_TRIALS, START_AFTER, SuspectSearch
+
+    t = data.draw(st.integers(2, n), label="threshold")
     names = [f"s{i:02d}" for i in range(n)]
     offender = data.draw(st.sampled_from(names), label="offender")
-    search = SuspectSearch()
-    for exchange in range(n + 3):
+    search = SuspectSearch(rng=random.Random(seed))
+    for _ in range(START_AFTER + 2 * (n - 1) + 2 * K_TRIALS):
         excluded = search.exclusion(names, t)
         assert len(excluded) <= 1
         if n - 1 < t:
             assert not excluded
-        verdict = search.record(SumOutOfRange("bad") if offender not in excluded else object())
-        if verdict.named is not None:
-            assert verdict.named == offender and exchange <= n
+        verdict = search.record(_bound_failure(excluded, {offender}))
+        assert verdict.named in (None, offender)
     assert (search.named == offender) == (n - 1 >= t)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(4, 8),
+    seed=st.integers(0, 2**32),
+    attacks=st.lists(st.booleans(), max_size=40),
+)
+def test_an_attacker_that_never_fails_two_sums_in_a_row_starts_no_search(
+    n: int, seed: int, attacks: list[bool]
+) -> None:
+    """Failing one sum, then behaving (in any pattern without two failures in a row),
+    excludes nobody and names nobody: the framing attack of the review."""
+    from gossipmed.mixing.secagg.suspects import SuspectSearch
+
+    search = SuspectSearch(rng=random.Random(seed))
+    names = [f"s{i}" for i in range(n)]
+    previous = False
+    for attack in attacks:
+        attack = attack and not previous
+        assert search.exclusion(names, 3) == frozenset()
+        assert search.record(SumOutOfRange("bad") if attack else object()).named is None
+        previous = attack
+
+
+Exchange = tuple[frozenset[str], str]  # (excluded, "pass" | "fail" | "abort")
+
+
+def _assert_named_on_consistent_evidence(history: list[Exchange], named: str) -> None:
+    """The name rests on the last 2 K_TRIALS exchanges alone, with no abort among them: K
+    pairs, each one sum that passed without `named` and one that failed with everybody in;
+    and the search that led to it started only after START_AFTER failures in a row."""
+    from gossipmed.mixing.secagg.suspects import K_TRIALS, START_AFTER
+
+    window = history[-2 * K_TRIALS :]
+    pairs = [window[k : k + 2] for k in range(0, len(window), 2)]
+    assert len(pairs) == K_TRIALS
+    for pair in pairs:
+        assert sorted(pair, key=lambda e: e[1]) == [
+            (frozenset(), "fail"),
+            (frozenset({named}), "pass"),
+        ], history
+    before = [e for e in history[: -2 * K_TRIALS] if e[1] != "abort"]
+    last_clean_pass = max(
+        (k for k, (ex, out) in enumerate(before) if not ex and out == "pass"), default=-1
+    )
+    failures = [e for e in before[last_clean_pass + 1 :] if not e[0] and e[1] == "fail"]
+    assert len(failures) >= START_AFTER
+
+
+_OUTCOMES = {
+    "pass": lambda: object(),
+    "fail": lambda: SumOutOfRange("bad"),
+    "abort": lambda: BelowThreshold("withheld shares"),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(4, 8),
+    seed=st.integers(0, 2**32),
+    actions=st.lists(st.sampled_from(sorted(_OUTCOMES)), min_size=1, max_size=60),
+)
+def test_a_name_always_rests_on_consistent_evidence(n: int, seed: int, actions: list[str]) -> None:
+    """Whatever the sums do (an attacker passing, failing or aborting them at will), a
+    contributor is named only on K_TRIALS consistent, uninterrupted trials."""
+    from gossipmed.mixing.secagg.suspects import SuspectSearch
+
+    search = SuspectSearch(rng=random.Random(seed))
+    names = [f"s{i}" for i in range(n)]
+    history: list[Exchange] = []
+    for action in actions:
+        history.append((search.exclusion(names, 3), action))
+        named = search.record(_OUTCOMES[action]()).named
+        if named is not None:
+            _assert_named_on_consistent_evidence(history, named)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_an_attacker_that_aborts_its_wrong_guesses_gets_no_second_guess(seed: int) -> None:
+    """The attacker (s0) plays each trial's second exchange perfectly (the first one's
+    survivor list told it the order; here it reads the search's state, which knows no
+    less). In a first exchange it attacks, and when the survivor list shows that the
+    exchange excluded an honest suspect (a wrong guess: that sum would fail without the
+    suspect), it withholds its unmask shares instead, so the exchange aborts below the
+    threshold (n - 2 < t), hoping for a fresh guess. The abort ends the trial: any name
+    still rests on K_TRIALS uninterrupted trials, each a blind guess (1/2)."""
+    from gossipmed.mixing.secagg.suspects import SuspectSearch
+
+    names = ["s0", "s1", "s2", "s3"]
+    search = SuspectSearch(rng=random.Random(seed))
+    history: list[Exchange] = []
+    for _ in range(300):
+        excluded = search.exclusion(names, 3)
+        trial = search._trial
+        knows_order = trial is not None and trial.step == 1 and trial.suspect != "s0"
+        action = "fail"
+        if "s0" in excluded or (knows_order and excluded):
+            action = "pass"
+        elif excluded:
+            action = "abort"
+        history.append((excluded, action))
+        named = search.record(_OUTCOMES[action]()).named
+        if named is not None:
+            _assert_named_on_consistent_evidence(history, named)
+            return
 
 
 @settings(max_examples=40, deadline=None)
@@ -328,16 +448,18 @@ def test_without_bound_failures_nobody_is_excluded(outcomes: list[str], n: int) 
 
 
 def test_a_wrong_name_is_withdrawn_when_sums_fail_without_it() -> None:
-    """An intermittent offender can get an honest contributor named; once the sums fail with
-    that one excluded, the name is withdrawn and the search moves on to the others."""
+    """If a contributor is ever named wrongly (an attacker that guessed every trial right,
+    or a second offender), the first sum that fails with it excluded withdraws the name."""
     from gossipmed.mixing.secagg.suspects import SuspectSearch
 
-    names, search = ["a", "b", "c", "d"], SuspectSearch()
-    search.exclusion(names, 3)
-    search.record(SumOutOfRange("d attacks"))
+    names = ["a", "b", "c", "d"]
+    search = SuspectSearch(rng=random.Random(3))
+    while search.named is None:  # "a" offends until it is named
+        search.record(_bound_failure(search.exclusion(names, 3), {"a"}))
+    assert search.named == "a"
     assert search.exclusion(names, 3) == {"a"}
-    assert search.record(object()).named == "a"  # d paused: a is wrongly named
+    assert search.record(object()).named is None  # it stays named while the sums pass
     assert search.exclusion(names, 3) == {"a"}
-    assert search.record(SumOutOfRange("d attacks again")).cleared == "a"
+    assert search.record(SumOutOfRange("d attacks")).cleared == "a"
     assert search.named is None
-    assert search.exclusion(names, 3) == {"b"}
+    assert search.exclusion(names, 3) == frozenset()  # a new search needs failures again

@@ -311,12 +311,16 @@ def test_a_secure_site_never_opens_an_individual_update() -> None:
 
 def test_the_daemon_names_a_contributor_that_keeps_sending_random_words() -> None:
     """Over the real driver and transport: every honest receiver of a neighbour that masks
-    random words (whose sums fail SumOutOfRange) names it within n + 1 rounds, by excluding
-    one suspect per round, and its last round sums the others again."""
+    random words (whose sums fail SumOutOfRange) names it within START_AFTER + 2 (n - 1) +
+    2 K_TRIALS rounds, by excluding at most one suspect per round, and its last round sums
+    the others again."""
+    import random
+
     import numpy as np
     import pytest
 
     from gossipmed.mixing.secagg import Contributor
+    from gossipmed.mixing.secagg.suspects import K_TRIALS, START_AFTER, SuspectSearch
 
     attacker = "site-03"
     honest = Contributor._on_forwarded
@@ -330,18 +334,20 @@ def test_the_daemon_names_a_contributor_that_keeps_sending_random_words() -> Non
 
     peers, sessions, _ = _sites()
     events: dict[str, list[tuple[str, dict[str, object]]]] = {n: [] for n in sessions}
-    for name, session in sessions.items():
+    for i, (name, session) in enumerate(sessions.items()):
         session._audit = lambda event, _n=name, **fields: events[_n].append((event, fields))
+        session.suspects = SuspectSearch(rng=random.Random(i))  # reproducible suspects
     network = MemoryNetwork()
     transports: dict[str, object] = {n: network.endpoint(n) for n in peers}
+    bound = START_AFTER + 2 * (N - 2) + 2 * K_TRIALS  # n = N - 1 contributors
     with pytest.MonkeyPatch.context() as m:
         m.setattr(Contributor, "_on_forwarded", forwarded)
-        records = _run(peers, sessions, transports, rounds=N + 1)
+        records = _run(peers, sessions, transports, rounds=bound + 1)
     for name in sessions:
         if name == attacker:
             continue
         named = [f for e, f in events[name] if e == "secure_offender_named"]
         assert named and named[0]["offender"] == attacker
-        assert int(str(named[0]["round"])) <= N - 1  # n + 1 = N exchanges: rounds 0..N-1
+        assert int(str(named[0]["round"])) <= bound - 1  # rounds 0 .. bound - 1
         last = records[name][-1]
         assert last.secure_skipped is None and last.secure_contributors == N - 2

@@ -21,9 +21,10 @@ opens; they also tell the driver that a neighbour is ahead (catch-up after a res
 Frames for a closed round, from non-neighbours, badly signed or malformed are refused and
 counted; a contributor that refuses a message aborts its own part of that instance.
 
-When the own instance's sums keep failing the public bounds, `open` excludes one suspect
-per round (gossipmed.mixing.secagg.suspects) and `outcome` audits the contributor whose
-exclusion made the sum pass (node.round.secure_neighbours, with the round claims).
+When the own instance's sums keep failing the public bounds, `open` excludes at most one
+suspect per round, drawn from the OS CSPRNG (gossipmed.mixing.secagg.suspects), and
+`outcome` audits the contributor named after repeated, consistent trials
+(node.round.secure_neighbours, with the round claims).
 """
 
 from __future__ import annotations

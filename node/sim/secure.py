@@ -14,13 +14,15 @@ to protocol drops:
 
 A receiver whose instance ends below the threshold (or with a sum out of range) gets no sum:
 its exchange is skipped, audited, and it keeps its own state. A receiver whose sums fail the
-public bounds searches for the contributor responsible, one exclusion per exchange
-(gossipmed.mixing.secagg.suspects), and audits the one it names. Bytes are the protocol
+public bounds searches for the contributor responsible, at most one exclusion per exchange
+(gossipmed.mixing.secagg.suspects, suspects drawn from the OS CSPRNG unless `suspect_rng` is
+given), and audits the one it names. Bytes are the protocol
 messages' encodings (no envelope framing), counted for their sender and their recipient.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,6 +65,7 @@ class SecureNetwork:
     keys: dict[str, SigningKey] = field(default_factory=dict)
     guards: dict[str, ContributionGuard] = field(default_factory=dict)
     searches: dict[str, SuspectSearch] = field(default_factory=dict)
+    suspect_rng: random.Random | None = None  # tests only; None: the OS CSPRNG
 
     def __post_init__(self) -> None:
         for s in self.sites:  # keys from the OS CSPRNG, as a real site's
@@ -134,7 +137,7 @@ class SecureNetwork:
                     continue
                 if dropped(j, receiver):
                     silent[j] = Phase.MASK
-            search = self.searches.setdefault(receiver, SuspectSearch())
+            search = self.searches.setdefault(receiver, SuspectSearch(rng=self.suspect_rng))
             exclude = search.exclusion(config.contributors, config.threshold)
             result = _drive(config, clients, silent, exclude=exclude, sent=sent, received=received)
             _audit_verdict(search.record(result), audit, receiver=receiver, round=round)
