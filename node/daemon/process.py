@@ -46,6 +46,17 @@ def check_not_running(settings: DaemonSettings) -> None:
         )
 
 
+_HANDLER_NAME = "gossipmed"
+
+
+def _replace_handler(logger: logging.Logger, handler: logging.Handler) -> None:
+    """Idempotent: a second configuration (another command in the same process) replaces the
+    first one's handler instead of writing every line twice, or to a stream long closed."""
+    for old in [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+
+
 def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
     """Log to stderr (or a file); libp2p's logger does not propagate, so attach it too.
     When stderr is systemd's journal stream, lines carry journald's `<priority>` prefix and
@@ -59,15 +70,16 @@ def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
         handler.setFormatter(JournaldFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
-    root.addHandler(handler)
+    _replace_handler(root, handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # Importing libp2p clears its logger's handlers (libp2p.utils.logging.setup_logging), which
     # left its warnings to Python's bare last-resort handler: import it before attaching ours.
     import libp2p  # noqa: F401
 
     libp2p_log = logging.getLogger("libp2p")
-    libp2p_log.addHandler(handler)
+    _replace_handler(libp2p_log, handler)
     libp2p_log.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("node.net.libp2p.transport").setLevel(
         logging.INFO if verbose else logging.WARNING
