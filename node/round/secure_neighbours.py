@@ -64,10 +64,4 @@ def judge(
     round: int,
 ) -> None:
     """Record one outcome of the own instance with the suspect search and audit its verdict."""
-    verdict = suspects.record(outcome)
-    if verdict.excluded is not None:
-        audit("secure_suspect_excluded", site=site, round=round, suspect=verdict.excluded)
-    if verdict.named is not None:
-        audit("secure_offender_named", site=site, round=round, offender=verdict.named)
-    if verdict.cleared is not None:
-        audit("secure_offender_cleared", site=site, round=round, offender=verdict.cleared)
+    suspects.record(outcome).audit(audit, site=site, round=round)

@@ -46,7 +46,7 @@ from gossipmed.mixing.secagg import (
     instance_config,
 )
 from gossipmed.mixing.secagg.envelope import NormEnvelope, resolve
-from gossipmed.mixing.secagg.suspects import SuspectSearch, Verdict
+from gossipmed.mixing.secagg.suspects import SuspectSearch
 from node.round.secure_mix import SecureOutcome
 from node.round.secure_session import NOT_FRESH
 from topology.schedule import MixingSchedule
@@ -140,7 +140,7 @@ class SecureNetwork:
             search = self.searches.setdefault(receiver, SuspectSearch(rng=self.suspect_rng))
             exclude = search.exclusion(config.contributors, config.threshold)
             result = _drive(config, clients, silent, exclude=exclude, sent=sent, received=received)
-            _audit_verdict(search.record(result), audit, receiver=receiver, round=round)
+            search.record(result).audit(audit, site=receiver, round=round)
             seconds = time.perf_counter() - started
             if isinstance(result, ExchangeAborted):
                 outcomes[receiver] = SecureOutcome(
@@ -158,17 +158,6 @@ class SecureNetwork:
             )
             for s, o in outcomes.items()
         }
-
-
-def _audit_verdict(
-    verdict: Verdict, audit: Callable[..., None], *, receiver: str, round: int
-) -> None:
-    if verdict.excluded is not None:
-        audit("secure_suspect_excluded", site=receiver, round=round, suspect=verdict.excluded)
-    if verdict.named is not None:
-        audit("secure_offender_named", site=receiver, round=round, offender=verdict.named)
-    if verdict.cleared is not None:
-        audit("secure_offender_cleared", site=receiver, round=round, offender=verdict.cleared)
 
 
 def _drive(

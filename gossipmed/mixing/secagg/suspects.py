@@ -33,7 +33,7 @@ and the name lasts only until it fails a sum again.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gossipmed.mixing.secagg.errors import ExchangeAborted, SumOutOfRange
@@ -49,6 +49,15 @@ class Verdict:
     excluded: str | None  # whom that exchange excluded
     named: str | None = None  # set when this exchange completes the evidence against it
     cleared: str | None = None  # a named contributor whose exclusion no longer helps
+
+    def audit(self, audit: Callable[..., None], *, site: str, round: int) -> None:
+        """One audit event per finding, the same from the daemon and the simulator."""
+        if self.excluded is not None:
+            audit("secure_suspect_excluded", site=site, round=round, suspect=self.excluded)
+        if self.named is not None:
+            audit("secure_offender_named", site=site, round=round, offender=self.named)
+        if self.cleared is not None:
+            audit("secure_offender_cleared", site=site, round=round, offender=self.cleared)
 
 
 @dataclass
