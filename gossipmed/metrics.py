@@ -74,6 +74,8 @@ _MEASURED = (
     "local_consensus_distance",
     "seconds",
     "state_norm",
+    "accuracy_norm",
+    "eval_perplexity",
 )
 
 
@@ -106,6 +108,8 @@ class RoundRecord:
     states_mixed: int = 0  # neighbour states (secure: sums) mixed over the round's exchanges
     bound_clipped: int = 0  # of those, scaled down by the mixing rule's norm bound
     state_norm: float | None = None  # L2 norm of the adapter state after mixing
+    accuracy_norm: float | None = None  # accuracy by per-token-normalised likelihood
+    eval_perplexity: float | None = None  # exp(sum of response NLL / response tokens)
 
     def to_json(self) -> dict[str, Any]:
         doc = {"v": METRICS_VERSION, **asdict(self)}

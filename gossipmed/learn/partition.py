@@ -85,6 +85,6 @@ def partition(
         return partition_iid(len(examples), n_sites=n_sites, seed=seed)
     if scheme == "dirichlet":
         return partition_dirichlet(
-            [ex.label for ex in examples], n_sites=n_sites, alpha=alpha, seed=seed
+            [ex.partition_key for ex in examples], n_sites=n_sites, alpha=alpha, seed=seed
         )
     raise DataError(f"unknown partition scheme {scheme!r}")

@@ -14,9 +14,32 @@ from gossipmed.learn.config import DataConfig
 
 @dataclass(frozen=True)
 class Example:
+    """One JSONL record: the privacy unit (DP protects the presence of one example).
+
+    Label tasks and plain text use `text` and `label` exactly as before. Instruction and QA
+    records keep the user content in `text` and add what follows:
+      - `response`: the free-text answer (prompt/response records, the last assistant turn
+        of a chat record);
+      - `messages`: a chat record's (role, content) turns before that last assistant turn
+        (`text` is then the last user turn's content);
+      - `options` and `label`: multiple choice, (key, option text) pairs in display order,
+        with `label` the correct key;
+      - `skew`: the key a Dirichlet partition skews on when it is not the answer (an ICD
+        chapter or HPO branch), so a site's share depends on the topic, not on the answer.
+    """
+
     text: str
-    label: str | None  # None for plain (unlabelled) text
+    label: str | None  # None for plain (unlabelled) text and free-text responses
     site: str | None = None  # natural site (hospital) when the source has one
+    response: str | None = None
+    messages: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str], ...] = ()
+    skew: str | None = None
+
+    @property
+    def partition_key(self) -> str | None:
+        """What a Dirichlet partition splits on: the skew key, else the label."""
+        return self.skew if self.skew is not None else self.label
 
 
 @dataclass(frozen=True)
@@ -37,6 +60,16 @@ class TaskDataset:
     @property
     def labelled(self) -> bool:
         return bool(self.labels)
+
+    @property
+    def candidate_kind(self) -> str:
+        """'shared' (one label set for every example), 'options' (per-example multiple
+        choice) or 'none' (free text or plain text: scored by loss and perplexity)."""
+        if self.labels:
+            return "shared"
+        if any(ex.options for ex in self.train + self.test):
+            return "options"
+        return "none"
 
 
 def stable_fraction(key: str) -> float:
