@@ -49,12 +49,19 @@ class Member:
     """One site as the consortium knows it; a site's *card* is a Member that is not revoked."""
 
     name: str
+    """The site's name."""
     peer_id: str
-    sign_key: bytes  # Ed25519 public key
-    box_key: bytes  # X25519 public key
+    """The libp2p peer ID, derived from sign_key (checked)."""
+    sign_key: bytes
+    """Ed25519 public key (hex or base64)."""
+    box_key: bytes
+    """X25519 public key (hex or base64)."""
     addrs: tuple[str, ...] = ()
+    """Multiaddrs where the site can be dialled."""
     revoked: bool = False
-    reachable: bool = True  # False: accepts no inbound connections (dials out only)
+    """true: the site is out; its messages are refused."""
+    reachable: bool = True
+    """false: the site accepts no inbound connections and dials out only."""
 
     def __post_init__(self) -> None:
         check_site_name(self.name)

@@ -72,10 +72,15 @@ class RosterMismatch(RosterError):
 @dataclass(frozen=True)
 class Roster:
     members: tuple[Member, ...]
+    """The `[[members]]` tables, one per site."""
     edges: tuple[tuple[str, str], ...]
+    """Who gossips with whom: a list of [a, b] site-name pairs."""
     topology: str = "custom"
+    """The graph kind the edges were made from (informational)."""
     created: str = ""
+    """When the roster was created (informational)."""
     settings: ConsortiumSettings = field(default_factory=ConsortiumSettings)
+    """The `[gossip]` table every site must share."""
     dial: tuple[tuple[str, str], ...] = ()
     """(dialler, other) per edge whose connection only one end opens; completed on
     construction with the unreachable end of every edge that has one."""

@@ -49,9 +49,16 @@ dishonest contributor."""
 @dataclass(frozen=True)
 class ConsortiumSettings:
     gossip_steps: int = AUTO_GOSSIP_STEPS
+    """Exchanges (send-and-mix steps) per round; 0 = auto: the fewest that shrink disagreement to
+    0.2 per round given the graph."""
     mixing: str = DEFAULT_MIXING
+    """How mixing weights follow from the graph: "metropolis-hastings" or "best-constant"."""
     secure_aggregation: bool = False
+    """true: each site learns only the weighted sum of its neighbours' states (one exchange per
+    round)."""
     secagg_rms: float = DEFAULT_SECAGG_RMS
+    """The public norm envelope of secure aggregation: the largest RMS per coordinate one
+    contribution carries; only with secure_aggregation = true."""
 
     def __post_init__(self) -> None:
         if type(self.gossip_steps) is not int or not (

@@ -31,12 +31,20 @@ SiteConfig skips them, but a misspelt table name is still an unknown key."""
 @dataclass(frozen=True)
 class SiteConfig:
     name: str
+    """The site's name in the consortium (1-64 letters, digits, '.', '_' or '-')."""
     listen: tuple[str, ...] = DEFAULT_LISTEN
+    """libp2p multiaddrs the site listens on."""
     sign_key_file: str = "keys/ed25519.key"
+    """The site's Ed25519 signing key (relative to the site folder)."""
     box_key_file: str = "keys/x25519.key"
-    consortium: str = ""  # path of the consortium roster; empty until the site joins one
-    consortium_hash: str = ""  # pin: refuse a consortium file with another content hash
+    """The site's X25519 encryption key (relative to the site folder)."""
+    consortium: str = ""
+    """Path of the consortium file; empty until the site joins one."""
+    consortium_hash: str = ""
+    """Pin: refuse a consortium file with another content hash (the 64 hex digits `gossipmed
+    consortium show` prints)."""
     audit_log: str = "audit.jsonl"
+    """Where the site appends its audit records (JSON lines)."""
 
     def __post_init__(self) -> None:
         try:

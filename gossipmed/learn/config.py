@@ -49,14 +49,27 @@ def _require(ok: bool, message: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: DatasetName = "icd10"
+    """Which task to learn: a built-in dataset ("icd10", "heart", "notes") or "user" for your own
+    files under `path`."""
     n_sites: int = 4
+    """How many sites the pooled data is split across (a simulation's number of sites)."""
     partition: PartitionScheme = "dirichlet"
-    alpha: float = 0.5  # Dirichlet concentration; small = strong label skew
+    """How examples are split across sites: "natural" (by each example's own site), "iid", or
+    "dirichlet" label skew."""
+    alpha: float = 0.5
+    """Dirichlet concentration for `partition = "dirichlet"`; small values give strong label
+    skew."""
     seed: int = 0
-    path: str | None = None  # user data: a .jsonl/.txt file or a folder of them
-    max_train_examples: int = 20000  # pooled train examples kept (keeps runs fast)
-    eval_size: int = 300  # held-out global test examples
-    max_length: int = 64  # tokens per example (prompt + label)
+    """Seed of the split and of the held-out evaluation sample."""
+    path: str | None = None
+    """Your data for `dataset = "user"`: a .jsonl/.txt file or a folder of them (relative to the
+    site folder in site.toml)."""
+    max_train_examples: int = 20000
+    """Pooled training examples kept before the split (keeps runs fast)."""
+    eval_size: int = 300
+    """Held-out examples every site evaluates on."""
+    max_length: int = 64
+    """Tokens per example, prompt and label together."""
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}")
@@ -74,13 +87,22 @@ class DataConfig:
 @dataclass(frozen=True)
 class AdapterConfig:
     kind: AdapterKind = "lora"
+    """What is trained on top of the frozen base: "lora", "ffa_lora" (LoRA with frozen shared A
+    matrices), "prompt" (prompt tuning) or "full" (the whole base)."""
     rank: int = 8
+    """LoRA rank."""
     lora_alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by lora_alpha / rank)."""
     # None (or "auto" in TOML) = chosen per architecture: peft's default for the model type,
     # else the attention's query/value (or fused qkv) projections; q_proj, v_proj on Llama
     target_modules: tuple[str, ...] | None = None
-    num_virtual_tokens: int = 8  # prompt tuning
-    shared_seed: int = 1234  # FFA-LoRA: consortium-wide seed for the frozen A matrices
+    """"auto" (or omitted) chooses per architecture (q_proj and v_proj on Llama, the fused qkv
+    projection where there is one); or a list of module names."""
+    num_virtual_tokens: int = 8
+    """Prompt tuning: the number of trained virtual tokens."""
+    shared_seed: int = 1234
+    """FFA-LoRA: the consortium-wide seed of the frozen A matrices (every site must use the
+    same)."""
 
     def __post_init__(self) -> None:
         _require(self.kind in ADAPTER_KINDS, f"adapter.kind must be one of {ADAPTER_KINDS}")
@@ -106,12 +128,21 @@ class DPConfig:
     """DP-SGD settings. `noise_multiplier=None` means: calibrate from the epsilon budget."""
 
     enabled: bool = True
-    epsilon: float = 8.0  # the site's total budget at `delta`
+    """Train with DP-SGD (per-example clipping and Gaussian noise); false trains without privacy."""
+    epsilon: float = 8.0
+    """The site's total privacy budget at `delta`; the noise is calibrated to last
+    `planned_steps`."""
     delta: float = 1e-5
+    """The DP delta of the budget (well below 1 / number of the site's examples)."""
     clip_norm: float = DEFAULT_CLIP_NORM
+    """Per-example gradient clipping norm."""
     noise_multiplier: float | None = None
-    planned_steps: int = 400  # steps the calibrated noise must last for (20 default rounds)
+    """Noise standard deviation relative to `clip_norm`; omit it to calibrate from `epsilon`."""
+    planned_steps: int = 400
+    """Training steps the calibrated noise must last for: with `noise_multiplier` omitted,
+    the noise is sized so that this many steps spend `epsilon`."""
     accountant: AccountantName = "rdp"
+    """Privacy accountant: "rdp" (Renyi DP) or "prv" (numerical PRV accountant)."""
 
     def __post_init__(self) -> None:
         _require(self.epsilon > 0 and math.isfinite(self.epsilon), "dp.epsilon must be > 0")
@@ -128,19 +159,28 @@ class DPConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = DEFAULT_LR
+    """Learning rate of the local optimizer."""
     # expected batch (Poisson rate = batch_size / n_site); under DP bigger batches pay off
     # (icd10 eps 8, 150 steps: 0.19 accuracy at 64, 0.24 at 128; BENCHMARKS.md)
     batch_size: int = 128
+    """Expected batch size (Poisson sampling rate = batch_size / the site's examples)."""
     # 20 local steps per round: within 20 rounds, the number of steps is what limits
     # accuracy, not consensus (BENCHMARKS.md, "8 sites, ring")
     steps_per_round: int = 20
+    """Local optimizer steps between two gossip exchanges."""
     # examples per forward/backward pass, private or not: peak memory follows it, results do
     # not (the logical batch is summed across micro-batches). None (or "auto" in TOML) sizes
     # it from the model's shape (gossipmed.learn.compute.auto_microbatch).
     microbatch: int | None = None
-    loss_on: LossOn = "label"  # labelled data: train/eval loss on the label tokens only
+    """Examples per forward/backward pass: "auto" (or omitted) sizes it from the model; memory
+    follows it, results do not."""
+    loss_on: LossOn = "label"
+    """Labelled data: "label" trains and evaluates on the label tokens only, "all" on every
+    token."""
     seed: int = 0
-    optimizer: OptimizerName = "adam"  # per-site state; Adam moments never leave the site
+    """Seed of batch sampling and of the adapter's initialisation."""
+    optimizer: OptimizerName = "adam"
+    """"adam" or "sgd"; optimizer state stays on the site."""
 
     def __post_init__(self) -> None:
         _require(self.lr > 0 and math.isfinite(self.lr), "train.lr must be > 0")
@@ -173,7 +213,10 @@ class ComputeConfig:
     when asked for by name). Nothing here changes what is learned beyond float rounding."""
 
     device: str = AUTO
+    """"auto" (first CUDA device, else CPU), "cpu", "cuda", "cuda:N" or "mps"."""
     base_dtype: BaseDtype = "float32"
+    """Precision of the frozen base: "float32", "bfloat16" or "float16" (the adapter stays
+    float32)."""
 
     def __post_init__(self) -> None:
         _require(
@@ -188,11 +231,17 @@ class LearningConfig:
     """Everything one site needs to learn; `base_model=None` means the built-in tiny base."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    """The `[data]` table."""
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    """The `[adapter]` table."""
     dp: DPConfig = field(default_factory=DPConfig)
+    """The `[dp]` table."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The `[train]` table."""
     base_model: str | None = None
+    """A local Hugging Face model folder to fine-tune; omitted: the built-in tiny base."""
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    """The `[compute]` table."""
 
     def __post_init__(self) -> None:
         _require(

@@ -95,6 +95,7 @@ def _weighted(_params: NoParams) -> AggregationRule:
 @dataclass(frozen=True)
 class TrimParams:
     trim: float = DEFAULT_TRIM
+    """Share of values dropped at each end, per coordinate (0 to 0.499)."""
 
     def __post_init__(self) -> None:
         require_number(self.trim, what="trim", lo=0.0, hi=0.499)
@@ -102,7 +103,9 @@ class TrimParams:
 
 @dataclass(frozen=True)
 class ClipParams:
-    radius: float | None = None  # None: the lower median of the neighbours' distances
+    radius: float | None = None
+    """How far one neighbour may move the site (times its weight); omitted: the lower median of the
+    neighbours' distances."""
 
     def __post_init__(self) -> None:
         if self.radius is not None:
@@ -112,7 +115,9 @@ class ClipParams:
 @dataclass(frozen=True)
 class CosineClipParams:
     radius: float | None = None
+    """Clipping radius as for "clipped"; omitted: the lower median of the neighbours' distances."""
     min_cosine: float = DEFAULT_MIN_COSINE
+    """Neighbours whose update's cosine with the site's own is at or below this are dropped."""
 
     def __post_init__(self) -> None:
         if self.radius is not None:

@@ -163,7 +163,10 @@ class ReplicaDecoder:
 @dataclass(frozen=True)
 class TopkParams:
     fraction: float = 0.01
+    """Share of entries sent each exchange (the largest changes; the rest carried by error
+    feedback)."""
     refresh_every: int = 0
+    """Send the full state every this many exchanges; 0: only the first send is full."""
 
     def __post_init__(self) -> None:
         require_number(self.fraction, what="fraction", lo=1e-9, hi=1.0)

@@ -49,15 +49,25 @@ MOVED = {
 
 @dataclass(frozen=True)
 class DaemonSection:
-    rounds: int = 0  # 0: run until stopped
-    site_index: int = 0  # this site's partition of a built-in dataset
-    problem: str = "lm"  # lm | quadratic (synthetic, for protocol experiments)
-    base_model: str = ""  # local Hugging Face folder; empty: the built-in tiny base
+    rounds: int = 0
+    """Rounds to run; 0 runs until stopped."""
+    site_index: int = 0
+    """This site's partition of a built-in dataset (0-based, below `[data] n_sites`)."""
+    problem: str = "lm"
+    """"lm" (the language model) or "quadratic" (synthetic, for protocol experiments)."""
+    base_model: str = ""
+    """A local Hugging Face model folder (relative to the site folder); empty: the built-in tiny
+    base."""
     eval_every: int = 1
-    max_message_mib: float = 0.0  # 0: derived from the adapter (gossipmed.wire.limits)
-    control_port: int = 0  # 127.0.0.1 status endpoint; 0 picks a free port
+    """Evaluate every this many rounds."""
+    max_message_mib: float = 0.0
+    """Largest message accepted, in MiB; 0 derives it from this site's adapter."""
+    control_port: int = 0
+    """Port of the 127.0.0.1 status and dashboard endpoint; 0 picks a free port."""
     dial_timeout_s: float = 5.0
-    seed: int = 0  # quadratic problem only
+    """Seconds to wait when dialling a neighbour."""
+    seed: int = 0
+    """Seed of the `problem = "quadratic"` data (the lm problem uses `[train] seed`)."""
 
     def __post_init__(self) -> None:
         if self.rounds < 0:

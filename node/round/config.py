@@ -40,12 +40,23 @@ REGISTRIES: dict[str, Registry[Any]] = {"aggregation": RULES, "codec": ENCODERS,
 @dataclass(frozen=True)
 class GossipConfig:
     aggregation: Choice = field(default_factory=lambda: default_choice(RULES, DEFAULT_RULE))
+    """Mixing rule: "bounded" (default), "weighted", "median", "trimmed-mean", "clipped",
+    "cosine-clipped", or a table such as { rule = "cosine-clipped", min_cosine = 0.1 }."""
     codec: Choice = field(default_factory=lambda: default_choice(ENCODERS, "raw"))
+    """How this site encodes what it sends: "raw", "fp16", "bf16", "int8", or { name = "topk",
+    fraction = 0.01 }; receivers decode any codec."""
     drift: Choice = field(default_factory=lambda: default_choice(DRIFT, "none"))
+    """"none" or "d2" (D² exact diffusion, removes the non-IID bias of gossip with local steps)."""
     round_timeout_s: float = 30.0
+    """Seconds a site waits for its neighbours in each exchange before mixing without the late
+    ones."""
     max_future_rounds: int = 2
+    """Envelopes buffered for rounds ahead of this site's own."""
     max_mix_growth: float = DEFAULT_MAX_RATIO
+    """A mix that multiplies the state's norm by more than this is rolled back and audited, whatever
+    the rule."""
     norm_floor_rms: float = DEFAULT_FLOOR_RMS
+    """The norm the growth check compares against is at least this RMS per coordinate."""
 
     def __post_init__(self) -> None:
         for key, registry in REGISTRIES.items():

@@ -38,9 +38,13 @@ class AttackConfig:
     """`[attack]` in sim.toml: which behaviour, how many attackers (chosen by the seed)."""
 
     kind: str = "none"
+    """"none", "sign-flip", "scale", "noise" or "label-flip"."""
     attackers: int = 0
+    """How many sites attack (chosen by the run's seed)."""
     scale: float = 10.0
-    noise_std: float = 1.0  # relative to the RMS of the attacker's state
+    """Factor a "scale" attacker multiplies its state by."""
+    noise_std: float = 1.0
+    """Noise of a "noise" attacker, relative to the RMS of its state."""
 
     def __post_init__(self) -> None:
         if self.kind not in ATTACKS:

@@ -76,16 +76,30 @@ MOVED = {
 @dataclass(frozen=True)
 class SimSection:
     topology: str = "ring"
+    """The graph: ring, torus, complete, star, hypercube, random-regular, erdos-renyi, small-world,
+    exponential, one-peer-exponential, or file."""
     degree: int | None = None
+    """Degree for random-regular and small-world graphs."""
     p: float | None = None
+    """Edge probability (erdos-renyi) or rewiring probability (small-world)."""
     topology_file: str | None = None
+    """Graph file for `topology = "file"`."""
     rounds: int = 20
+    """Gossip rounds to run."""
     eval_every: int = 1
-    train: bool = True  # false: gossip only (measures pure consensus contraction)
+    """Evaluate every this many rounds (and after the last)."""
+    train: bool = True
+    """false: gossip only, no local training (measures pure consensus contraction)."""
     baselines: bool = False
+    """Also run the local-only and centralised baselines, under baselines/ of the output folder."""
     sealing: str = "envelope"
+    """"envelope" seals every message as a deployment does (signed and encrypted); "plaintext" skips
+    it for speed."""
     problem: str = "lm"
+    """"lm" (the clinical language model) or "quadratic" (a synthetic least-squares problem that
+    runs in milliseconds)."""
     seed: int = 0
+    """Seed of the graph, of attacker choice and of the quadratic problem."""
 
     def __post_init__(self) -> None:
         if self.topology not in KINDS:

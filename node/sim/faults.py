@@ -25,10 +25,15 @@ class FaultConfig:
     """
 
     drop_prob: float = 0.0
+    """Probability that a message is lost."""
     offline_prob: float = 0.0
+    """Probability that a site is offline for a round."""
     straggler_prob: float = 0.0
-    straggler_delay: float = 0.0  # simulated seconds
+    """Probability that a site is a straggler for a round."""
+    straggler_delay: float = 0.0
+    """Simulated seconds after the round starts at which a straggler's messages arrive."""
     seed: int = 0
+    """Seed of the fault draws."""
 
     def __post_init__(self) -> None:
         for name in ("drop_prob", "offline_prob", "straggler_prob"):
