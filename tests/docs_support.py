@@ -43,7 +43,7 @@ class Block:
 
 def doc_pages() -> list[Path]:
     """Every page the docs tests read: docs/**/*.md and the README."""
-    return sorted(DOCS.rglob("*.md")) + [ROOT / "README.md"]
+    return [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]
 
 
 def fenced_blocks(path: Path, text: str | None = None) -> Iterator[Block]:

@@ -36,9 +36,9 @@ def command_errors(path: Path, text: str) -> list[str]:
         console = block.language == "console"
         for offset, line in logical_lines(block.body, console=console):
             for argv in gossipmed_commands(line):
-                stderr = io.StringIO()
+                stderr, stdout = io.StringIO(), io.StringIO()
                 try:
-                    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+                    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
                         parser.parse_args(argv)
                 except SystemExit as exc:
                     if exc.code not in (0, None):  # --help and --version exit 0
