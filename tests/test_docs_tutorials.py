@@ -34,14 +34,16 @@ TINY_ARCHITECTURES = {"GOSSIPMED_TINY_LLAMA": "llama", "GOSSIPMED_TINY_GPT2": "g
 
 
 def _environment(tutorial: Tutorial, request: pytest.FixtureRequest, tmp: Path) -> dict[str, str]:
+    """The folders a page asks for by name; each is built only when the page uses it."""
+    text = (ROOT / tutorial.page).read_text()
+    tiny = {v: a for v, a in TINY_ARCHITECTURES.items() if tutorial.tiny_models and v in text}
     env: dict[str, str] = {}
-    if tutorial.toy_base or tutorial.tiny_models:
+    if tiny or (tutorial.toy_base and "GOSSIPMED_TOY_BASE" in text):
         base: Path = request.getfixturevalue("tiny_base")
         env["GOSSIPMED_TOY_BASE"] = str(base)
-    if tutorial.tiny_models:
         from tiny_archs import build_tiny
 
-        for variable, arch in TINY_ARCHITECTURES.items():
+        for variable, arch in tiny.items():
             env[variable] = str(build_tiny(arch, base, tmp / "models" / arch))
     return env
 
@@ -89,7 +91,9 @@ def test_a_page_gets_the_tiny_model_folders_and_its_gpu_lines_are_skipped(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     page = FIXTURES / "model_page.md"
-    env = _environment(Tutorial(page.name, tiny_models=True), request, tmp_path)
+    tutorial = Tutorial(str(page.relative_to(ROOT)), tiny_models=True)
+    env = _environment(tutorial, request, tmp_path)
+    assert "GOSSIPMED_TINY_GPT2" not in env  # the page does not use it
     run_page(page, workdir=tmp_path / "w", extra_env=env)
     assert (tmp_path / "w" / "my-model" / "config.json").is_file()
     assert not (tmp_path / "w" / "adapter-gpu").exists()
