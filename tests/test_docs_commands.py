@@ -22,13 +22,19 @@ from docs_support import (
 
 from node.cli import build_parser
 from node.daemon.config import MOVED as DAEMON_MOVED
+from node.reference.cli_page import subcommands
 from node.reference.schema import section_keys
 from node.sim.config import MOVED as SIM_MOVED
+
+PENDING_COMMANDS = {"generate": "instruction tuning adds `gossipmed generate`"}
+"""Commands the docs already show and another change adds: unchecked only while the parser
+does not have them yet, fully checked from then on."""
 
 
 def command_errors(path: Path, text: str) -> list[str]:
     """One line per command that the parser refuses, naming the page and line."""
     parser = build_parser()
+    registered = {name for name, _child in subcommands(parser)}
     errors = []
     for block in fenced_blocks(path, text):
         if block.language not in SHELL_LANGUAGES:
@@ -36,6 +42,8 @@ def command_errors(path: Path, text: str) -> list[str]:
         console = block.language == "console"
         for offset, line in logical_lines(block.body, console=console):
             for argv in gossipmed_commands(line):
+                if argv and argv[0] in PENDING_COMMANDS and argv[0] not in registered:
+                    continue
                 stderr, stdout = io.StringIO(), io.StringIO()
                 try:
                     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
