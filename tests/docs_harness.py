@@ -88,10 +88,11 @@ class PageShell:
                 "trap 'echo \"docs-test: failed: $BASH_COMMAND\" >&2' ERR",
                 source,
                 "trap - ERR",
-                # only what the page itself set: not bash's own read-only variables
+                # what the page itself set (variables, functions), not bash's read-only ones
                 f"pwd > {self.state}/cwd",
                 f"( declare -p $(compgen -v | grep -vxF -f {self.state}/baseline) "
-                f"| grep -v '^declare -[a-zA-Z]*r' ) > {self.state}/vars 2>/dev/null || true",
+                f"| grep -v '^declare -[a-zA-Z]*r'; declare -f ) > {self.state}/vars 2>/dev/null"
+                " || true",
             ]
         )
         with output.open("wb") as out:

@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
-SHELL_LANGUAGES = frozenset({"bash", "sh", "shell", "console", "zsh"})
+SHELL_LANGUAGES = frozenset({"bash", "sh", "shell", "console", "zsh", ""})
+"""Blocks whose `gossipmed` lines are checked; output belongs in `text` blocks."""
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)\n"
     r"(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
