@@ -9,6 +9,7 @@ The conventions (shared with the docs writers):
   other hosts, ray/ssh/systemctl);
 - `<!-- docs-test: replace "A" "B" -->` anywhere on the page replaces A by B in every block
   before it runs (small settings for tests: fewer rounds, the test suite's toy models);
+  `\"` is a quote and `\n` a new line inside A or B;
 - variables and the working directory carry from one block to the next, as in one shell;
   commands started in the background (`&`) are stopped by a later block of the page, and
   whatever is left of a block's process group is killed when the page ends.
@@ -48,7 +49,12 @@ class Block:
 
 
 def replacements(text: str) -> list[tuple[str, str]]:
-    return [(a.replace('\\"', '"'), b.replace('\\"', '"')) for a, b in REPLACE.findall(text)]
+    """The page's (old, new) pairs; inside the quotes, \\" is a quote and \\n a new line."""
+    return [(_unescape(a), _unescape(b)) for a, b in REPLACE.findall(text)]
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), text)
 
 
 def parse_bash_blocks(document: Document) -> Iterator[Region]:
