@@ -32,7 +32,7 @@ def type_name(annotation: Any) -> str:
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"list of {type_name(args[0])}"
-        return "list of [" + ", ".join(type_name(a) for a in args) + "]"
+        return "\\[" + ", ".join(type_name(a) for a in args) + "]"
     if annotation is Choice:
         return "name or table"
     if annotation is bytes:
@@ -95,6 +95,10 @@ def _table_section(table: Table) -> list[str]:
         f"In {files}. {table.summary}",
         "",
         *table_rows(table.cls, table.fields()),
+        *(
+            f"| `{key}` | {kind} | {default} | {_cell(meaning)} |"
+            for key, kind, default, meaning in table.extra
+        ),
         "",
     ]
 

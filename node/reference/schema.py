@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gossipmed.consortium.member import Member
-from gossipmed.consortium.roster import Roster
+from gossipmed.consortium.roster import READABLE_VERSIONS, ROSTER_VERSION, Roster
 from gossipmed.consortium.settings import ConsortiumSettings
 from gossipmed.consortium.site import SiteConfig
 from gossipmed.learn.config import (
@@ -49,6 +49,8 @@ class Table:
     only: tuple[str, ...] = ()
     """When set, the keys of `cls` this table takes (the rest live elsewhere)."""
     skip: tuple[str, ...] = ()
+    extra: tuple[tuple[str, str, str, str], ...] = ()
+    """Keys the file has that no field holds: (key, type, default, meaning)."""
 
     @property
     def heading(self) -> str:
@@ -129,6 +131,15 @@ TABLES: tuple[Table, ...] = (
         "The roster: who is in the consortium and who gossips with whom. Written by "
         "`gossipmed consortium`; every change changes its hash.",
         skip=("members", "settings"),
+        extra=(
+            (
+                "version",
+                "integer",
+                "required",
+                f"Format version of the file; this gossipmed writes {ROSTER_VERSION} and "
+                f"reads {', '.join(map(str, READABLE_VERSIONS))}.",
+            ),
+        ),
     ),
     Table(
         "gossip",
@@ -172,4 +183,5 @@ def section_keys() -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for table in TABLES:
         out.setdefault(table.section, set()).update(f.name for f in table.fields())
+        out[table.section].update(key for key, *_ in table.extra)
     return out
