@@ -38,7 +38,7 @@ REPLACE = re.compile(
     r'<!--\s*docs-test:\s*replace\s+"((?:[^"\\]|\\.)*)"\s+"((?:[^"\\]|\\.)*)"\s*-->'
 )
 RUN_LANGUAGE = "bash"
-BLOCK_TIMEOUT_S = 300
+BLOCK_TIMEOUT_S = 240  # under pytest-timeout (300 s), so the failure shows the output
 OUTPUT_TAIL = 4000
 
 
