@@ -117,6 +117,10 @@ class PageShell:
                 _kill_group(proc.pid)
                 proc.wait()
                 code = -1
+            except BaseException as exc:  # pytest-timeout, Ctrl-C: say where the page was
+                tail = output.read_text(errors="replace")[-OUTPUT_TAIL:]
+                exc.add_note(f"while running the block at line {line}; its output so far:\n{tail}")
+                raise
         text = output.read_text(errors="replace")
         self.log.append(f"--- line {line}\n{source}\n{text}")
         if code != 0:
