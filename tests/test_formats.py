@@ -105,7 +105,7 @@ def test_plain_template_renders_the_documented_text_and_the_loss_covers_the_resp
     ex = Example(text="what is 7", label=None, response="the answer is 7")
     enc, ids, target = _rendered(ex)
     tok = _tokenizer()
-    assert enc.template.name == f"plain-v{TEMPLATE_VERSION}"
+    assert enc.template.name == f"plain-v{TEMPLATE_VERSION}" and enc.task_format == "instruction"
     assert tok.decode(ids) == "<s>User: what is 7\nAssistant: the answer is 7</s>"
     assert ids.count(tok.bos_token_id) == 1
     assert target == [*_ids(" the answer is 7"), tok.eos_token_id]  # response + end of turn
@@ -132,6 +132,7 @@ def test_multiple_choice_trains_on_the_correct_option_and_scores_every_option(
     enc, ids, target = _rendered(ex)
     assert _tokenizer().decode(ids) == "<s>User: which 4\nAssistant: chest pain</s>"
     assert target == list(enc.option_token_ids(ex)[1]) and enc.answer_index(ex) == 1
+    assert enc.task_format == "options"
     grid = enc.encode_candidates([ex])
     assert grid.labels == ("A", "B", "C")
     prompt = enc.render_prompt(ex)

@@ -103,7 +103,16 @@ class Encoder:
             cached = self._cache[text] = tuple(ids)
         return list(cached)
 
-    # --- what generation needs --------------------------------------------------------------
+    # --- what generation and the task digest need -------------------------------------------
+    @property
+    def task_format(self) -> str:
+        """'label', 'text' (plain), 'options' (multiple choice) or 'instruction'."""
+        if self.dataset.labelled:
+            return "label"
+        if not self.instruction:
+            return "text"
+        return "options" if self.dataset.candidate_kind == "options" else "instruction"
+
     @property
     def response_terminator_ids(self) -> tuple[int, ...]:
         """Tokens that end an answer: the template's end-of-turn token (EOS for label tasks,

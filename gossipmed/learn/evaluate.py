@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gossipmed.errors import DataError
 from gossipmed.learn.data import EncodedSet, Encoder
 from gossipmed.learn.datasets import TaskDataset
 from gossipmed.learn.model import AdapterModel
@@ -87,8 +88,8 @@ def build_eval_set(encoder: Encoder, dataset: TaskDataset, *, loss_on: str) -> E
         return EvalSet(targets=targets, candidates=None, labels=())
     if kind == "options":
         missing = sum(1 for ex in dataset.test if not ex.options)
-        if missing:
-            raise ValueError(f"{missing} test examples of {dataset.name} have no options")
+        if missing:  # a set mixing choice and free text would score half of itself
+            raise DataError(f"{missing} test examples of {dataset.name} have no options")
         return EvalSet(
             targets=targets,
             candidates=encoder.encode_candidates(dataset.test),
