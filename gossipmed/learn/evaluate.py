@@ -228,9 +228,9 @@ def evaluate(model: AdapterModel, eval_set: EvalSet, *, batch: int = 128) -> Eva
     rows = torch.arange(len(true_j))
     if eval_set.label_only_loss and bool((true_j >= 0).all()):
         # the true candidate's own score is its summed NLL: no second forward needed
-        nll, tokens = -scores[rows, true_j].double(), lengths[rows, true_j].double()
+        nll, tokens = -scores[rows, true_j], lengths[rows, true_j]
         loss = float((nll / tokens).mean())
-        total = float(nll.sum() / tokens.sum())
+        total = float(nll.double().sum() / tokens.double().sum())
     else:
         losses = _losses(model, eval_set.targets, batch=batch)
         tokens = _target_tokens(eval_set.targets)

@@ -132,6 +132,8 @@ def _score_rows(
     picked = logits.gather(-1, targets.to(dev)[..., None])[..., 0]
     token_ll = (picked - torch.logsumexp(logits, dim=-1)).cpu()
     del logits
+    if all(lay is layouts[0] for lay in layouts):  # one shared block: every column is real
+        return torch.zeros((n, n_cands)).index_add_(1, layouts[0].owner, token_ll)
     scores = torch.zeros((n, n_cands + 1)).scatter_add_(1, owner, token_ll)
     return scores[:, :n_cands]
 
