@@ -68,7 +68,8 @@ def test_logits_post_processed_by_the_lm_keep_the_full_forward(tiny_base: Path) 
 
     from torch import nn
 
-    from gossipmed.learn.model import _TargetLogits, load_base_model
+    from gossipmed.learn.model import load_base_model
+    from gossipmed.learn.targets import TargetLogits
 
     llama, _ = load_base_model(tiny_base)
 
@@ -86,8 +87,8 @@ def test_logits_post_processed_by_the_lm_keep_the_full_forward(tiny_base: Path) 
         def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
             return SimpleNamespace(logits=30 * torch.tanh(self.lm(input_ids=input_ids).logits / 30))
 
-    assert _TargetLogits(llama).__dict__["_parts"] is not None
-    capped = _TargetLogits(SoftCapped())
+    assert TargetLogits(llama).__dict__["_parts"] is not None
+    capped = TargetLogits(SoftCapped())
     assert capped.__dict__["_parts"] is None
     ids, query = torch.tensor([[1, 5, 9, 4]]), torch.tensor([[1, 3]])
     expected = 30 * torch.tanh(llama(input_ids=ids).logits[:, [1, 3]] / 30)

@@ -84,6 +84,20 @@ def activation_bytes_per_example(config: Any, *, seq_len: int, dtype: torch.dtyp
     return int(per_token_layer * seq_len * layers * width)
 
 
+# The target-position logits of one example in a per-sample step: the logits in the base's
+# dtype, their float32 copy, the float32 log-softmax, and the gradient flowing back.
+LOGIT_COPIES = 4
+
+
+def response_logit_bytes(config: Any, *, response_tokens: int) -> int:
+    """Bytes the vocabulary projection at the target positions keeps for one example.
+
+    Negligible for a label (a few tokens), but a free-text response of a few hundred tokens
+    against a 50-150k vocabulary holds more than the decoder's activations."""
+    vocab = _config_int(config, "vocab_size", "n_vocab") or 32000
+    return int(LOGIT_COPIES * max(0, response_tokens) * vocab * 4)
+
+
 def activation_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
@@ -91,9 +105,21 @@ def activation_budget(device: torch.device) -> int:
     return CPU_ACTIVATION_BUDGET
 
 
-def auto_microbatch(config: Any, *, seq_len: int, dtype: torch.dtype, device: torch.device) -> int:
-    """The largest power of two (1..64) whose estimated activations fit the budget."""
-    per_example = max(1, activation_bytes_per_example(config, seq_len=seq_len, dtype=dtype))
+def auto_microbatch(
+    config: Any,
+    *,
+    seq_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    response_tokens: int = 0,
+) -> int:
+    """The largest power of two (1..64) whose estimated activations, plus the logits at
+    `response_tokens` target positions, fit the budget."""
+    per_example = max(
+        1,
+        activation_bytes_per_example(config, seq_len=seq_len, dtype=dtype)
+        + response_logit_bytes(config, response_tokens=response_tokens),
+    )
     fits = max(1, activation_budget(device) // per_example)
     size = 1
     while size * 2 <= min(fits, MAX_AUTO_MICROBATCH):

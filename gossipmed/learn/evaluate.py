@@ -1,16 +1,18 @@
-"""Held-out loss/perplexity and task accuracy by label log-likelihood.
+"""Held-out loss, perplexity and task accuracy, chosen by the dataset's candidate kind.
 
-Accuracy scores every candidate label's continuation (`" label</s>"`) after the prompt and
-picks the highest summed log-probability — the standard way to read a classifier out of a
-causal LM without a classification head.
+- shared (label tasks): every label's continuation (`" label</s>"`) is scored after each
+  prompt; the prediction is the best one.
+- options (multiple choice): each example's own options are scored the same way.
+- none (free text, plain text): no accuracy (None, never NaN); loss and perplexity only.
 
-Scoring one row per (example, label) pair repeats the prompt once per label (21x for icd10).
-The packed scorer instead runs ONE sequence per example: the prompt followed by every
-label's continuation, with a block attention mask (each continuation sees the prompt and
-itself, never another label) and position ids that restart after the prompt for each
-label. Every label token then gets exactly the context it has in its own row, so the scores
-equal the per-pair ones up to float rounding (tested), at ~1/10 of the tokens, and the
-vocabulary projection runs only at the label positions.
+Accuracy is reported two ways: by summed log-likelihood (`accuracy`, the standard way to
+read a classifier out of a causal LM without a classification head) and by log-likelihood
+per candidate token (`accuracy_norm`, which does not favour short candidates). `loss` is
+the per-example mean NLL of the true target averaged over examples, as it always was;
+`perplexity` is exp(total NLL / total target tokens), which weighs every token once.
+
+Candidates are scored packed (gossipmed.learn.packed) where the model supports it and a
+probe shows packing reproduces the one-row-per-pair grid, else on that grid.
 """
 
 from __future__ import annotations
@@ -20,34 +22,91 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from gossipmed.learn.data import EncodedSet
+from gossipmed.errors import DataError
+from gossipmed.learn.data import EncodedSet, Encoder
+from gossipmed.learn.datasets import TaskDataset
 from gossipmed.learn.model import AdapterModel
+from gossipmed.learn.packed import (
+    packed_label_scores,
+    packed_option_scores,
+    packing_supported,
+)
 
-LOGIT_BUDGET = 256 << 20  # bytes of label-position logits per packed forward
+__all__ = [
+    "EvalReport",
+    "EvalSet",
+    "build_eval_set",
+    "candidate_scores",
+    "evaluate",
+    "packed_label_scores",
+    "packed_option_scores",
+    "pairwise_label_scores",
+    "pairwise_option_scores",
+]
 
 
 @dataclass(frozen=True)
 class EvalReport:
-    loss: float
-    perplexity: float
-    accuracy: float  # nan for unlabelled data
+    loss: float  # mean over examples of each example's mean target NLL
+    perplexity: float  # exp(sum of target NLL / target tokens)
+    accuracy: float | None  # by summed log-likelihood; None without candidates
+    accuracy_norm: float | None = None  # by log-likelihood per candidate token
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    """The encoded held-out set plus its candidate grid (row i*n_labels+j = label j).
+    """The encoded held-out set plus its candidates.
 
-    `prompts` (each example's prompt tokens) and `label_tokens` (each label's target tokens)
-    feed the packed scorer; without them the per-pair grid is used."""
+    Shared labels: `candidates` is the grid (row i*n_labels+j = label j), `labels` the
+    label names; `prompts` and `label_tokens` feed the packed scorer (without them the grid
+    is used). Multiple choice: `options` holds each example's options' tokens, `answers`
+    the correct option's index, and `candidates` the per-pair grid (each example's options
+    in order). Free text: targets only."""
 
     targets: EncodedSet
     candidates: EncodedSet | None
     labels: tuple[str, ...]
     prompts: tuple[tuple[int, ...], ...] = ()
     label_tokens: tuple[tuple[int, ...], ...] = ()
-    label_only_loss: bool = False  # targets' loss mask covers exactly the label tokens
+    label_only_loss: bool = False  # targets' loss mask covers exactly the true candidate
+    options: tuple[tuple[tuple[int, ...], ...], ...] = ()
+    answers: tuple[int, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        if self.options:
+            return "options"
+        return "shared" if self.candidates is not None and self.labels else "none"
+
+
+def build_eval_set(encoder: Encoder, dataset: TaskDataset, *, loss_on: str) -> EvalSet:
+    """The held-out set of `dataset` (already fitted to `encoder.max_length`)."""
+    targets = encoder.encode(dataset.test, loss_on=loss_on)
+    kind = dataset.candidate_kind
+    if kind == "none":
+        return EvalSet(targets=targets, candidates=None, labels=())
+    if kind == "options":
+        missing = sum(1 for ex in dataset.test if not ex.options)
+        if missing:  # a set mixing choice and free text would score half of itself
+            raise DataError(f"{missing} test examples of {dataset.name} have no options")
+        return EvalSet(
+            targets=targets,
+            candidates=encoder.encode_candidates(dataset.test),
+            labels=(),
+            prompts=tuple(tuple(encoder.prompt_ids(ex)) for ex in dataset.test),
+            label_only_loss=loss_on == "label",
+            options=tuple(encoder.option_token_ids(ex) for ex in dataset.test),
+            answers=tuple(encoder.answer_index(ex) for ex in dataset.test),
+        )
+    return EvalSet(
+        targets=targets,
+        candidates=encoder.encode_candidates(dataset.test),
+        labels=dataset.labels,
+        prompts=tuple(tuple(encoder.prompt_ids(ex)) for ex in dataset.test),
+        label_tokens=encoder.label_token_ids(),
+        label_only_loss=loss_on == "label",
+    )
 
 
 @torch.no_grad()
@@ -61,124 +120,53 @@ def _losses(model: AdapterModel, data: EncodedSet, *, batch: int) -> torch.Tenso
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def _target_tokens(data: EncodedSet) -> torch.Tensor:
+    return data.loss_mask[:, 1:].sum(dim=1)
+
+
 def pairwise_label_scores(model: AdapterModel, grid: EncodedSet, n_labels: int) -> torch.Tensor:
     """[N, n_labels] summed label log-likelihoods, one forward row per pair (the reference)."""
-    n_tokens = grid.loss_mask[:, 1:].sum(dim=1)
-    loglik = -_losses(model, grid, batch=128) * n_tokens
+    loglik = -_losses(model, grid, batch=128) * _target_tokens(grid)
     return loglik.view(-1, n_labels)
 
 
-def _decoder_and_head(module: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """(transformer trunk, vocabulary projection) of a HF causal LM, adapters included."""
-    get_base = getattr(module, "get_base_model", None)
-    base = get_base() if callable(get_base) else module
-    get_decoder = getattr(base, "get_decoder", None)
-    get_head = getattr(base, "get_output_embeddings", None)
-    if not callable(get_decoder) or not callable(get_head):
-        return None
-    decoder, head = get_decoder(), get_head()
-    if not isinstance(decoder, nn.Module) or not isinstance(head, nn.Module):
-        return None
-    return decoder, head
-
-
-def packing_supported(model: AdapterModel) -> bool:
-    # prompt tuning prepends virtual tokens and builds its own 2D mask: use the pair grid
-    return model.adapter_config.kind != "prompt" and _decoder_and_head(model.module) is not None
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """The label block appended to every prompt, and which positions predict which tokens.
-
-    Label j contributes its tokens minus the last as inputs; its token k is predicted at the
-    prompt's last position (k = 0) or at its own input k-1."""
-
-    inputs: torch.Tensor  # [B] concatenated continuation inputs
-    segment: torch.Tensor  # [B] j+1 for label j's inputs
-    offset: torch.Tensor  # [B] position of each input counted from the prompt end
-    targets: torch.Tensor  # [T] all label tokens, label-major
-    owner: torch.Tensor  # [T] label index of each target token
-    query: torch.Tensor  # [T] block index predicting the token, -1 = the prompt's last token
-
-
-def _layout(label_tokens: Sequence[Sequence[int]]) -> _Layout:
-    inputs: list[int] = []
-    segment: list[int] = []
-    offset: list[int] = []
-    targets: list[int] = []
-    owner: list[int] = []
-    query: list[int] = []
-    for j, toks in enumerate(label_tokens):
-        start = len(inputs)
-        inputs.extend(toks[:-1])
-        segment.extend([j + 1] * (len(toks) - 1))
-        offset.extend(range(len(toks) - 1))
-        targets.extend(toks)
-        owner.extend([j] * len(toks))
-        query.extend([-1, *range(start, start + len(toks) - 1)])
-    t = torch.tensor
-    return _Layout(t(inputs), t(segment), t(offset), t(targets), t(owner), t(query))
-
-
-@torch.no_grad()
-def packed_label_scores(
-    model: AdapterModel,
-    prompts: Sequence[Sequence[int]],
-    label_tokens: Sequence[Sequence[int]],
-    *,
-    batch: int = 64,
+def pairwise_option_scores(
+    model: AdapterModel, grid: EncodedSet, counts: Sequence[int]
 ) -> torch.Tensor:
-    """[N, n_labels] summed label log-likelihoods, one packed forward row per example."""
-    parts = _decoder_and_head(model.module)
-    if parts is None:
-        raise ValueError("this model cannot be scored packed")
-    decoder, head = parts
-    lay = _layout(label_tokens)
-    n_labels = len(label_tokens)
-    pad = int(model.tokenizer.pad_token_id)  # type: ignore[attr-defined]
-    block = len(lay.inputs)
-    vocab = int(getattr(head, "out_features", 0) or head.weight.shape[0])  # type: ignore[index]
-    # the label-position logits are [rows, label tokens, vocab] floats: bound them
-    batch = max(1, min(batch, LOGIT_BUDGET // max(1, 4 * len(lay.targets) * vocab)))
-    out = []
-    for lo in range(0, len(prompts), batch):
-        chunk = prompts[lo : lo + batch]
-        width = max(len(p) for p in chunk) + block
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        seg = torch.full((len(chunk), width), -1, dtype=torch.long)  # -1 pad, 0 prompt, j+1
-        pos = torch.zeros((len(chunk), width), dtype=torch.long)
-        query = torch.empty((len(chunk), len(lay.targets)), dtype=torch.long)
-        for i, prompt in enumerate(chunk):
-            p = len(prompt)
-            ids[i, :p] = torch.tensor(prompt, dtype=torch.long)
-            ids[i, p : p + block] = lay.inputs
-            seg[i, :p] = 0
-            seg[i, p : p + block] = lay.segment
-            pos[i, :p] = torch.arange(p)
-            pos[i, p : p + block] = p + lay.offset
-            query[i] = torch.where(lay.query < 0, p - 1, p + lay.query)
-        idx = torch.arange(width)
-        causal = idx[None, :] <= idx[:, None]
-        key_seg = seg[:, None, :]
-        allowed = causal[None] & (key_seg != -1) & ((key_seg == 0) | (key_seg == seg[:, :, None]))
-        dev, dtype = model.device, model.base_dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        hidden = decoder(
-            input_ids=ids.to(dev), attention_mask=mask[:, None].to(dev), position_ids=pos.to(dev)
-        )
-        query = query.to(dev)
-        states = hidden.last_hidden_state.gather(
-            1, query[:, :, None].expand(-1, -1, hidden.last_hidden_state.shape[-1])
-        )
-        logits = head(states).float()
-        targets = lay.targets.to(dev)[None, :, None].expand(len(chunk), -1, 1)
-        token_ll = (logits.gather(-1, targets)[..., 0] - torch.logsumexp(logits, dim=-1)).cpu()
-        del logits
-        scores = torch.zeros((len(chunk), n_labels)).index_add_(1, lay.owner, token_ll)
-        out.append(scores)
-    return torch.cat(out)
+    """[N, most options] summed option log-likelihoods (-inf past an example's options), one
+    forward row per (example, option) pair: the reference for the packed option scorer."""
+    loglik = -_losses(model, grid, batch=128) * _target_tokens(grid)
+    out = torch.full((len(counts), max(counts)), -torch.inf)
+    start = 0
+    for i, k in enumerate(counts):
+        out[i, :k] = loglik[start : start + k]
+        start += k
+    return out
+
+
+def _scores_packed(model: AdapterModel, eval_set: EvalSet, n: int | None = None) -> torch.Tensor:
+    prompts = eval_set.prompts[:n]
+    if eval_set.options:
+        return packed_option_scores(model, prompts, eval_set.options[:n])
+    return packed_label_scores(model, prompts, eval_set.label_tokens)
+
+
+def _scores_grid(model: AdapterModel, eval_set: EvalSet, n: int | None = None) -> torch.Tensor:
+    grid = eval_set.candidates
+    if grid is None:
+        raise ValueError("this eval set has no candidates to score")
+    if eval_set.options:
+        counts = [len(o) for o in eval_set.options[:n]]
+        if n is not None:
+            grid = grid.subset(torch.arange(sum(counts)))
+        return pairwise_option_scores(model, grid, counts)
+    if n is not None:
+        grid = grid.subset(torch.arange(min(n, len(eval_set.prompts)) * len(eval_set.labels)))
+    return pairwise_label_scores(model, grid, len(eval_set.labels))
+
+
+def _packable(eval_set: EvalSet) -> bool:
+    return bool(eval_set.prompts) and bool(eval_set.label_tokens or eval_set.options)
 
 
 def _packing_verified(model: AdapterModel, eval_set: EvalSet) -> bool:
@@ -187,11 +175,9 @@ def _packing_verified(model: AdapterModel, eval_set: EvalSet) -> bool:
     if model.packing_ok is None:
         ok = False
         if packing_supported(model) and eval_set.candidates is not None:
-            n = len(eval_set.labels)
-            probe = eval_set.candidates.subset(torch.arange(min(2, len(eval_set.prompts)) * n))
             try:
-                packed = packed_label_scores(model, eval_set.prompts[:2], eval_set.label_tokens)
-                pairs = pairwise_label_scores(model, probe, n)
+                packed = _scores_packed(model, eval_set, 2)
+                pairs = _scores_grid(model, eval_set, 2)
                 # half-precision bases round differently along the two paths
                 rtol, atol = (1e-4, 1e-3) if model.base_dtype == torch.float32 else (2e-2, 0.25)
                 ok = bool(torch.allclose(packed, pairs, rtol=rtol, atol=atol))
@@ -201,29 +187,57 @@ def _packing_verified(model: AdapterModel, eval_set: EvalSet) -> bool:
     return model.packing_ok
 
 
-def label_scores(model: AdapterModel, eval_set: EvalSet) -> torch.Tensor:
-    """[N, n_labels] summed log-likelihood of each candidate label after each prompt."""
-    if eval_set.prompts and eval_set.label_tokens and _packing_verified(model, eval_set):
-        return packed_label_scores(model, eval_set.prompts, eval_set.label_tokens)
-    if eval_set.candidates is None:
-        raise ValueError("unlabelled eval set has no label scores")
-    return pairwise_label_scores(model, eval_set.candidates, len(eval_set.labels))
+def candidate_scores(model: AdapterModel, eval_set: EvalSet) -> torch.Tensor:
+    """[N, candidates] summed log-likelihood of each candidate after each prompt (-inf
+    where an example has fewer options than the widest)."""
+    if _packable(eval_set) and _packing_verified(model, eval_set):
+        return _scores_packed(model, eval_set)
+    return _scores_grid(model, eval_set)
+
+
+def _finite_exp(x: float) -> float:
+    return math.exp(x) if x < 700.0 else math.inf
+
+
+def _truth_and_lengths(eval_set: EvalSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of each example's true candidate or -1, [N, candidates] candidate lengths)."""
+    if eval_set.options:
+        width = max(len(o) for o in eval_set.options)
+        lengths = torch.ones((len(eval_set.options), width))
+        for i, opts in enumerate(eval_set.options):
+            lengths[i, : len(opts)] = torch.tensor([float(len(o)) for o in opts])
+        return torch.tensor(eval_set.answers, dtype=torch.long), lengths
+    index = {lab: j for j, lab in enumerate(eval_set.labels)}
+    truth = eval_set.targets.labels
+    true_j = torch.tensor([index.get(t, -1) if t is not None else -1 for t in truth])
+    assert eval_set.candidates is not None
+    per_label = _target_tokens(eval_set.candidates)[: len(eval_set.labels)]
+    return true_j, per_label[None, :].expand(len(truth), -1)
 
 
 def evaluate(model: AdapterModel, eval_set: EvalSet, *, batch: int = 128) -> EvalReport:
-    """Mean held-out NLL (on the label tokens, or all tokens for `loss_on="all"`) + accuracy."""
-    if eval_set.candidates is None or not eval_set.labels:
-        loss = float(_losses(model, eval_set.targets, batch=batch).mean())
-        return EvalReport(loss=loss, perplexity=math.exp(min(loss, 50.0)), accuracy=math.nan)
-    scores = label_scores(model, eval_set)
-    truth = eval_set.targets.labels
-    index = {lab: j for j, lab in enumerate(eval_set.labels)}
-    true_j = torch.tensor([index.get(t, -1) if t is not None else -1 for t in truth])
-    if eval_set.label_only_loss and eval_set.label_tokens and bool((true_j >= 0).all()):
-        # the true label's own score is its summed NLL: no second forward needed
-        lengths = torch.tensor([len(t) for t in eval_set.label_tokens], dtype=torch.float32)
-        loss = float((-scores[torch.arange(len(true_j)), true_j] / lengths[true_j]).mean())
+    """Mean held-out NLL (on the target tokens, or all tokens for `loss_on="all"`),
+    perplexity and, where there are candidates, accuracy both ways."""
+    if eval_set.kind == "none":
+        losses = _losses(model, eval_set.targets, batch=batch)
+        tokens = _target_tokens(eval_set.targets)
+        total = float((losses.double() * tokens).sum() / tokens.sum().clamp(min=1.0))
+        return EvalReport(loss=float(losses.mean()), perplexity=_finite_exp(total), accuracy=None)
+    scores = candidate_scores(model, eval_set)
+    true_j, lengths = _truth_and_lengths(eval_set)
+    rows = torch.arange(len(true_j))
+    if eval_set.label_only_loss and bool((true_j >= 0).all()):
+        # the true candidate's own score is its summed NLL: no second forward needed
+        nll, tokens = -scores[rows, true_j], lengths[rows, true_j]
+        loss = float((nll / tokens).mean())
+        total = float(nll.double().sum() / tokens.double().sum())
     else:
-        loss = float(_losses(model, eval_set.targets, batch=batch).mean())
+        losses = _losses(model, eval_set.targets, batch=batch)
+        tokens = _target_tokens(eval_set.targets)
+        loss = float(losses.mean())
+        total = float((losses.double() * tokens).sum() / tokens.sum().clamp(min=1.0))
     accuracy = float((scores.argmax(dim=1) == true_j).float().mean())
-    return EvalReport(loss=loss, perplexity=math.exp(min(loss, 50.0)), accuracy=accuracy)
+    accuracy_norm = float(((scores / lengths).argmax(dim=1) == true_j).float().mean())
+    return EvalReport(
+        loss=loss, perplexity=_finite_exp(total), accuracy=accuracy, accuracy_norm=accuracy_norm
+    )

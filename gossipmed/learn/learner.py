@@ -33,8 +33,10 @@ class TrainStats:
 
 @dataclass(frozen=True)
 class EvalStats:
-    loss: float
-    accuracy: float
+    loss: float  # mean over held-out examples of each one's mean target NLL
+    accuracy: float | None  # None when the task has no candidates (free text)
+    accuracy_norm: float | None = None  # by per-token-normalised likelihood
+    perplexity: float | None = None  # exp(total target NLL / target tokens)
 
 
 class Learner(Protocol):

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from gossipmed.errors import ModelError
+from gossipmed.errors import ConfigError, ModelError
 from gossipmed.learn.adapters import save_adapter, trainable_names, wrap_with_adapter
 from gossipmed.learn.compute import auto_microbatch, resolve_device, torch_dtype
 from gossipmed.learn.config import AdapterConfig, ComputeConfig
 from gossipmed.learn.optim import SiteOptimizer
+from gossipmed.learn.targets import TargetLogits, loss_targets, weighted_nll
 from gossipmed.learn.weights_check import checked_config
 from gossipmed.privacy.dp import clip_sum
 
@@ -94,106 +95,32 @@ def expected_schema(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, t
 
 
 @dataclass(frozen=True)
-class Targets:
-    """A batch reduced to what the loss needs: trimmed inputs and its target positions.
-
-    Right padding is cut down to the batch's last target (pads come after every real token,
-    so under causal attention they never changed anything). `query[b, k]` is the position
-    whose logits predict `token[b, k]`; `weight` is the loss mask there (0 for fillers)."""
-
-    ids: torch.Tensor  # [B, W]
-    query: torch.Tensor  # [B, K]
-    token: torch.Tensor  # [B, K]
-    weight: torch.Tensor  # [B, K]
-
-    def to(self, device: torch.device) -> Targets:
-        return Targets(
-            ids=self.ids.to(device),
-            query=self.query.to(device),
-            token=self.token.to(device),
-            weight=self.weight.to(device),
-        )
-
-
-def loss_targets(ids: torch.Tensor, mask: torch.Tensor) -> Targets:
-    on = mask[:, 1:] > 0
-    width = int(on.any(dim=0).nonzero().max()) + 2 if bool(on.any()) else 2
-    on = on[:, : width - 1]
-    k = max(1, int(on.sum(dim=1).max()))
-    # stable sort puts each row's target positions first, in order
-    query = torch.sort(on.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]
-    token = ids[:, 1:width].gather(1, query)
-    weight = mask[:, 1:width].gather(1, query)
-    return Targets(ids=ids[:, :width], query=query, token=token, weight=weight)
-
-
-def _weighted_nll(
-    logits: torch.Tensor, t_token: torch.Tensor, weight: torch.Tensor
-) -> torch.Tensor:
-    """logits [B, K, V] at the target positions -> per-example mean NLL."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    nll = -logp.gather(-1, t_token[..., None]).squeeze(-1)
-    return (nll * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
-
-
-class _TargetLogits(nn.Module):
-    """Logits only at the target positions: the vocabulary projection (the costliest layer
-    of a small LM) and its softmax then run on a few label tokens instead of every position.
-    Wrapping the adapter model keeps its parameter names (prefixed `inner.`) for
-    `torch.func.functional_call`."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        get_base = getattr(inner, "get_base_model", None)
-        base = get_base() if callable(get_base) else inner
-        get_decoder = getattr(base, "get_decoder", None)
-        get_head = getattr(base, "get_output_embeddings", None)
-        parts = None
-        # prompt learning prepends virtual tokens inside the peft wrapper: keep its forward
-        prompt = bool(getattr(getattr(inner, "active_peft_config", None), "is_prompt_learning", 0))
-        if callable(get_decoder) and callable(get_head) and not prompt:
-            parts = (get_decoder(), get_head())
-        # not registered as submodules: their parameters stay reachable only as `inner.*`
-        object.__setattr__(self, "_parts", parts)
-        if parts is not None and not self._split_matches_full():
-            object.__setattr__(self, "_parts", None)
-
-    @torch.no_grad()
-    def _split_matches_full(self) -> bool:
-        """head(decoder(x)) must be the model's own logits: some architectures post-process
-        logits (e.g. soft-capping) in their LM forward; those keep the full forward."""
-        try:
-            param = next(self.inner.parameters())
-            ids = torch.tensor([[3, 9, 4, 7, 5, 8]], device=param.device)  # in any vocabulary
-            query = torch.arange(6, device=param.device)[None]
-            full = self.inner(input_ids=ids).logits[:, -6:].float()
-            split = self.forward(ids, query).float()
-            tol = 1e-4 if param.dtype == torch.float32 else 2e-2
-            return bool(torch.allclose(split, full, rtol=tol, atol=tol))
-        except (AttributeError, TypeError, ValueError, RuntimeError, IndexError, StopIteration):
-            return False
-
-    def forward(self, ids: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        index = query[..., None]
-        parts = self.__dict__["_parts"]
-        if parts is not None:
-            decoder, head = parts
-            hidden = decoder(input_ids=ids).last_hidden_state
-            picked = hidden.gather(1, index.expand(-1, -1, hidden.shape[-1]))
-            logits: torch.Tensor = head(picked)
-            return logits
-        full: torch.Tensor = self.inner(input_ids=ids).logits[:, -ids.shape[1] :]
-        return full.gather(1, index.expand(-1, -1, full.shape[-1]))
-
-
-@dataclass(frozen=True)
 class ClippedSum:
     """One logical batch under DP, before noise: the sum of per-example clipped gradients."""
 
     grads: dict[str, torch.Tensor]  # float32, on the model's device
     losses: torch.Tensor  # [B] per-example losses (CPU)
     norms: torch.Tensor  # [B] per-example gradient norms before clipping (CPU, float64)
+
+
+def length_order(mask: torch.Tensor) -> torch.Tensor:
+    """Rows sorted by how far their targets reach (stable): micro-batches cut from this order
+    hold rows of similar length, so each trims its right padding to its own longest row.
+
+    For DP this changes nothing: which examples take part was decided by the Poisson draw
+    before, and without looking at, the order; each example's clipped gradient depends on its
+    own row alone (right padding, causal attention, no mask: tested); and the noisy sum
+    over the batch is the same sum in any order (up to float rounding)."""
+    on = mask[:, 1:] > 0
+    positions = torch.arange(1, on.shape[1] + 1).expand_as(on)
+    reach = torch.where(on, positions, 0).amax(dim=1) if on.shape[1] else on.sum(dim=1)
+    return torch.sort(reach, stable=True).indices
+
+
+def _unsort(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(values)
+    out[order] = values
+    return out
 
 
 def _chunks(n: int, size: int) -> range:
@@ -233,7 +160,7 @@ class AdapterModel:
         params = dict(self.module.named_parameters())
         self._params = {n: params[n] for n in self.names}
         self.initial_state = self.read_state()
-        self._target_logits = _TargetLogits(self.module)
+        self._target_logits = TargetLogits(self.module)
         self.packing_ok: bool | None = (
             None  # packed label scoring verified (gossipmed.learn.evaluate)
         )
@@ -247,11 +174,47 @@ class AdapterModel:
         base, tokenizer = load_base_model(path, dtype=torch_dtype(compute.base_dtype))
         return cls(base, tokenizer, adapter, device=device)
 
-    def auto_microbatch(self, *, seq_len: int) -> int:
-        """Examples per pass that keep this base's activations within the memory budget."""
+    def auto_microbatch(self, *, seq_len: int, response_tokens: int = 0) -> int:
+        """Examples per pass that keep this base's activations, and the logits at
+        `response_tokens` target positions, within the memory budget."""
+        if self._target_logits.__dict__["_parts"] is None:
+            response_tokens = seq_len + self.virtual_tokens  # logits at every position
         return auto_microbatch(
-            self.base_config, seq_len=seq_len, dtype=self.base_dtype, device=self.device
+            self.base_config,
+            seq_len=seq_len,
+            dtype=self.base_dtype,
+            device=self.device,
+            response_tokens=response_tokens,
         )
+
+    @property
+    def virtual_tokens(self) -> int:
+        """Positions prompt tuning prepends to every sequence (0 for other adapters)."""
+        kind = self.adapter_config.kind
+        return self.adapter_config.num_virtual_tokens if kind == "prompt" else 0
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the base's position embeddings cover (None: not stated)."""
+        for name in ("max_position_embeddings", "n_positions", "max_seq_len", "n_ctx"):
+            value = getattr(self.base_config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    def check_max_length(self, max_length: int) -> None:
+        """ConfigError when `max_length` tokens (plus prompt tuning's virtual tokens) pass
+        the base's position embeddings: those positions were never trained, or do not
+        exist at all (a learned position table), so the run would fail or learn garbage."""
+        limit = self.max_positions
+        need = max_length + self.virtual_tokens
+        if limit is not None and need > limit:
+            extra = f" + {self.virtual_tokens} virtual tokens" if self.virtual_tokens else ""
+            raise ConfigError(
+                f"data.max_length {max_length}{extra} exceeds this base's "
+                f"max_position_embeddings {limit}; use data.max_length <= "
+                f"{limit - self.virtual_tokens}"
+            )
 
     # --- state swapping -------------------------------------------------------------------
     def read_state(self) -> AdapterState:
@@ -283,7 +246,7 @@ class AdapterModel:
     def example_losses(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-example masked mean NLL with autograd (on the model's device)."""
         t = loss_targets(ids, mask).to(self.device)
-        return _weighted_nll(self._target_logits(t.ids, t.query), t.token, t.weight)
+        return weighted_nll(self._target_logits(t.ids, t.query), t.token, t.weight)
 
     def _per_sample_fn(self) -> Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]:
         from torch.func import functional_call, grad_and_value, vmap
@@ -299,7 +262,7 @@ class AdapterModel:
         ) -> torch.Tensor:
             inner = {f"inner.{n}": v for n, v in p.items()}
             logits = functional_call(wrapped, inner, (x[None], q[None]), strict=False)
-            return _weighted_nll(logits, tok[None], w[None])[0]
+            return weighted_nll(logits, tok[None], w[None])[0]
 
         fn: Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]
         fn = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0, 0, 0))
@@ -334,7 +297,10 @@ class AdapterModel:
         """Sum over the batch of each example's gradient clipped to `clip_norm` (DP-SGD).
 
         Each micro-batch's per-example gradients are clipped and added to one running sum,
-        then dropped: peak memory is one micro-batch's, whatever the batch size."""
+        then dropped: peak memory is one micro-batch's, whatever the batch size. Micro-batches
+        are cut in length order (`length_order`); losses and norms come back in batch order."""
+        order = length_order(mask)
+        ids, mask = ids[order], mask[order]
         params = {n: p.detach() for n, p in self._params.items()}
         total = {
             n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()
@@ -351,17 +317,21 @@ class AdapterModel:
                 total[n].add_(summed[n])
             losses.append(loss.detach().float().cpu())
             norms.append(chunk_norms.cpu())
+        if not losses:
+            return ClippedSum(total, torch.zeros(0), torch.zeros(0, dtype=torch.float64))
         return ClippedSum(
             grads=total,
-            losses=torch.cat(losses) if losses else torch.zeros(0),
-            norms=torch.cat(norms) if norms else torch.zeros(0, dtype=torch.float64),
+            losses=_unsort(torch.cat(losses), order),
+            norms=_unsort(torch.cat(norms), order),
         )
 
     def grad_sum(
         self, ids: torch.Tensor, mask: torch.Tensor, *, microbatch: int
     ) -> tuple[dict[str, torch.Tensor], float]:
         """(gradient of the batch's summed per-example loss, that summed loss), computed one
-        micro-batch at a time (the non-private step)."""
+        micro-batch at a time (the non-private step), in length order."""
+        order = length_order(mask)
+        ids, mask = ids[order], mask[order]
         params = list(self._params.values())
         total = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
         loss_sum = 0.0

@@ -11,10 +11,11 @@ simulations.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ import torch
 
 from gossipmed.errors import ModelError, PrivacyError
 from gossipmed.learn.config import LearningConfig
-from gossipmed.learn.data import EncodedSet, Encoder
+from gossipmed.learn.data import EncodedSet, Encoder, FitCounts
 from gossipmed.learn.datasets import TaskDataset, load_dataset
-from gossipmed.learn.evaluate import EvalReport, EvalSet, evaluate
+from gossipmed.learn.evaluate import EvalReport, EvalSet, build_eval_set, evaluate
 from gossipmed.learn.learner import AdapterState, EvalStats, TrainStats
 from gossipmed.learn.model import AdapterModel, expected_schema
 from gossipmed.learn.optim import SiteOptimizer
@@ -43,6 +44,8 @@ __all__ = [
     "site_seed",
 ]
 
+log = logging.getLogger(__name__)
+
 
 class SiteLearner:
     """Implements `gossipmed.learn.learner.Learner` for one site."""
@@ -58,6 +61,7 @@ class SiteLearner:
         config: LearningConfig,
         ledger: PrivacyLedger | None,
         generator: torch.Generator,
+        fit_counts: FitCounts | None = None,
     ) -> None:
         if config.dp.enabled and ledger is None:
             raise PrivacyError("a DP learner needs a privacy ledger")
@@ -70,8 +74,10 @@ class SiteLearner:
         self.ledger = ledger
         self.sample_rate = min(1.0, config.train.batch_size / len(train_data))
         self.generator = generator  # Poisson sampling and DP noise: the caller's source
+        # prompts cut or examples dropped to fit max_length (all sites' data): local only
+        self.fit_counts = fit_counts or FitCounts()
         self.microbatch = config.train.microbatch or model.auto_microbatch(
-            seq_len=config.data.max_length
+            seq_len=config.data.max_length, response_tokens=_response_tokens(train_data)
         )
         self._state = {k: v.clone() for k, v in model.initial_state.items()}
         self.noise_multiplier = self._noise_multiplier() if config.dp.enabled else None
@@ -158,7 +164,12 @@ class SiteLearner:
 
     def evaluate(self) -> EvalStats:
         report = self.evaluate_report()
-        return EvalStats(loss=report.loss, accuracy=report.accuracy)
+        return EvalStats(
+            loss=report.loss,
+            accuracy=report.accuracy,
+            accuracy_norm=report.accuracy_norm,
+            perplexity=report.perplexity,
+        )
 
     # --- extras ---------------------------------------------------------------------------
     def evaluate_report(self) -> EvalReport:
@@ -187,6 +198,35 @@ class SiteSetup:
     eval_set: EvalSet
     dataset: TaskDataset
     encoder: Encoder
+    fit_counts: FitCounts = field(default_factory=FitCounts)
+
+
+def _response_tokens(data: EncodedSet) -> int:
+    """The most target tokens of one training row (where the loss takes logits)."""
+    if len(data) == 0:
+        return 0
+    return int(data.loss_mask[:, 1:].sum(dim=1).max())
+
+
+_REPORTED: set[tuple[str, int, FitCounts]] = set()
+
+
+def report_fit(dataset: TaskDataset, *, max_length: int, counts: FitCounts) -> None:
+    """Say once per process how many prompts max_length cut and how many examples it
+    dropped. Counted on the site's own records without noise, so they are printed (stderr,
+    the daemon's own log) and never written into anything a peer receives."""
+    key = (dataset.name, max_length, counts)
+    if (not counts.truncated and not counts.dropped) or key in _REPORTED:
+        return
+    _REPORTED.add(key)
+    log.warning(
+        "%s: data.max_length %d cut the prompt of %d examples and dropped %d whose "
+        "response alone does not fit (these counts stay on this site)",
+        dataset.name,
+        max_length,
+        counts.truncated,
+        counts.dropped,
+    )
 
 
 def resolve_base_model(config: LearningConfig, *, progress: bool = False) -> Path:
@@ -219,20 +259,6 @@ def _ledger(
     return PrivacyLedger.open(path, budget=dp.epsilon, delta=dp.delta, accountant=dp.accountant)
 
 
-def _eval_set(encoder: Encoder, dataset: TaskDataset, config: LearningConfig) -> EvalSet:
-    targets = encoder.encode(dataset.test, loss_on=config.train.loss_on)
-    if not dataset.labelled:
-        return EvalSet(targets=targets, candidates=None, labels=())
-    return EvalSet(
-        targets=targets,
-        candidates=encoder.encode_candidates(dataset.test),
-        labels=dataset.labels,
-        prompts=tuple(tuple(encoder.prompt_ids(ex)) for ex in dataset.test),
-        label_tokens=encoder.label_token_ids(),
-        label_only_loss=config.train.loss_on == "label",
-    )
-
-
 @dataclass(frozen=True)
 class _Split:
     dataset: TaskDataset
@@ -241,18 +267,21 @@ class _Split:
     train_all: EncodedSet
     names: list[str]
     parts: list[list[int]]
+    fit_counts: FitCounts
 
 
 def _split(config: LearningConfig, model: AdapterModel, *, pooled: bool) -> _Split:
     dc = config.data
-    dataset = load_dataset(dc)
-    encoder = Encoder(model.tokenizer, dataset=dataset, max_length=dc.max_length)
-    eval_set = _eval_set(encoder, dataset, config)
+    model.check_max_length(dc.max_length)
+    loaded = load_dataset(dc)
+    encoder = Encoder(model.tokenizer, dataset=loaded, max_length=dc.max_length)
+    dataset, counts = encoder.fit_dataset(loaded)
+    report_fit(dataset, max_length=dc.max_length, counts=counts)
+    eval_set = build_eval_set(encoder, dataset, loss_on=config.train.loss_on)
     train_all = encoder.encode(dataset.train, loss_on=config.train.loss_on)
     if pooled:
-        return _Split(
-            dataset, encoder, eval_set, train_all, ["pooled"], [list(range(len(dataset.train)))]
-        )
+        every = [list(range(len(dataset.train)))]
+        return _Split(dataset, encoder, eval_set, train_all, ["pooled"], every, counts)
     parts = partition(
         dataset.train,
         scheme=dc.partition,
@@ -266,7 +295,7 @@ def _split(config: LearningConfig, model: AdapterModel, *, pooled: bool) -> _Spl
         if dc.partition == "natural"
         else [f"site-{k}" for k in range(dc.n_sites)]
     )
-    return _Split(dataset, encoder, eval_set, train_all, names, [list(p) for p in parts])
+    return _Split(dataset, encoder, eval_set, train_all, names, [list(p) for p in parts], counts)
 
 
 def _learner(
@@ -287,6 +316,7 @@ def _learner(
         config=config,
         ledger=ledger,
         generator=randomness.generator(k),
+        fit_counts=split.fit_counts,
     )
 
 
@@ -326,6 +356,7 @@ def build_site_learners(
         eval_set=split.eval_set,
         dataset=split.dataset,
         encoder=split.encoder,
+        fit_counts=split.fit_counts,
     )
 
 

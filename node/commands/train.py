@@ -183,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     eps = "non-private" if result["epsilon"] is None else f"epsilon {learner.epsilon:.2f}"
     print(f"site {learner.name} ({len(learner.train_data)} examples), {args.steps} steps, {eps}")
-    print(f"held-out accuracy {before.accuracy:.3f} -> {after.accuracy:.3f}")
+    if before.accuracy is not None and after.accuracy is not None:  # None: free text
+        print(f"held-out accuracy {before.accuracy:.3f} -> {after.accuracy:.3f}")
     print(f"held-out loss {before.loss:.3f} -> {after.loss:.3f}")
     if not math.isnan(seconds):
         print(f"{seconds / args.steps * 1000:.0f} ms/step")

@@ -277,10 +277,7 @@ class Peer(PeerInbound):
             mixed = self._mix_exchange(work, round, work.step)
         self.learner.set_state(mixed)
         work.state_norm = state_norm(mixed)
-        eval_loss = accuracy = None
-        if self._should_evaluate(round):
-            ev = self.learner.evaluate()
-            eval_loss, accuracy = ev.loss, ev.accuracy
+        ev = self.learner.evaluate() if self._should_evaluate(round) else None
         if self.checkpoint_dir is not None:
             self._checkpoint(round)
         work.seconds += self.clock() - started
@@ -289,9 +286,11 @@ class Peer(PeerInbound):
             epsilon=self.epsilon,
             expected=len(self.expected(round)),
             rejected=self._take_rejected(),
-            eval_loss=eval_loss,
-            accuracy=accuracy,
+            eval_loss=ev.loss if ev else None,
+            accuracy=ev.accuracy if ev else None,
             secure=self.secure,
+            accuracy_norm=ev.accuracy_norm if ev else None,
+            eval_perplexity=ev.perplexity if ev else None,
         )
         self._work = None
         if self.metrics is not None:  # after the checkpoint: a record means a saved round

@@ -43,6 +43,8 @@ class RoundWork:
         eval_loss: float | None,
         accuracy: float | None,
         secure: bool,
+        accuracy_norm: float | None = None,
+        eval_perplexity: float | None = None,
     ) -> RoundRecord:
         return RoundRecord(
             round=self.round,
@@ -63,6 +65,8 @@ class RoundWork:
             states_mixed=self.states_mixed,
             bound_clipped=self.bound_clipped,
             state_norm=self.state_norm,
+            accuracy_norm=accuracy_norm,
+            eval_perplexity=eval_perplexity,
             **secure_fields(self.secure) if secure else {},
         )
 

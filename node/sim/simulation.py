@@ -299,6 +299,8 @@ class Simulation:
                     train_loss=stats.train_loss if stats else None,
                     eval_loss=ev.loss if ev else None,
                     accuracy=ev.accuracy if ev else None,
+                    accuracy_norm=ev.accuracy_norm if ev else None,
+                    eval_perplexity=ev.perplexity if ev else None,
                     consensus_distance=0.0,
                     epsilon=epsilon,
                     bytes_sent=0,

@@ -1,10 +1,12 @@
-"""Built-in and user datasets as labelled text, with a fixed held-out global test set.
+"""Built-in and user datasets, with a fixed held-out global test set.
 
-Every dataset is a classification task written for a causal LM: the model reads
+A label task is a classification written for a causal LM: the model reads
 `"{text}\\n{label_prefix}"` and the answer is `" {label}"`; accuracy scores each candidate
-label by log-likelihood. Train/test splits are made by a stable hash of a record id, so the
-test set never depends on the seed or the partition (and the base-model pretraining corpus
-can exclude it).
+label by log-likelihood. Instruction records (prompt/response, chat turns) and multiple
+choice go through a prompt template instead (gossipmed.learn.data, gossipmed.learn.templates),
+and free text is scored by loss and perplexity. Train/test splits are made by a stable hash
+of a record id, so the test set never depends on the seed or the partition (and the
+base-model pretraining corpus can exclude it).
 """
 
 from __future__ import annotations
