@@ -147,13 +147,15 @@ def _icd_tables() -> tuple[dict[str, tuple[str, str]], Counter[str], dict[str, t
     return records, descriptions, inclusions
 
 
-def icd_siblings(code: str) -> list[str]:
+@functools.cache
+def icd_siblings(code: str) -> tuple[str, ...]:
     """Codes under the same parent, the code itself excluded."""
     import simple_icd_10_cm as icd
 
     parent = icd.get_parent(code)
     records = _icd_tables()[0]
-    return [c for c in icd.get_children(parent) if c != code and c in records] if parent else []
+    children = icd.get_children(parent) if parent else []
+    return tuple(c for c in children if c != code and c in records)
 
 
 def icd_distractor_pool(code: str, question: str, *, training: bool) -> list[str]:
