@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -82,7 +83,9 @@ def without_texts(docs: list[str], texts: list[str]) -> list[str]:
     return [d for i, d in enumerate(docs) if i not in drop]
 
 
-def pretraining_corpus(*, max_docs: int | None = None, seed: int = 0) -> list[str]:
+@functools.cache
+def _corpus_documents() -> tuple[str, ...]:
+    """Every pretraining document in source order (computed once per process)."""
     from gossipmed.learn.datasets.hpo import hpo_document, hpo_terms, is_hpo_test_term
     from gossipmed.learn.datasets.icd10 import icd10_records, is_icd10_test_code
 
@@ -91,7 +94,11 @@ def pretraining_corpus(*, max_docs: int | None = None, seed: int = 0) -> list[st
     docs += [
         f"Diagnosis: {desc}" for code, desc, _ in icd10_records() if not is_icd10_test_code(code)
     ]
-    docs = without_texts(docs, [t.definition for t in held_out if t.definition])
+    return tuple(without_texts(docs, [t.definition for t in held_out if t.definition]))
+
+
+def pretraining_corpus(*, max_docs: int | None = None, seed: int = 0) -> list[str]:
+    docs = list(_corpus_documents())
     random.Random(seed).shuffle(docs)
     return docs[:max_docs] if max_docs is not None else docs
 
