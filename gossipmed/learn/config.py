@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 from gossipmed.errors import ConfigError
 
-DatasetName = Literal["icd10", "heart", "notes", "user"]
+DatasetName = Literal["icd10", "heart", "notes", "user", "medqa-mc", "medqa-text"]
 PartitionScheme = Literal["natural", "iid", "dirichlet"]
 AdapterKind = Literal["lora", "ffa_lora", "prompt", "full"]
 AccountantName = Literal["rdp", "prv"]
@@ -30,6 +30,11 @@ ADAPTER_KINDS: tuple[str, ...] = get_args(AdapterKind)
 ACCOUNTANTS: tuple[str, ...] = get_args(AccountantName)
 BASE_DTYPES: tuple[str, ...] = get_args(BaseDtype)
 AUTO = "auto"
+
+# Tokens per example (prompt + answer) when `data.max_length` is left to the dataset: the
+# label tasks keep 64; the QA sets hold definitions of up to 60 words plus four options.
+DEFAULT_MAX_LENGTH = 64
+DATASET_MAX_LENGTH: dict[str, int] = {"medqa-mc": 192, "medqa-text": 192}
 
 # Per-sample LoRA (q/v, rank 8) gradient norms on the tiny base's icd10 label loss are ~4-13
 # (10th-90th percentile, measured; BENCHMARKS.md): clip 1.0 clips nearly every sample,
@@ -68,8 +73,9 @@ class DataConfig:
     """Pooled training examples kept before the split (keeps runs fast)."""
     eval_size: int = 300
     """Held-out examples every site evaluates on."""
-    max_length: int = 64
-    """Tokens per example, prompt and label together."""
+    max_length: int = 0
+    """Tokens per example, prompt and answer together; 0 (or "auto" in TOML) = the dataset's
+    default: 64 for icd10, heart, notes and user, 192 for medqa-mc and medqa-text."""
 
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}")
@@ -78,6 +84,13 @@ class DataConfig:
         _require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha must be > 0")
         _require(self.max_train_examples >= self.n_sites, "data.max_train_examples < n_sites")
         _require(self.eval_size >= 1, "data.eval_size must be >= 1")
+        if self.max_length in (0, AUTO):
+            default = DATASET_MAX_LENGTH.get(self.dataset, DEFAULT_MAX_LENGTH)
+            object.__setattr__(self, "max_length", default)
+        _require(
+            isinstance(self.max_length, int) and not isinstance(self.max_length, bool),
+            'data.max_length must be "auto" or an integer',
+        )
         _require(8 <= self.max_length <= 4096, "data.max_length must be in 8..4096")
         _require(
             self.dataset != "user" or self.path is not None, "data.path is required for user data"

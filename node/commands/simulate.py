@@ -61,7 +61,7 @@ def register(sub: Any) -> None:
         choices=("lm", "quadratic"),
         help="lm: clinical language model (default); quadratic: synthetic, instant",
     )
-    d.add_argument("--dataset", help="icd10, heart, notes or user")
+    d.add_argument("--dataset", help="icd10, heart, notes, user, medqa-mc or medqa-text")
     d.add_argument("--data-path", help="user data file or folder (--dataset user)")
     d.add_argument("--partition", help="natural, iid or dirichlet")
     d.add_argument("--alpha", type=float, help="Dirichlet concentration (small = skewed)")

@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 
+from gossipmed.learn.config import DATASETS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and noise are seeded from the OS at every start, so two runs differ."
         ),
     )
-    p.add_argument("--dataset", required=True, choices=("icd10", "heart", "notes", "user"))
+    p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--data-path", help="user data: a .jsonl/.txt file or a folder")
     p.add_argument("--site", type=int, default=0, help="which site's slice (default 0)")
     p.add_argument("--sites", type=int, default=4, help="number of sites to split into")

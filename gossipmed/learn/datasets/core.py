@@ -116,4 +116,8 @@ def load_dataset(config: DataConfig) -> TaskDataset:
         from gossipmed.learn.datasets.user import load_user
 
         return load_user(config)
+    if config.dataset in ("medqa-mc", "medqa-text"):
+        from gossipmed.learn.datasets.medqa import load_medqa
+
+        return load_medqa(config)
     raise DataError(f"unknown dataset {config.dataset!r}")
