@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
+
+from gossipmed.strict_json import dumps
 
 
 def register(sub: Any) -> None:
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     status = fetch_status(args.site / CONTROL_FILE, timeout=args.timeout)
     if args.json:
-        print(json.dumps(status, sort_keys=True))
+        print(dumps(status, sort_keys=True))
     else:
         print_status(status)
     return 0

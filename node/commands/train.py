@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
+
+from gossipmed.strict_json import dumps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         "adapter_dir": str(out / "adapter") if out else None,
     }
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))
         return 0
     eps = "non-private" if result["epsilon"] is None else f"epsilon {learner.epsilon:.2f}"
     print(f"site {learner.name} ({len(learner.train_data)} examples), {args.steps} steps, {eps}")

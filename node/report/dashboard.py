@@ -13,8 +13,6 @@ No sockets here: node.daemon.control_routes serves it. The page's assets ship as
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Mapping
 from importlib import resources
@@ -23,6 +21,7 @@ from typing import Any
 
 from gossipmed.errors import ConfigError
 from gossipmed.metrics import METRICS_FILE
+from gossipmed.strict_json import dumps
 from node.report.history import COLUMNS, MetricsTail
 
 DASHBOARD_VERSION = 1
@@ -43,18 +42,8 @@ def asset(name: str) -> bytes:
     return (resources.files("node.report") / "dashboard" / name).read_bytes()
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def encode(snapshot: Mapping[str, Any]) -> bytes:
-    return json.dumps(_finite(dict(snapshot)), sort_keys=True, allow_nan=False).encode()
+    return dumps(dict(snapshot), sort_keys=True).encode()
 
 
 def site_card(name: str, status: Mapping[str, Any] | None, rows: list[list[Any]]) -> dict[str, Any]:

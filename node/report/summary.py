@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gossipmed.metrics import METRICS_FILE, MetricsError, RoundRecord, read_metrics
+from gossipmed.strict_json import finite
 
 CONTRACTION_FLOOR = 1e-5  # float32 states: round-off is ~1e-7 of their scale
 RUN_LABELS = {"gossip": "gossip", "local": "local-only", "central": "centralized"}
@@ -196,14 +197,8 @@ def inspect_path(path: Path) -> dict[str, Any]:
 
 
 def json_safe(obj: Any) -> Any:
-    """NaN/inf become null so the output is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
+    """NaN/inf become null so the output is strict JSON (gossipmed.strict_json)."""
+    return finite(obj)
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
