@@ -111,12 +111,22 @@ def print_status(status: dict[str, Any]) -> None:
     console.print(table)
     last = status.get("last_metrics")
     if last:
-        fields = ("round", "train_loss", "eval_loss", "accuracy", "consensus_distance", "seconds")
+        fields = (
+            "round",
+            "train_loss",
+            "eval_loss",
+            "accuracy",
+            "accuracy_norm",
+            "eval_perplexity",
+            "consensus_distance",
+            "seconds",
+        )
         console.print(
             "last round: "
             + ", ".join(
                 f"{k} {last[k]:.4g}" if isinstance(last.get(k), float) else f"{k} {last.get(k)}"
                 for k in fields
+                if last.get(k) is not None  # not measured (e.g. no accuracy for free text)
             )
         )
 

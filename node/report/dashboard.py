@@ -62,10 +62,25 @@ def site_card(name: str, status: Mapping[str, Any] | None, rows: list[list[Any]]
         "epsilon_spent": eps.get("spent", last.get("epsilon")),
         "epsilon_budget": eps.get("budget"),
         "accuracy": last.get("accuracy"),
+        "accuracy_norm": last.get("accuracy_norm"),
+        "eval_loss": last.get("eval_loss"),
+        "eval_perplexity": last.get("eval_perplexity"),
         "consensus_distance": last.get("consensus_distance"),
         "bytes_sent": traffic.get("sent"),
         "bytes_received": traffic.get("received"),
     }
+
+
+def score(history: Mapping[str, list[list[Any]]]) -> dict[str, str]:
+    """What the page charts and lists as the model's quality: accuracy when any round has
+    one, else (free text) the held-out loss."""
+    at = COLUMNS.index("accuracy")
+    if any(row[at] is not None for rows in history.values() for row in rows):
+        return {"column": "accuracy", "label": "accuracy"}
+    loss = COLUMNS.index("eval_loss")
+    if any(row[loss] is not None for rows in history.values() for row in rows):
+        return {"column": "eval_loss", "label": "eval loss"}
+    return {"column": "accuracy", "label": "accuracy"}
 
 
 def site_snapshot(status: Mapping[str, Any], history: Mapping[str, list[list[Any]]]) -> dict:
@@ -92,6 +107,7 @@ def site_snapshot(status: Mapping[str, Any], history: Mapping[str, list[list[Any
             },
         },
         "history": {name: rows},
+        "score": score({name: rows}),
         "status": dict(status),
     }
 
@@ -205,6 +221,7 @@ class DirectoryView:
             "neighbours": [],
             "graph": graph,
             "history": history,
+            "score": score(history),
         }
 
     def _live_status(self) -> dict[str, dict[str, Any]]:
