@@ -79,10 +79,16 @@ class Generation:
     seconds: float
 
 
-def render_prompt(encoder: Encoder, prompt: str) -> list[int]:
+def render_prompt(encoder: Encoder, prompt: str, *, reserve: int | None = None) -> list[int]:
     """The task's template around the user's text, token for token as training renders a
-    prompt (BOS, the text, the template's tail that the answer follows)."""
-    return list(encoder.prompt_ids(Example(text=prompt, label=None)))
+    prompt (BOS, the text, the template's tail that the answer follows). An encoder that
+    renders chat-template prompts for generation (`render_prompt`) is asked to leave
+    `reserve` tokens of its max_length for the answer."""
+    example = Example(text=prompt, label=None)
+    render = getattr(encoder, "render_prompt", None)
+    if callable(render):
+        return list(render(example, reserve=reserve))
+    return list(encoder.prompt_ids(example))
 
 
 def task_encoder(tokenizer: Any, data: DataConfig) -> Encoder:
@@ -93,9 +99,10 @@ def task_encoder(tokenizer: Any, data: DataConfig) -> Encoder:
     return Encoder(tokenizer, dataset=load_dataset(data), max_length=data.max_length)
 
 
-def stop_token_ids(tokenizer: Any) -> frozenset[int]:
-    """EOS and the template's end-of-turn token(s) the tokenizer knows."""
+def stop_token_ids(tokenizer: Any, encoder: Encoder | None = None) -> frozenset[int]:
+    """EOS, the end-of-turn tokens the tokenizer knows, and the task's own terminators."""
     ids = {int(tokenizer.eos_token_id)}
+    ids.update(int(t) for t in getattr(encoder, "response_terminator_ids", ()))
     vocab = tokenizer.get_vocab() if callable(getattr(tokenizer, "get_vocab", None)) else {}
     ids.update(int(vocab[t]) for t in END_OF_TURN_TOKENS if t in vocab)
     return frozenset(ids)
@@ -183,9 +190,10 @@ def generate(
     *,
     decoding: Decoding,
     device: torch.device | str = "cpu",
+    encoder: Encoder | None = None,
 ) -> Generation:
     start = time.perf_counter()
-    stops = stop_token_ids(tokenizer)
+    stops = stop_token_ids(tokenizer, encoder)
     new, stopped, seed = generate_ids(
         module, prompt_ids, decoding=decoding, stop_ids=stops, device=device
     )

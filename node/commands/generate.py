@@ -137,9 +137,14 @@ def run(args: argparse.Namespace) -> int:
     result = generate(
         loaded.module,
         loaded.tokenizer,
-        render_prompt(encoder, args.prompt),
+        # an instruction prompt is cut to leave room for the answer, never below half the
+        # task's max_length (a long answer may still run on into the model's window)
+        render_prompt(
+            encoder, args.prompt, reserve=min(decoding.max_new_tokens, encoder.max_length // 2)
+        ),
         decoding=decoding,
         device=loaded.device,
+        encoder=encoder,
     )
     if args.json:
         doc = {
