@@ -14,9 +14,8 @@ import torch
 
 from gossipmed.errors import ConfigError
 from gossipmed.learn.config import AdapterConfig, DataConfig
+from gossipmed.learn.decoding import MAX_NEW_TOKENS, Decoding
 from gossipmed.learn.generate import (
-    MAX_NEW_TOKENS,
-    Decoding,
     generate,
     generate_ids,
     render_prompt,

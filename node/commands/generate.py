@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("icd10", "heart", "notes", "user")
+from gossipmed.learn.config import DATASETS
 
 
 def register(sub: Any) -> None:
-    from gossipmed.learn.generate import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
+    from gossipmed.learn.decoding import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 
     p = sub.add_parser(
         "generate",
@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
 
 
 def _decoding(args: argparse.Namespace) -> Any:
-    from gossipmed.learn.generate import Decoding
+    from gossipmed.learn.decoding import Decoding
 
     extra: dict[str, Any] = {}
     if args.temperature is not None:
