@@ -19,6 +19,7 @@ $GM simulate --nodes "${DEMO_NODES:-4}" --topology ring --dataset icd10 \
 $GM inspect "$RUN" --plot "$RUN/curves.png"
 echo "plot: $RUN/curves.png   (metrics: $RUN/metrics.jsonl, summary: $RUN/summary.json)"
 echo
-echo "== Ask the consortium's model: site-0's adapter after gossip names an ICD-10 chapter"
-$GM generate --adapter "$RUN/adapters/site-0" --dataset icd10 --max-new-tokens 8 \
+ADAPTER=$(ls -d "$RUN"/adapters/*/ | head -n 1)
+echo "== Ask the consortium's model: $(basename "$ADAPTER")'s adapter after gossip names an ICD-10 chapter"
+$GM generate --adapter "$ADAPTER" --dataset icd10 --max-new-tokens 8 \
   --prompt "Diagnosis: Type 2 diabetes mellitus with hyperglycemia"

@@ -256,6 +256,8 @@ def load_model_folder(folder: Path, *, base: Path, compute: ComputeConfig) -> Lo
     from gossipmed.learn.model import load_base_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not folder.is_dir():
+        raise ModelError(f"{folder} is not a folder (give the adapter folder a run saved)")
     device = resolve_device(compute.device)
     dtype = torch_dtype(compute.base_dtype)
     if (folder / PEFT_CONFIG).is_file():
