@@ -174,3 +174,23 @@ def test_consortium_show_prints_the_task(
     assert "task: instruction (template chat" in capsys.readouterr().out
     assert main(["consortium", "show", str(tmp_path / "c.toml"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["task"]["max_length"] == 256
+
+
+def test_consortium_build_records_the_task_it_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gossipmed.consortium.setup import create_site
+
+    cards = []
+    for name in ("alpha", "beta", "gamma"):
+        create_site(tmp_path / name, name=name, listen=["/ip4/127.0.0.1/tcp/4001"])
+        cards.append(str(tmp_path / name / "card.toml"))
+    out = tmp_path / "c.toml"
+    argv = ["consortium", "build", *cards, "--topology", "ring", "--out", str(out)]
+    assert main([*argv, "--max-length", "256"]) == 2  # a length without a task
+    assert "--max-length goes with --task" in capsys.readouterr().err
+    assert main([*argv, "--task", "instruction", "--max-length", "256", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == INSTRUCTION.to_mapping()
+    assert load_roster(out).settings.task == INSTRUCTION
+    assert main([*argv, "--force"]) == 0  # no --task: the default, as before
+    assert load_roster(out).settings.task == DEFAULT_TASK
