@@ -20,9 +20,13 @@ from its `[consortium]` table.
                    (gossipmed.mixing.secagg.envelope): L2 clip rho * sqrt(d), coordinate
                    clip min(that, 16 rho), 32-bit words; the receiver checks its sum against
                    W * both. Only meaningful (and only written) when secure aggregation is on
+    task           the task every site trains (gossipmed.consortium.task): format, template
+                   and its version, max_length, scoring; a site whose own configuration gives
+                   another digest is refused at start
 
-The secure-aggregation keys enter the mapping (and so the roster hash) only when it is on, so
-the hash of every consortium file written before they existed is unchanged.
+The secure-aggregation keys enter the mapping (and so the roster hash) only when it is on, and
+the task only when it is not the default label task, so the hash of every consortium file
+written before they existed is unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from gossipmed.consortium.task import DEFAULT_TASK, TaskDigest
 from gossipmed.errors import ConfigError
 from gossipmed.mixing.secagg.envelope import NormEnvelope
 from gossipmed.wire.update import MAX_STEPS_PER_ROUND
@@ -59,8 +64,13 @@ class ConsortiumSettings:
     secagg_rms: float = DEFAULT_SECAGG_RMS
     """The public norm envelope of secure aggregation: the largest RMS per coordinate one
     contribution carries; only with secure_aggregation = true."""
+    task: TaskDigest = DEFAULT_TASK
+    """The task every site trains (format, template and its version, max_length, scoring),
+    written by `gossipmed consortium build --task`; a site whose own configuration gives
+    another digest is refused at start. Omitted: the label task."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "task", TaskDigest.from_mapping(self.task, where="gossip"))
         if type(self.gossip_steps) is not int or not (
             0 <= self.gossip_steps <= MAX_STEPS_PER_ROUND
         ):
@@ -97,9 +107,14 @@ class ConsortiumSettings:
             raise ConfigError(f"secure aggregation: {exc}") from None
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], *, where: str) -> ConsortiumSettings:
+    def from_mapping(
+        cls, raw: Mapping[str, Any], *, where: str, task: bool = True
+    ) -> ConsortiumSettings:
+        """`task=False` where the task comes from elsewhere (a simulation's [data])."""
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must be a table")
+        if not task and "task" in raw:
+            raise ConfigError(f"{where} has no task: a simulation trains the task of its [data]")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -117,6 +132,8 @@ class ConsortiumSettings:
         if self.secure_aggregation:
             out["secure_aggregation"] = True
             out["secagg_rms"] = float(self.secagg_rms)
+        if self.task != DEFAULT_TASK:
+            out["task"] = self.task.to_mapping()
         return out
 
 

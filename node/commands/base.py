@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from gossipmed.strict_json import dumps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +41,7 @@ def run_build(args: argparse.Namespace) -> int:
         path = ensure_base_model(spec, progress=not args.json)
     seconds = time.perf_counter() - start
     if args.json:
-        print(json.dumps({"path": str(path), "seconds": seconds, "spec": dataclasses.asdict(spec)}))
+        print(dumps({"path": str(path), "seconds": seconds, "spec": dataclasses.asdict(spec)}))
     else:
         print(f"base model: {path} ({seconds:.0f} s)")
     return 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
+
+from gossipmed.strict_json import dumps
 
 
 def register(sub: Any) -> None:
@@ -129,7 +130,7 @@ def run_up(args: argparse.Namespace) -> int:
         "startup_s": round(time.monotonic() - started, 2),
     }
     if args.json:
-        print(json.dumps(summary))
+        print(dumps(summary))
     else:
         print(f"started {len(sites)} daemons in {directory} ({args.topology} topology)")
         for s, p in zip(sites, procs, strict=True):
@@ -149,7 +150,7 @@ def run_status(args: argparse.Namespace) -> int:
 
     statuses = cluster_status(args.dir)
     if args.json:
-        print(json.dumps(statuses, sort_keys=True))
+        print(dumps(statuses, sort_keys=True))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -183,7 +184,7 @@ def run_down(args: argparse.Namespace) -> int:
 
     outcome = stop_cluster(args.dir, timeout=args.timeout)
     if args.json:
-        print(json.dumps(outcome, sort_keys=True))
+        print(dumps(outcome, sort_keys=True))
     else:
         for name, what in outcome.items():
             print(f"{name}: {what}")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from gossipmed.errors import ConfigError
+from gossipmed.strict_json import dumps
 
 
 def register(sub: Any) -> None:
@@ -71,6 +71,20 @@ def register(sub: Any) -> None:
         "coordinate one contribution carries (default 4.0; set it near your adapters' scale: "
         "it bounds what one dishonest contributor can do to a receiver)",
     )
+    from gossipmed.consortium.task import DEFAULT_MAX_LENGTH, FORMATS
+
+    b.add_argument(
+        "--task",
+        choices=FORMATS,
+        help="the task every site trains: label (the default: text to one of a shared label "
+        "set), text (plain text), instruction (prompt/response or chat records) or "
+        "multiple_choice; a site whose own data and settings give another task is refused",
+    )
+    b.add_argument(
+        "--max-length",
+        type=int,
+        help=f"with --task: the sites' data.max_length (default {DEFAULT_MAX_LENGTH})",
+    )
     b.add_argument("--out", type=Path, required=True, help="roster file to write")
     b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     b.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -111,6 +125,7 @@ def _summary(roster: Any, path: Path) -> dict[str, Any]:
         "active": len(roster.active_names),
         "edges": len(roster.edges),
         "gossip": roster.settings.to_mapping(),
+        "task": roster.settings.task.to_mapping(),
         "warnings": roster.warnings(),
     }
 
@@ -120,10 +135,15 @@ def run_build(args: argparse.Namespace) -> int:
     from gossipmed.consortium.roster import save_roster
     from gossipmed.consortium.settings import ConsortiumSettings
     from gossipmed.consortium.setup import build_consortium
+    from gossipmed.consortium.task import DEFAULT_MAX_LENGTH, TaskDigest
 
     if args.out.exists() and not args.force:
         raise ConfigError(f"{args.out} exists (use --force to replace it)")
+    if args.max_length is not None and args.task is None:
+        raise ConfigError("--max-length goes with --task")
+    task = TaskDigest.of(args.task or "label", max_length=args.max_length or DEFAULT_MAX_LENGTH)
     settings = ConsortiumSettings(
+        task=task,
         gossip_steps=args.gossip_steps if args.gossip_steps is not None else 0,
         mixing=args.mixing or ConsortiumSettings().mixing,
         secure_aggregation=args.secure_aggregation,
@@ -140,7 +160,7 @@ def run_build(args: argparse.Namespace) -> int:
     )
     save_roster(roster, args.out)
     if args.json:
-        print(json.dumps(_summary(roster, args.out)))
+        print(dumps(_summary(roster, args.out)))
     else:
         print(
             f"wrote {args.out}: {len(roster.members)} members, {len(roster.edges)} edges "
@@ -159,10 +179,11 @@ def run_show(args: argparse.Namespace) -> int:
         from gossipmed.consortium.secure_margins import secure_margins
 
         doc = roster.to_mapping()
+        doc["task"] = roster.settings.task.to_mapping()
         listed = secure_margins(roster)
         if listed:
             doc["secure_margins"] = [asdict(m) for m in listed]
-        print(json.dumps(doc))
+        print(dumps(doc))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -173,6 +194,7 @@ def run_show(args: argparse.Namespace) -> int:
     gossip = roster.settings
     steps = "auto" if gossip.gossip_steps == 0 else str(gossip.gossip_steps)
     console.print(f"gossip: {steps} exchanges per round, {gossip.mixing} mixing weights")
+    console.print(f"task: {gossip.task.describe()}")
     if gossip.secure_aggregation:
         console.print(
             f"secure aggregation: on (norm envelope: RMS {gossip.secagg_rms} per coordinate; "
@@ -225,7 +247,7 @@ def run_revoke(args: argparse.Namespace) -> int:
     save_roster(new, out)
     _warn(new.warnings())
     if args.json:
-        print(json.dumps({**_summary(new, out), "revoked": args.name, "old_hash": roster.hash_hex}))
+        print(dumps({**_summary(new, out), "revoked": args.name, "old_hash": roster.hash_hex}))
     else:
         print(f"revoked {args.name} in {out}: hash {roster.hash_hex} -> {new.hash_hex}")
         print("distribute the new file to every site; envelopes under the old hash are refused")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from gossipmed.errors import ConfigError
+from gossipmed.strict_json import dumps
 
 
 def register(sub: Any) -> None:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = card.to_mapping()
         del doc["revoked"]
-        print(json.dumps(doc))
+        print(dumps(doc))
     else:
         print(f"# card of site {card.name!r} (also saved to {card_file})")
         print(card.card_toml(), end="")

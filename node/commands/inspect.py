@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
+
+from gossipmed.strict_json import dumps
 
 
 def register(sub: Any) -> None:
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.report.summary import inspect_path, json_safe
+    from node.report.summary import inspect_path
 
     summary = inspect_path(args.path)
     if args.plot:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         if args.plot:
             summary["plot"] = str(args.plot)
-        print(json.dumps(json_safe(summary), indent=2, sort_keys=True))
+        print(dumps(summary, indent=2, sort_keys=True))
         return 0
     from node.report.summary import print_summary
 

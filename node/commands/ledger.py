@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from gossipmed.strict_json import dumps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +56,7 @@ def run_show(args: argparse.Namespace) -> int:
         }
     doc["recorded_elsewhere"] = recorded.epsilon
     if args.json:
-        print(json.dumps(doc))
+        print(dumps(doc))
     elif path.exists():
         print(
             f"{path}: epsilon {doc['epsilon']:.4f} of {doc['budget']:g} at delta "
@@ -86,7 +87,7 @@ def run_reset(args: argparse.Namespace) -> int:
         "budget": settings.learning.dp.epsilon,
     }
     if args.json:
-        print(json.dumps(doc))
+        print(dumps(doc))
     else:
         print(
             f"new budget of epsilon {doc['budget']:g} started; {done.carried_over:.4f} spent "

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from gossipmed.strict_json import dumps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
         sigma = calibrate_noise(target_epsilon=args.target_epsilon, **common)
         result = {"noise_multiplier": sigma, "target_epsilon": args.target_epsilon, **common}
         text = f"noise multiplier = {sigma:.4f} for epsilon {args.target_epsilon:g}"
-    print(json.dumps(result) if args.json else text)
+    print(dumps(result) if args.json else text)
     return 0

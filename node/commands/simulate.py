@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
+
+from gossipmed.strict_json import dumps
 
 
 def register(sub: Any) -> None:
@@ -332,13 +333,13 @@ def override_choice(
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.report.summary import json_safe, print_summary
+    from node.report.summary import print_summary
     from node.sim.run import run_simulation
 
     config = build_config(args)
     if args.json:
         summary = run_simulation(config, out_dir=args.out)
-        print(json.dumps(json_safe(summary), indent=2, sort_keys=True))
+        print(dumps(summary, indent=2, sort_keys=True))
         return 0
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn

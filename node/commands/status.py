@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
+
+from gossipmed.strict_json import dumps
 
 
 def register(sub: Any) -> None:
@@ -110,12 +111,22 @@ def print_status(status: dict[str, Any]) -> None:
     console.print(table)
     last = status.get("last_metrics")
     if last:
-        fields = ("round", "train_loss", "eval_loss", "accuracy", "consensus_distance", "seconds")
+        fields = (
+            "round",
+            "train_loss",
+            "eval_loss",
+            "accuracy",
+            "accuracy_norm",
+            "eval_perplexity",
+            "consensus_distance",
+            "seconds",
+        )
         console.print(
             "last round: "
             + ", ".join(
                 f"{k} {last[k]:.4g}" if isinstance(last.get(k), float) else f"{k} {last.get(k)}"
                 for k in fields
+                if last.get(k) is not None  # not measured (e.g. no accuracy for free text)
             )
         )
 
@@ -132,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     status = fetch_status(args.site / CONTROL_FILE, timeout=args.timeout)
     if args.json:
-        print(json.dumps(status, sort_keys=True))
+        print(dumps(status, sort_keys=True))
     else:
         print_status(status)
     return 0

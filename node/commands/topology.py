@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from gossipmed.strict_json import dumps
 from topology.graphs import KINDS, build_graph, graph_schedule
 from topology.mixing import DEFAULT_RULE, RULES
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         if math.isinf(doc["predicted_rounds"]):
             doc["predicted_rounds"] = None
-        print(json.dumps(doc))
+        print(dumps(doc))
         return 0
     _print_table(doc, saved=args.save, plot=args.plot)
     return 0

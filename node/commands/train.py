@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 from gossipmed.learn.config import DATASETS
+from gossipmed.strict_json import dumps
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -158,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
             done += k
             progress.update(task, completed=done)
     after = learner.evaluate_report()
+    from node.report.evaluation import describe, report_metrics
+
+    was, now = report_metrics(before), report_metrics(after)
     if out is not None:
         learner.save_adapter(out / "adapter")
     result = {
@@ -170,10 +173,14 @@ def run(args: argparse.Namespace) -> int:
         "base_dtype": config.compute.base_dtype,
         "microbatch": learner.microbatch,
         "steps": args.steps,
-        "accuracy_before": before.accuracy,
-        "accuracy_after": after.accuracy,
-        "loss_before": before.loss,
-        "loss_after": after.loss,
+        "accuracy_before": was["accuracy"],  # null for free text: loss and perplexity
+        "accuracy_after": now["accuracy"],
+        "accuracy_norm_before": was["accuracy_norm"],
+        "accuracy_norm_after": now["accuracy_norm"],
+        "loss_before": was["eval_loss"],
+        "loss_after": now["eval_loss"],
+        "perplexity_before": was["eval_perplexity"],
+        "perplexity_after": now["eval_perplexity"],
         "epsilon": learner.epsilon if config.dp.enabled else None,
         "delta": config.dp.delta if config.dp.enabled else None,
         "noise_multiplier": learner.noise_multiplier,
@@ -181,13 +188,12 @@ def run(args: argparse.Namespace) -> int:
         "adapter_dir": str(out / "adapter") if out else None,
     }
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))
         return 0
     eps = "non-private" if result["epsilon"] is None else f"epsilon {learner.epsilon:.2f}"
     print(f"site {learner.name} ({len(learner.train_data)} examples), {args.steps} steps, {eps}")
-    if before.accuracy is not None and after.accuracy is not None:  # None: free text
-        print(f"held-out accuracy {before.accuracy:.3f} -> {after.accuracy:.3f}")
-    print(f"held-out loss {before.loss:.3f} -> {after.loss:.3f}")
+    print(f"held-out before: {describe(was)}")
+    print(f"held-out after:  {describe(now)}")
     if not math.isnan(seconds):
         print(f"{seconds / args.steps * 1000:.0f} ms/step")
     if out:

@@ -10,6 +10,7 @@ the pids in DIR/cluster.json.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -27,7 +28,9 @@ from gossipmed.consortium.roster import save_roster
 from gossipmed.consortium.settings import ConsortiumSettings
 from gossipmed.consortium.setup import build_consortium, create_site
 from gossipmed.consortium.site import CARD_FILE, SITE_FILE, SiteConfig
+from gossipmed.consortium.task import DEFAULT_TASK, TaskDigest, site_task
 from gossipmed.errors import ConfigError, GossipmedError
+from gossipmed.learn.config import learning_config_from_mapping
 from gossipmed.storage.checkpoint import atomic_write_bytes, atomic_write_json
 from gossipmed.storage.files import open_private, private_dir
 from gossipmed.toml_writer import toml_document
@@ -137,10 +140,26 @@ def create_cluster(
         )
         sites.append(site_dir)
         cards.append(load_card(site_dir / CARD_FILE))
+    settings = settings or ConsortiumSettings()
+    if settings.task == DEFAULT_TASK:  # the consortium trains what its sites are set up for
+        settings = dataclasses.replace(settings, task=sections_task(sites[0], sections(0)))
     roster = build_consortium(cards, topology=topology, degree=degree, seed=seed, settings=settings)
     save_roster(roster, directory / CONSORTIUM_FILE)
     write_cluster_file(directory, sites=sites, pids={}, topology=topology)
     return sites
+
+
+def sections_task(site_dir: Path, sections: Sections) -> TaskDigest:
+    """The task a site with these tables trains (the default for a synthetic problem)."""
+    if sections.get("daemon", {}).get("problem", "lm") != "lm":
+        return DEFAULT_TASK
+    learning = learning_config_from_mapping(
+        {k: v for k, v in sections.items() if k in ("data", "adapter", "dp", "train", "compute")}
+    )
+    if learning.data.path is not None:
+        path = str(site_dir / Path(learning.data.path).expanduser())
+        learning = dataclasses.replace(learning, data=dataclasses.replace(learning.data, path=path))
+    return site_task(learning)
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,15 @@ def prometheus_text(status: Mapping[str, Any]) -> str:
     gauge("gossipmed_rejected", "inbound messages rejected", status.get("rejected"))
     gauge("gossipmed_send_failures", "sends given up at a round deadline", status.get("failures"))
     last = status.get("last_metrics") or {}
-    for key in ("train_loss", "eval_loss", "accuracy", "consensus_distance", "seconds"):
+    for key in (
+        "train_loss",
+        "eval_loss",
+        "accuracy",
+        "accuracy_norm",
+        "eval_perplexity",
+        "consensus_distance",
+        "seconds",
+    ):
         gauge(f"gossipmed_last_{key}", f"{key} of the last completed round", last.get(key))
     now = time.time()
     for peer in status.get("peers") or []:

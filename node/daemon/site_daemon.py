@@ -40,6 +40,7 @@ import trio
 from gossipmed.consortium.audit import REJECTED, AuditLog
 from gossipmed.consortium.crypto import Identity
 from gossipmed.consortium.roster import Roster
+from gossipmed.consortium.task import check_site_task
 from gossipmed.errors import ConfigError, GossipmedError
 from gossipmed.learn.learner import Learner
 from gossipmed.metrics import METRICS_FILE, MetricsWriter
@@ -147,6 +148,8 @@ class SiteDaemon:
                 f"key as {self.name!r}"
             )
         check_secure_gossip(self.roster.settings, settings.gossip)
+        if settings.daemon.problem == "lm":  # before anything opens, loads or listens
+            check_site_task(self.roster.settings.task, settings.learning)
         private_dir(settings.directory, tighten=True)  # older site folders were 0755
         private_dir(settings.state_dir, tighten=True)
         self.audit = DaemonAudit(AuditLog(site.audit_path))

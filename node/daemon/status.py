@@ -6,7 +6,6 @@ JSON and Prometheus clients never choke on a diverged run.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -14,6 +13,7 @@ from typing import Any
 
 from gossipmed.consortium.roster import Roster
 from gossipmed.learn.learner import Learner
+from gossipmed.strict_json import finite
 from node.daemon.config import DaemonSettings
 from node.net.transport import Transport
 from node.round.driver import DriverState
@@ -106,13 +106,3 @@ def build_status(
             "failed_rounds": state.failed_rounds,
         }
     )
-
-
-def finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite(v) for v in obj]
-    return obj

@@ -120,6 +120,7 @@ TABLES: tuple[Table, ...] = (
         "section-consortium",
         "What every site must share; a deployment keeps it in the consortium file's "
         "`[gossip]` table.",
+        skip=("task",),
     ),
     Table("attack", AttackConfig, (SIM_FILE,), "section-attack", "Simulated attackers."),
     Table("faults", FaultConfig, (SIM_FILE,), "section-faults", "Simulated faults."),

@@ -13,8 +13,6 @@ No sockets here: node.daemon.control_routes serves it. The page's assets ship as
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Mapping
 from importlib import resources
@@ -23,6 +21,7 @@ from typing import Any
 
 from gossipmed.errors import ConfigError
 from gossipmed.metrics import METRICS_FILE
+from gossipmed.strict_json import dumps
 from node.report.history import COLUMNS, MetricsTail
 
 DASHBOARD_VERSION = 1
@@ -43,18 +42,8 @@ def asset(name: str) -> bytes:
     return (resources.files("node.report") / "dashboard" / name).read_bytes()
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def encode(snapshot: Mapping[str, Any]) -> bytes:
-    return json.dumps(_finite(dict(snapshot)), sort_keys=True, allow_nan=False).encode()
+    return dumps(dict(snapshot), sort_keys=True).encode()
 
 
 def site_card(name: str, status: Mapping[str, Any] | None, rows: list[list[Any]]) -> dict[str, Any]:
@@ -73,10 +62,25 @@ def site_card(name: str, status: Mapping[str, Any] | None, rows: list[list[Any]]
         "epsilon_spent": eps.get("spent", last.get("epsilon")),
         "epsilon_budget": eps.get("budget"),
         "accuracy": last.get("accuracy"),
+        "accuracy_norm": last.get("accuracy_norm"),
+        "eval_loss": last.get("eval_loss"),
+        "eval_perplexity": last.get("eval_perplexity"),
         "consensus_distance": last.get("consensus_distance"),
         "bytes_sent": traffic.get("sent"),
         "bytes_received": traffic.get("received"),
     }
+
+
+def score(history: Mapping[str, list[list[Any]]]) -> dict[str, str]:
+    """What the page charts and lists as the model's quality: accuracy when any round has
+    one, else (free text) the held-out loss."""
+    at = COLUMNS.index("accuracy")
+    if any(row[at] is not None for rows in history.values() for row in rows):
+        return {"column": "accuracy", "label": "accuracy"}
+    loss = COLUMNS.index("eval_loss")
+    if any(row[loss] is not None for rows in history.values() for row in rows):
+        return {"column": "eval_loss", "label": "eval loss"}
+    return {"column": "accuracy", "label": "accuracy"}
 
 
 def site_snapshot(status: Mapping[str, Any], history: Mapping[str, list[list[Any]]]) -> dict:
@@ -103,6 +107,7 @@ def site_snapshot(status: Mapping[str, Any], history: Mapping[str, list[list[Any
             },
         },
         "history": {name: rows},
+        "score": score({name: rows}),
         "status": dict(status),
     }
 
@@ -216,6 +221,7 @@ class DirectoryView:
             "neighbours": [],
             "graph": graph,
             "history": history,
+            "score": score(history),
         }
 
     def _live_status(self) -> dict[str, dict[str, Any]]:

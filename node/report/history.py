@@ -26,6 +26,8 @@ COLUMNS = (
     "epsilon",
     "neighbours_heard",
     "neighbours_expected",
+    "accuracy_norm",
+    "eval_perplexity",
 )
 DEFAULT_LIMIT = 2000
 MAX_READ_BYTES = 4 << 20

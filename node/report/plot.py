@@ -32,11 +32,17 @@ def plot_run(summary: Mapping[str, Any], out: Path, *, title: str = "") -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     ax_acc, ax_cd, ax_loss, ax_eps = axes.flat
 
+    # free text has no accuracy: the first panel shows its perplexity instead
+    scored = any(_series(rows, "accuracy_mean")[0] for rows in tables.values())
     for name, rows in tables.items():
         colour = _COLOURS.get(name)
         label = RUN_LABELS.get(name, name)
         xs, mean = _series(rows, "accuracy_mean")
-        if xs:
+        if not scored:
+            xs, ppl = _series(rows, "eval_perplexity_mean")
+            if xs:
+                ax_acc.plot(xs, ppl, marker="o", ms=3, color=colour, label=label)
+        if xs and scored:
             ax_acc.plot(xs, mean, marker="o", ms=3, color=colour, label=f"{label} (mean)")
             _, lo = _series(rows, "accuracy_min")
             _, hi = _series(rows, "accuracy_max")
@@ -77,7 +83,11 @@ def plot_run(summary: Mapping[str, Any], out: Path, *, title: str = "") -> Path:
         cd_title += f" — measured contraction {measured:.3f}/round"
 
     for ax, ttl, ylabel in (
-        (ax_acc, "Accuracy on the global test set (band: min–max over sites)", "accuracy"),
+        (
+            (ax_acc, "Accuracy on the global test set (band: min–max over sites)", "accuracy")
+            if scored
+            else (ax_acc, "Perplexity on the global test set (free text)", "perplexity")
+        ),
         (ax_cd, cd_title, "sqrt(mean ||x_i - x̄||²)"),
         (ax_loss, "Eval loss (mean over sites)", "loss"),
         (ax_eps, "Privacy spent (max over sites)", "epsilon"),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gossipmed.metrics import METRICS_FILE, MetricsError, RoundRecord, read_metrics
+from gossipmed.strict_json import finite
 
 CONTRACTION_FLOOR = 1e-5  # float32 states: round-off is ~1e-7 of their scale
 RUN_LABELS = {"gossip": "gossip", "local": "local-only", "central": "centralized"}
@@ -71,7 +72,9 @@ def per_round(records: Sequence[RoundRecord]) -> list[dict[str, Any]]:
     for r in sorted(by_round):
         recs = by_round[r]
         acc = [x.accuracy for x in recs if x.accuracy is not None]
+        acc_norm = [x.accuracy_norm for x in recs if x.accuracy_norm is not None]
         loss = [x.eval_loss for x in recs if x.eval_loss is not None]
+        perplexity = [x.eval_perplexity for x in recs if x.eval_perplexity is not None]
         train = [x.train_loss for x in recs if x.train_loss is not None]
         dist = _rms([x.consensus_distance for x in recs if x.consensus_distance is not None])
         contraction = dist / previous if dist is not None and previous not in (None, 0.0) else None
@@ -84,7 +87,11 @@ def per_round(records: Sequence[RoundRecord]) -> list[dict[str, Any]]:
                 "accuracy_mean": acc_stats["mean"],
                 "accuracy_min": acc_stats["min"],
                 "accuracy_max": acc_stats["max"],
+                "accuracy_norm_mean": _stats(acc_norm)["mean"],
                 "eval_loss_mean": _stats(loss)["mean"],
+                "eval_loss_min": _stats(loss)["min"],
+                "eval_loss_max": _stats(loss)["max"],
+                "eval_perplexity_mean": _stats(perplexity)["mean"],
                 "train_loss_mean": _stats(train)["mean"],
                 "consensus_distance": dist,
                 "consensus_scope": recs[0].consensus_scope,
@@ -136,15 +143,24 @@ def measured_contraction(rows: Sequence[Mapping[str, Any]], *, tail: float = 0.5
 
 
 def final_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The last evaluated round's accuracy and loss, and the last consensus distance."""
-    evaluated = [row for row in rows if row["accuracy_mean"] is not None]
+    """The last evaluated round's accuracy and loss, and the last consensus distance. A round
+    is evaluated when it has an accuracy or, for free text, an eval loss."""
+    evaluated = [
+        row for row in rows if row["accuracy_mean"] is not None or row["eval_loss_mean"] is not None
+    ]
     last = evaluated[-1] if evaluated else None
+
+    def at_last(key: str) -> Any:
+        return last.get(key) if last else None
+
     return {
-        "round": last["round"] if last else None,
-        "accuracy_mean": last["accuracy_mean"] if last else None,
-        "accuracy_min": last["accuracy_min"] if last else None,
-        "accuracy_max": last["accuracy_max"] if last else None,
-        "eval_loss_mean": last["eval_loss_mean"] if last else None,
+        "round": at_last("round"),
+        "accuracy_mean": at_last("accuracy_mean"),
+        "accuracy_min": at_last("accuracy_min"),
+        "accuracy_max": at_last("accuracy_max"),
+        "accuracy_norm_mean": at_last("accuracy_norm_mean"),
+        "eval_loss_mean": at_last("eval_loss_mean"),
+        "eval_perplexity_mean": at_last("eval_perplexity_mean"),
         "consensus_distance": rows[-1]["consensus_distance"] if rows else None,
         "epsilon_max": rows[-1]["epsilon_max"] if rows else None,
         "bytes_sent_total": sum(row["bytes_sent"] for row in rows),
@@ -196,14 +212,8 @@ def inspect_path(path: Path) -> dict[str, Any]:
 
 
 def json_safe(obj: Any) -> Any:
-    """NaN/inf become null so the output is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
+    """NaN/inf become null so the output is strict JSON (gossipmed.strict_json)."""
+    return finite(obj)
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
@@ -228,12 +238,15 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     if topo:
         title += f" — {topo.get('kind')} topology, {topo.get('nodes')} sites"
     table = Table(title=title)
+    # free text has no accuracy: its response loss (and perplexity) takes the accuracy's place
+    scored = any(
+        row["accuracy_mean"] is not None for rows_ in summary["per_round"].values() for row in rows_
+    )
+    quality = ("acc mean", "acc min", "acc max") if scored else ("eval loss", "perplexity")
     for col in (
         "round",
         "online",
-        "acc mean",
-        "acc min",
-        "acc max",
+        *quality,
         "consensus D",
         "D(r)/D(r-1)",
         "epsilon",
@@ -244,12 +257,14 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     step = max(1, math.ceil(len(rows) / MAX_TABLE_ROWS))
     shown = [row for i, row in enumerate(rows) if i % step == 0 or i == len(rows) - 1]
     for row in shown:
+        if scored:
+            values = [_fmt(row[k]) for k in ("accuracy_mean", "accuracy_min", "accuracy_max")]
+        else:
+            values = [_fmt(row["eval_loss_mean"]), _fmt(row.get("eval_perplexity_mean"), ".4g")]
         table.add_row(
             str(row["round"] + 1),
             f"{row['online']}/{row['sites']}",
-            _fmt(row["accuracy_mean"]),
-            _fmt(row["accuracy_min"]),
-            _fmt(row["accuracy_max"]),
+            *values,
             _fmt(row["consensus_distance"], ".3e"),
             _fmt(row["contraction"]),
             _fmt(row["epsilon_max"], ".2f"),
@@ -261,12 +276,17 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         console.print(f"(every {step}th round shown; --json has all)")
 
     final = Table(title="final (last evaluated round)")
+    finals = summary["final"].values()
+    perplexity = any(stats.get("eval_perplexity_mean") is not None for stats in finals)
+    final_normed = any(stats.get("accuracy_norm_mean") is not None for stats in finals)
+    extra = (*(("acc norm",) if final_normed else ()), *(("perplexity",) if perplexity else ()))
     for col in (
         "run",
         "acc mean",
         "acc min",
         "acc max",
         "eval loss",
+        *extra,
         "consensus D",
         "epsilon",
         "MiB sent",
@@ -279,6 +299,8 @@ def print_summary(summary: Mapping[str, Any]) -> None:
             _fmt(stats["accuracy_min"]),
             _fmt(stats["accuracy_max"]),
             _fmt(stats["eval_loss_mean"]),
+            *([_fmt(stats.get("accuracy_norm_mean"))] if final_normed else []),
+            *([_fmt(stats.get("eval_perplexity_mean"), ".4g")] if perplexity else []),
             _fmt(stats["consensus_distance"], ".3e"),
             _fmt(stats["epsilon_max"], ".2f"),
             _mib(stats["bytes_sent_total"]),

@@ -49,6 +49,7 @@ from gossipmed.consortium.audit import payload_hash
 from gossipmed.errors import GossipmedError, TransportError
 from gossipmed.metrics import RoundRecord
 from node.net.transport import Transport
+from node.report.evaluation import describe as describe_eval
 from node.round.catch_up import CatchUp
 from node.round.driver_state import MAX_SKIP_RECORDS, DriverState
 from node.round.neighbour_wait import await_neighbours
@@ -184,7 +185,7 @@ class RoundDriver:
                 r = await self._round_failed(r, exc)
                 continue
             log.info(
-                "round %d done: heard %d/%d, loss %s, eps %.3f, local D %.3e, %.2f s",
+                "round %d done: heard %d/%d, loss %s, eps %.3f, local D %.3e, %.2f s%s",
                 r,
                 record.neighbours_heard,
                 record.neighbours_expected,
@@ -192,6 +193,7 @@ class RoundDriver:
                 record.epsilon,
                 record.consensus_distance or 0.0,
                 record.seconds,
+                f"; {evaluated}" if (evaluated := describe_eval(record)) else "",
             )
             r = record.round + 1
             if self.secure is not None and self.peer.budget_spent:

@@ -187,7 +187,9 @@ def sim_config_from_mapping(raw: Mapping[str, Any]) -> SimConfig:
     reject_moved_keys(raw, MOVED)
     return SimConfig(
         sim=section_from_mapping(SimSection, raw.get("sim", {}), section="sim"),
-        consortium=ConsortiumSettings.from_mapping(raw.get("consortium", {}), where="[consortium]"),
+        consortium=ConsortiumSettings.from_mapping(
+            raw.get("consortium", {}), where="[consortium]", task=False
+        ),
         gossip=GossipConfig.from_mapping(raw.get("gossip", {})),
         attack=section_from_mapping(AttackConfig, raw.get("attack", {}), section="attack"),
         faults=section_from_mapping(FaultConfig, raw.get("faults", {}), section="faults"),

@@ -169,13 +169,14 @@
 
   function siteTable(doc) {
     text("table-title", "sites");
-    table(["site", "state", "round", "epsilon", "accuracy", "consensus dist."],
+    const score = doc.score || { column: "accuracy", label: "accuracy" };
+    table(["site", "state", "round", "epsilon", score.label, "consensus dist."],
       (doc.sites || []).map((s) => [
         { text: s.name },
         { text: s.up === null ? "–" : s.up ? (s.phase || "up") : "down", cls: s.up === false ? "bad" : s.up ? "ok" : "" },
         { text: isNum(s.round) ? String(s.round) : "–", cls: "num" },
         { text: fmt(s.epsilon_spent, 3) + (isNum(s.epsilon_budget) ? " / " + fmt(s.epsilon_budget, 2) : ""), cls: "num" },
-        { text: fmt(s.accuracy, 3), cls: "num" },
+        { text: fmt(s[score.column], 3), cls: "num" },
         { text: fmt(s.consensus_distance, 3), cls: "num" },
       ]));
   }
@@ -238,7 +239,9 @@
     const history = doc.history || {};
     const names = Object.keys(history).sort().slice(0, MAX_SERIES);
     const col = (name, c) => (history[name] || []).map((r) => [r[at("round")], r[at(c)]]);
-    lineChart("chart-accuracy", names.map((n) => ({ name: n, points: col(n, "accuracy") })), { zero: true });
+    const score = doc.score || { column: "accuracy", label: "accuracy" };
+    text("chart-accuracy-title", score.label);  // free text: the held-out loss
+    lineChart("chart-accuracy", names.map((n) => ({ name: n, points: col(n, score.column) })), { zero: true });
     lineChart("chart-consensus", names.map((n) => ({ name: n, points: col(n, "consensus_distance") })), { log: true });
     const traffic = [];
     names.forEach((n, i) => {
