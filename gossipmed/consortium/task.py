@@ -36,7 +36,13 @@ _TEMPLATE = {"label": "label", "text": "text", "instruction": "chat", "multiple_
 _SCORING = {"label": "shared", "text": "none", "instruction": "none", "multiple_choice": "options"}
 SCORING_MODES = ("shared", "options", "none")
 TEMPLATES = ("label", "text", "chat")
-BUILT_IN_FORMATS = {"icd10": "label", "heart": "label", "notes": "label"}
+BUILT_IN_FORMATS = {
+    "icd10": "label",
+    "heart": "label",
+    "notes": "label",
+    "medqa-mc": "multiple_choice",
+    "medqa-text": "instruction",
+}
 """Built-in datasets whose format is known without reading them (tested against loading)."""
 DEFAULT_MAX_LENGTH = 64
 MAX_LENGTH_RANGE = (8, 4096)
