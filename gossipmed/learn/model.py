@@ -46,8 +46,10 @@ def load_base_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist")
     if not (path / "config.json").is_file():
-        raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)")
+        raise ModelError(f"{path} is not a Hugging Face model folder (it has no config.json)")
     config = checked_config(path)  # weights match it; nothing is allocated before
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
