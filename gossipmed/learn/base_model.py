@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gossipmed.errors import ModelError
+from gossipmed.learn.hf_quiet import quiet_transformers
 
 BUILDER_VERSION = 1
 
@@ -173,6 +174,7 @@ def build_base(
             if on_progress is not None:
                 on_progress(step + 1, spec.steps, float(loss.detach()))
         model.eval()
+        quiet_transformers()  # no "Writing model shards" bar
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         meta = {

@@ -27,6 +27,7 @@ from gossipmed.errors import ModelError
 from gossipmed.learn.adapters import save_adapter, trainable_names, wrap_with_adapter
 from gossipmed.learn.compute import auto_microbatch, resolve_device, torch_dtype
 from gossipmed.learn.config import AdapterConfig, ComputeConfig
+from gossipmed.learn.hf_quiet import quiet_transformers
 from gossipmed.learn.optim import SiteOptimizer
 from gossipmed.learn.weights_check import checked_config
 from gossipmed.privacy.dp import clip_sum
@@ -44,6 +45,8 @@ def load_base_model(
     one-line ModelError, never a random one. A pickled checkpoint is refused likewise."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
 
     path = Path(path)
     if not path.is_dir():
