@@ -135,4 +135,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(status, sort_keys=True))
     else:
         print_status(status)
+        print(f"dashboard: {site_dashboard_url(args.site / CONTROL_FILE)}")
     return 0
