@@ -19,8 +19,8 @@ from node.addresses import address_in_use
 from node.daemon.config import DaemonSettings
 from node.daemon.exit_record import clear_exit_record, write_exit_record
 from node.daemon.site_daemon import SiteDaemon
-from node.rounds import shown
 from node.daemon.systemd import JournaldFormatter, stderr_is_journal
+from node.rounds import shown
 
 
 class DaemonError(GossipmedError):
@@ -59,6 +59,16 @@ def _replace_handler(logger: logging.Logger, handler: logging.Handler) -> None:
     logger.addHandler(handler)
 
 
+LIBP2P_TCP_LOGGER = "libp2p.transport.tcp.tcp"
+
+
+class _ExpectedRedials(logging.Filter):
+    """Drops libp2p's per-dial "Failed to open TCP stream" record (shown with --verbose)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to open TCP stream")
+
+
 def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
     """Log to stderr (or a file); libp2p's logger does not propagate, so attach it too.
     When stderr is systemd's journal stream, lines carry journald's `<priority>` prefix and
@@ -83,6 +93,13 @@ def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
     libp2p_log = logging.getLogger("libp2p")
     _replace_handler(libp2p_log, handler)
     libp2p_log.setLevel(logging.INFO if verbose else logging.WARNING)
+    # libp2p logs every failed dial at ERROR; for a neighbour that is down those are expected
+    # redials, which the round driver reports once (node.round.reachability)
+    tcp_log = logging.getLogger(LIBP2P_TCP_LOGGER)
+    for old in [f for f in tcp_log.filters if isinstance(f, _ExpectedRedials)]:
+        tcp_log.removeFilter(old)
+    if not verbose:
+        tcp_log.addFilter(_ExpectedRedials())
     logging.getLogger("node.net.libp2p.transport").setLevel(
         logging.INFO if verbose else logging.WARNING
     )

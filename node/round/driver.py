@@ -56,6 +56,7 @@ from node.round.offload import Offload
 from node.round.patience import Patience, PatienceSettings
 from node.round.peer import Peer
 from node.round.progress import FINAL_ROUND, RoundLimitReached
+from node.round.reachability import Reachability
 from node.round.secure_frame import is_frame
 from node.round.secure_session import Outbox, SecureSession
 
@@ -93,6 +94,7 @@ class RoundDriver:
         self.before_send = before_send
         self.audit_hashes = audit_hashes
         self.state = DriverState(round=peer.round)
+        self.reachability = Reachability(log)  # outages logged once (node.round.reachability)
         self.patience = Patience(patience)
         self._arrival = trio.Event()
         self._rounds = 0  # run()'s limit, which a deferred round must not pass
@@ -363,7 +365,7 @@ class RoundDriver:
             return
         if awaited:
             self.state.failures += 1
-            log.warning("gave up sending to %s when the wait for it ended", recipient)
+            self.reachability.gave_up(recipient)
         self.peer.force_keyframes(1)  # its copy of us misses an exchange
 
     async def _send_retrying(self, recipient: str, data: bytes, *, what: str) -> None:
@@ -372,9 +374,10 @@ class RoundDriver:
             try:
                 await self.transport.send(recipient, data)
                 self.state.bytes_sent += len(data)
+                self.reachability.delivered(recipient)
                 return
             except TransportError as exc:
-                log.info("%s to %s failed, retrying: %s", what, recipient, exc)
+                log.debug("%s to %s failed, retrying: %s", what, recipient, exc)
             await trio.sleep(self.retry_pause_s)
 
     async def _call(self, fn: Callable[..., T], *args: Any, abandon: bool = False) -> T:
