@@ -82,6 +82,9 @@ def test_finished_sites_read_done_with_their_last_round(
         assert "done" in row and " 2 " in row
     log = (sites[0] / "daemon.log").read_text()  # `run` named its page, token included
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/#token=\S{43}", log)
+    # one numbering for people (node.rounds): the records of rounds 0 and 1 are rounds 1 and 2
+    assert "round 1 done" in log and "round 2 done" in log and "round 0 done" not in log
+    assert "stopped (last completed round 2)" in log
 
 
 def test_status_prints_the_dashboard_and_a_signal_reads_as_stopped(
@@ -92,7 +95,10 @@ def test_status_prints_the_dashboard_and_a_signal_reads_as_stopped(
     wait_until(lambda: site_status(site)["up"], timeout=STARTUP_S, what="the daemon to serve")
     assert main(["status", "--site", str(site)]) == 0
     url = site_dashboard_url(site / CONTROL_FILE)
-    assert f"dashboard: {url}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"dashboard: {url}" in out
+    assert re.search(r"round \d+ \(\w+\), \d+ completed since start", out)
+    assert site_status(site)["round"] >= 0  # /status keeps the 0-based index
     processes[0].send_signal(signal.SIGTERM)
     assert processes[0].wait(timeout=STARTUP_S) == 0
     record = read_exit_record(site)

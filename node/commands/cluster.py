@@ -207,6 +207,7 @@ def describe_exit(record: dict[str, Any] | None) -> tuple[str, str]:
 
 def run_status(args: argparse.Namespace) -> int:
     from node.daemon.cluster import cluster_status, read_cluster, site_dashboard
+    from node.rounds import shown
 
     statuses = cluster_status(args.dir)
     sites, _doc = read_cluster(args.dir)
@@ -244,7 +245,7 @@ def run_status(args: argparse.Namespace) -> int:
         table.add_row(
             s["site"],
             "up",
-            str(s["round"]),
+            str(shown(s["round"])),
             s["phase"],
             str(s["completed"]),
             "-" if eps is None else f"{eps:.3f}",

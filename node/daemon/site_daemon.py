@@ -62,6 +62,7 @@ from node.round.driver import DriverState, RoundDriver
 from node.round.peer import state_schema
 from node.round.secure_config import check_secure_gossip
 from node.round.secure_session import SecureSession
+from node.rounds import shown
 
 log = logging.getLogger("gossipmed.daemon")
 
@@ -209,7 +210,7 @@ class SiteDaemon:
             log.info(
                 "resuming %s after round %d (epsilon %.4f, adapter %s)",
                 self.name,
-                checkpoint.round,
+                shown(checkpoint.round),
                 self.peer.epsilon,
                 self.resumed.adapter_digest,
             )
@@ -319,7 +320,11 @@ class SiteDaemon:
         self.metrics.close()
         self.audit.log.flush_suppressed()
         last = self.state.last_record
-        log.info("%s stopped (last completed round %s)", self.name, last.round if last else None)
+        log.info(
+            "%s stopped (last completed round %s)",
+            self.name,
+            shown(last.round) if last else "none",
+        )
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         signals_ = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
