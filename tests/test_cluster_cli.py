@@ -16,7 +16,7 @@ from node.daemon.cluster import cluster_status, read_cluster, stop_cluster, wait
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 
-def gossipmed(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def gossipmed(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "node.cli", *args], capture_output=True, text=True, timeout=timeout
     )

@@ -151,13 +151,14 @@ def run_up(args: argparse.Namespace) -> int:
             with Console().status(f"starting {args.nodes} daemons (loading the model)..."):
                 wait_until(all_up, timeout=args.wait, interval=0.5, what="daemons to answer")
     failed = [s.name for s, p in zip(sites, procs, strict=True) if p.poll() not in (None, 0)]
-    summary = {
+    dashboards = {s.name: site_dashboard(s) for s in sites}
+    summary: dict[str, Any] = {
         "dir": str(directory),
         "sites": [s.name for s in sites],
         "pids": [p.pid for p in procs],
         "failed": failed,
         "startup_s": round(time.monotonic() - started, 2),
-        "dashboards": {s.name: site_dashboard(s) for s in sites},
+        "dashboards": dashboards,
     }
     if args.json:
         print(json.dumps(summary))
@@ -167,7 +168,7 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"  {s.name}  pid {p.pid}  log {s / 'daemon.log'}")
         if failed:
             print(f"FAILED to start: {', '.join(failed)} (see their daemon.log)")
-        print_dashboards(summary["dashboards"])
+        print_dashboards(dashboards)
         print(f"  all sites on one page: gossipmed dashboard {directory}")
         print("watch:")
         print(f"  gossipmed cluster status {directory}")
