@@ -51,6 +51,7 @@ from gossipmed.wire.limits import update_size_limit
 from node.daemon import systemd
 from node.daemon.config import DaemonSettings
 from node.daemon.control import serve_control
+from node.daemon.control_auth import log_dashboard
 from node.daemon.control_routes import site_routes
 from node.daemon.ledger import open_site_ledger
 from node.daemon.roster_view import own_name, roster_gossip_steps, schedule_from_roster
@@ -303,7 +304,7 @@ class SiteDaemon:
                     routes=site_routes(self.settings.directory / METRICS_FILE),
                 )
             )
-            log_dashboard(self.settings.directory, control.port, control.token)
+            log_dashboard(log, self.settings.directory, control.port, control.token)
             self.ready_at = time.time()
             systemd.notify(f"READY=1\nSTATUS={self.name}: gossiping")
             nursery.start_soon(systemd.watchdog)
@@ -391,22 +392,3 @@ def sealed_round(state_dir: Path) -> int | None:
         return None
     value = doc.get("round") if isinstance(doc, dict) else None
     return value if type(value) is int else None
-
-
-def log_dashboard(site_dir: Path, port: int, token: str) -> None:
-    """The dashboard's address, with the token its page needs. The token goes only where the
-    site's own files are (a terminal, the 0600 log file); the journal is readable by more
-    accounts, so there the line points at `gossipmed status --url` instead."""
-    from node.daemon.control_auth import dashboard_url
-    from node.daemon.control_client import CONTROL_HOST
-
-    if systemd.stderr_is_journal():
-        log.info(
-            "dashboard on http://%s:%d/ (its address with the token: gossipmed status --site %s "
-            "--url)",
-            CONTROL_HOST,
-            port,
-            site_dir,
-        )
-    else:
-        log.info("dashboard: %s", dashboard_url(CONTROL_HOST, port, token))
