@@ -66,7 +66,7 @@ def test_init_json_and_input_validation(tmp_path: Path, capsys: pytest.CaptureFi
 def test_site_file_rejects_unknown_keys(tmp_path: Path) -> None:
     site_dir = init(tmp_path, "a")
     path = site_dir / "site.toml"
-    path.write_text(path.read_text() + "listen_port = 4001\n")
+    path.write_text("listen_port = 4001\n" + path.read_text())  # a top-level key
     with pytest.raises(ConfigError, match=r"unknown key.*listen_port"):
         load_site(site_dir)
 

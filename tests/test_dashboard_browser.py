@@ -51,8 +51,12 @@ def test_chromium_renders_the_site_and_cluster_dashboards(tmp_path: Path) -> Non
         assert {name for name, _ in charts} == {"accuracy", "consensus", "bytes", "epsilon"}
         assert all('class="series"' in body for _, body in charts), "a chart has no line"
         assert "not updated" not in dom
+        assert not re.search(r">1e-?\d+\.\d", dom), "a log tick with a fractional exponent"
+        assert dom.count('class="chart-legend"') == 4  # every chart names its lines in full
+        assert "site-01 sent</span>" in dom and "site-01 received</span>" in dom
     site_dom = (tmp_path / "dashboard-site.html").read_text()
     assert "gossipmed: site-01" in site_dom
+    assert "rounds completed since start" in site_dom
     assert "it dials" in site_dom  # site-00 is outbound-only: it dials site-01
     cluster_dom = (tmp_path / "dashboard-cluster.html").read_text()
     assert len(re.findall(r'<g class="site" data-site="site-0\d"', cluster_dom)) == 3

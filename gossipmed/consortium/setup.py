@@ -72,8 +72,12 @@ def build_consortium(
     topology "file", the graph's nodes are the site names. Refuses a disconnected graph."""
     cards = sorted(cards, key=lambda c: c.name)
     names = [c.name for c in cards]
-    if len(set(names)) != len(names):
-        raise RosterError("two cards have the same site name")
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise RosterError(
+            f"two cards have the same site name: {', '.join(repr(n) for n in clashes)} "
+            "(every site needs its own name)"
+        )
     if topology == "file":
         if graph_file is None:
             raise ConfigError("topology 'file' needs a graph file")

@@ -22,6 +22,7 @@ from torch import nn
 
 from gossipmed.errors import ModelError
 from gossipmed.learn.config import AdapterConfig
+from gossipmed.learn.hf_quiet import peft_wrapping
 
 # Auto targets when peft has no default for the model type, tried in this order.
 QUERY_VALUE_PAIRS = (("q_proj", "v_proj"), ("query", "value"), ("q", "v"))
@@ -118,7 +119,8 @@ def wrap_with_adapter(base: nn.Module, config: AdapterConfig) -> nn.Module:
         else:
             raise ModelError(f"unknown adapter kind {config.kind!r}")
         try:
-            model = get_peft_model(base, peft_config)
+            with peft_wrapping():
+                model = get_peft_model(base, peft_config)
         except ValueError as exc:
             raise ModelError(f"cannot attach {config.kind} adapter: {exc}") from exc
     for layer, dtype in upcast:

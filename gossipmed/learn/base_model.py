@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gossipmed.errors import ModelError
+from gossipmed.learn.hf_quiet import quiet_transformers
 
 # 2: the HPO terms the QA data set holds out (names, synonyms, definitions) left out too
 BUILDER_VERSION = 2
@@ -166,6 +167,7 @@ def build_base(
             if on_progress is not None:
                 on_progress(step + 1, spec.steps, float(loss.detach()))
         model.eval()
+        quiet_transformers()  # no "Writing model shards" bar
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         meta = {

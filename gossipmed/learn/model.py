@@ -27,6 +27,7 @@ from gossipmed.errors import ConfigError, ModelError
 from gossipmed.learn.adapters import save_adapter, trainable_names, wrap_with_adapter
 from gossipmed.learn.compute import auto_microbatch, resolve_device, torch_dtype
 from gossipmed.learn.config import AdapterConfig, ComputeConfig
+from gossipmed.learn.hf_quiet import quiet_transformers
 from gossipmed.learn.optim import SiteOptimizer
 from gossipmed.learn.targets import TargetLogits, loss_targets, weighted_nll
 from gossipmed.learn.weights_check import checked_config
@@ -46,9 +47,13 @@ def load_base_model(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
+
     path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist")
     if not (path / "config.json").is_file():
-        raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)")
+        raise ModelError(f"{path} is not a Hugging Face model folder (it has no config.json)")
     config = checked_config(path)  # weights match it; nothing is allocated before
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

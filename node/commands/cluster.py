@@ -27,7 +27,18 @@ def register(sub: Any) -> None:
     from topology.graphs import KINDS
 
     up = actions.add_parser("up", help="create site folders + consortium and start daemons")
-    up.add_argument("--nodes", type=int, required=True, help="number of sites (>= 2)")
+    up.add_argument("--nodes", type=int, help="number of sites (>= 2), named site-00, ...")
+    up.add_argument(
+        "--names",
+        metavar="A,B,C",
+        help="comma-separated site names, one site each (instead of --nodes), e.g. "
+        "st-marys,royal-free,addenbrookes",
+    )
+    up.add_argument(
+        "--epsilon",
+        type=float,
+        help="each site's DP budget, [dp] epsilon (default: the learning default, 8)",
+    )
     up.add_argument(
         "--topology", default="ring", choices=KINDS, metavar="KIND", help=", ".join(KINDS)
     )
@@ -66,13 +77,23 @@ def run_up(args: argparse.Namespace) -> int:
         create_cluster,
         default_sections,
         ensure_toy_base,
+        site_dashboard,
         start_cluster,
         toy_sections,
         wait_until,
     )
 
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    if names is not None:
+        if args.nodes is not None and args.nodes != len(names):
+            raise ConfigError(f"--nodes {args.nodes} but --names gives {len(names)} names")
+        args.nodes = len(names)
+    if args.nodes is None:
+        raise ConfigError("give --nodes N or --names A,B,...")
     if args.nodes < 2:
-        raise ConfigError("--nodes must be >= 2")
+        raise ConfigError("a cluster needs at least 2 sites (--nodes or --names)")
+    if args.epsilon is not None and not args.epsilon > 0:
+        raise ConfigError("--epsilon must be > 0")
     directory: Path = args.dir
     base: str | None = str(args.base_model.resolve()) if args.base_model else None
     if args.toy_base:
@@ -84,7 +105,7 @@ def run_up(args: argparse.Namespace) -> int:
 
     def sections(i: int) -> dict[str, dict[str, Any]]:
         if args.toy_base:
-            return toy_sections(
+            tables = toy_sections(
                 index=i,
                 nodes=args.nodes,
                 base_model=Path(str(base)),
@@ -92,18 +113,27 @@ def run_up(args: argparse.Namespace) -> int:
                 round_timeout_s=args.round_timeout,
                 steps=args.steps,
             )
-        return default_sections(
-            index=i,
-            nodes=args.nodes,
-            rounds=args.rounds,
-            round_timeout_s=args.round_timeout,
-            dataset=args.dataset,
-            base_model=base,
-            steps=args.steps,
-        )
+        else:
+            tables = default_sections(
+                index=i,
+                nodes=args.nodes,
+                rounds=args.rounds,
+                round_timeout_s=args.round_timeout,
+                dataset=args.dataset,
+                base_model=base,
+                steps=args.steps,
+            )
+        if args.epsilon is not None:
+            tables.setdefault("dp", {})["epsilon"] = args.epsilon
+        return tables
 
     sites = create_cluster(
-        directory, nodes=args.nodes, topology=args.topology, degree=args.degree, sections=sections
+        directory,
+        nodes=args.nodes,
+        topology=args.topology,
+        degree=args.degree,
+        sections=sections,
+        names=names,
     )
     procs = start_cluster(directory)
     started = time.monotonic()
@@ -122,12 +152,14 @@ def run_up(args: argparse.Namespace) -> int:
             with Console().status(f"starting {args.nodes} daemons (loading the model)..."):
                 wait_until(all_up, timeout=args.wait, interval=0.5, what="daemons to answer")
     failed = [s.name for s, p in zip(sites, procs, strict=True) if p.poll() not in (None, 0)]
-    summary = {
+    dashboards = {s.name: site_dashboard(s) for s in sites}
+    summary: dict[str, Any] = {
         "dir": str(directory),
         "sites": [s.name for s in sites],
         "pids": [p.pid for p in procs],
         "failed": failed,
         "startup_s": round(time.monotonic() - started, 2),
+        "dashboards": dashboards,
     }
     if args.json:
         print(dumps(summary))
@@ -137,6 +169,8 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"  {s.name}  pid {p.pid}  log {s / 'daemon.log'}")
         if failed:
             print(f"FAILED to start: {', '.join(failed)} (see their daemon.log)")
+        print_dashboards(dashboards)
+        print(f"  all sites on one page: gossipmed dashboard {directory}")
         print("watch:")
         print(f"  gossipmed cluster status {directory}")
         print(f"  gossipmed status --site {sites[0]}")
@@ -145,30 +179,75 @@ def run_up(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def print_dashboards(urls: dict[str, str | None]) -> None:
+    """Each serving daemon's page; the token in the #fragment is what the page needs."""
+    serving = {name: url for name, url in urls.items() if url}
+    if serving:
+        print("dashboards (open on this machine; the token changes at every start):")
+        width = max(len(name) for name in serving)
+        for name, url in serving.items():
+            print(f"  {name:<{width}}  {url}")
+
+
+def describe_exit(record: dict[str, Any] | None) -> tuple[str, str]:
+    """(state, last round) of a daemon that no longer answers."""
+    if record is None:
+        return "[red]not running[/red] (no exit record; see its daemon.log)", "-"
+    last = record.get("last_round")
+    rounds = "-" if last is None else str(last)
+    outcome = record.get("outcome")
+    if outcome == "done":
+        return "[green]done[/green]", rounds
+    if outcome == "stopped":
+        return "stopped", rounds
+    code = record.get("code")
+    return (
+        f"[red]{outcome}[/red] (exit {code}: {record.get('message') or 'see daemon.log'})",
+        rounds,
+    )
+
+
 def run_status(args: argparse.Namespace) -> int:
-    from node.daemon.cluster import cluster_status
+    from node.daemon.cluster import cluster_status, read_cluster, site_dashboard
+    from node.rounds import shown
 
     statuses = cluster_status(args.dir)
+    sites, _doc = read_cluster(args.dir)
+    urls = {s.name: site_dashboard(s.directory) for s in sites}
     if args.json:
+        for s in statuses:
+            s["dashboard"] = urls.get(s["site"])
         print(dumps(statuses, sort_keys=True))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     table = Table(
-        "site", "up", "round", "phase", "completed", "epsilon", "neighbours heard", "rejected"
+        "site",
+        "state",
+        "round",
+        "phase",
+        "rounds since start",
+        "epsilon",
+        "neighbours heard",
+        "rejected",
     )
     for s in statuses:
         if not s["up"]:
-            table.add_row(s["site"], "[red]no[/red]", "-", "-", "-", "-", "-", "-")
+            state, last = describe_exit(s.get("exit"))
+            table.add_row(s["site"], state, last, "-", "-", "-", "-", "-")
             continue
         eps = (s.get("epsilon") or {}).get("spent")
-        last = s.get("last_metrics") or {}
-        heard = f"{last.get('neighbours_heard')}/{last.get('neighbours_expected')}" if last else "-"
+        last_metrics = s.get("last_metrics") or {}
+        heard = (
+            f"{last_metrics.get('neighbours_heard')}/{last_metrics.get('neighbours_expected')}"
+            if last_metrics
+            else "-"
+        )
         table.add_row(
             s["site"],
-            "yes",
-            str(s["round"]),
+            "up",
+            str(shown(s["round"])),
             s["phase"],
             str(s["completed"]),
             "-" if eps is None else f"{eps:.3f}",
@@ -176,6 +255,7 @@ def run_status(args: argparse.Namespace) -> int:
             str(s.get("rejected", 0)),
         )
     Console().print(table)
+    print_dashboards(urls)
     return 0
 
 

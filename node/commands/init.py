@@ -15,7 +15,9 @@ def register(sub: Any) -> None:
         "init",
         help="create a site folder: site.toml, keys and the site's public card",
         description=(
-            "Create SITE_DIR/site.toml and the site's identity: an Ed25519 signing key (its "
+            "Create SITE_DIR/site.toml (complete and commented: every table the daemon reads, "
+            "at its defaults; it runs once the consortium file is saved as "
+            "SITE_DIR/consortium.toml) and the site's identity: an Ed25519 signing key (its "
             "public key is the site's libp2p peer ID) and an X25519 key that neighbours "
             "encrypt updates to. Key files are written with mode 0600 and never overwritten. "
             "Prints the site's card (name, peer ID, public keys, addresses) as TOML and saves "
@@ -53,12 +55,18 @@ def _check_multiaddr(addr: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gossipmed.consortium.setup import create_site
-    from gossipmed.consortium.site import CARD_FILE, DEFAULT_LISTEN
+    from gossipmed.consortium.site import CARD_FILE, DEFAULT_LISTEN, SITE_FILE, load_site
+    from gossipmed.storage.files import open_private
+    from node.daemon.site_template import site_template
 
     listen = tuple(args.listen) if args.listen else DEFAULT_LISTEN
     for addr in listen:
         _check_multiaddr(addr)
     card = create_site(args.site_dir, name=args.name, listen=listen, reachable=not args.unreachable)
+    # the complete, commented file: what create_site wrote plus every table the daemon reads
+    text = site_template(load_site(args.site_dir).config)
+    with open_private(args.site_dir / SITE_FILE, "w") as f:
+        f.write(text)
     card_file = args.site_dir / CARD_FILE
     if args.json:
         doc = card.to_mapping()

@@ -18,7 +18,11 @@ def register(sub: Any) -> None:
             "a directory of site directories, and print per round: accuracy (mean/min/max over "
             "sites), consensus distance D = sqrt(mean_i ||x_i - x̄||²), its measured "
             "contraction D(r)/D(r-1), epsilon and bytes; then gossip vs local-only vs "
-            "centralized, and the measured contraction next to the topology's lambda2."
+            "centralized, and the measured contraction next to the topology's lambda2. "
+            "Rounds are numbered from 1 here, in the daemon's logs, `status` and the "
+            "dashboard; the `round` field of metrics.jsonl and of --json output counts from 0 "
+            "(round 1 is the record with round 0). `gossipmed compare` puts several runs side "
+            "by side."
         ),
     )
     p.add_argument("path", type=Path, metavar="PATH", help="run, site or cluster directory")

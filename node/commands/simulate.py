@@ -31,7 +31,19 @@ def register(sub: Any) -> None:
         "--partition dirichlet --alpha 0.5 --rounds 20 --baselines --out runs/ring8",
     )
     p.add_argument("--config", type=Path, metavar="SIM.toml", help="config file (see docs)")
-    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="RUN_DIR",
+        help="run directory: new or empty (a used one is refused unless --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="clear RUN_DIR first when it holds an earlier run (its config.toml has [sim]); "
+        "a folder that is not a run directory is never cleared",
+    )
     g = p.add_argument_group("topology")
     g.add_argument(
         "--topology",
@@ -335,29 +347,22 @@ def override_choice(
 def run(args: argparse.Namespace) -> int:
     from node.report.summary import print_summary
     from node.sim.run import run_simulation
+    from node.sim.run_dir import prepare_run_dir
 
     config = build_config(args)
+    prepare_run_dir(args.out, overwrite=args.overwrite)
     if args.json:
         summary = run_simulation(config, out_dir=args.out)
         print(dumps(summary, indent=2, sort_keys=True))
         return 0
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from node.progress import progress_lines
 
     labels = {"gossip": "gossip", "local": "local-only", "central": "centralized"}
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as progress:
-        tasks: dict[str, Any] = {}
+    with progress_lines(unit="rounds") as update:
 
         def on_progress(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(f"{labels.get(name, name)} rounds", total=total)
-            progress.update(tasks[name], completed=done)
+            update(labels.get(name, name), done, total)
 
         summary = run_simulation(config, out_dir=args.out, on_progress=on_progress)
     print_summary(summary)

@@ -49,8 +49,11 @@ def _component(table: dict[str, Any], name_key: str) -> str:
 
 
 def print_status(status: dict[str, Any]) -> None:
+    """Rounds shown 1-based (node.rounds); --json keeps the endpoint's 0-based indices."""
     from rich.console import Console
     from rich.table import Table
+
+    from node.rounds import shown
 
     console = Console()
     eps = status.get("epsilon") or {}
@@ -60,8 +63,8 @@ def print_status(status: dict[str, Any]) -> None:
     if budget is not None:
         eps_text += f" / {budget:g}"
     console.print(
-        f"[bold]{status['site']}[/bold] pid {status['pid']}  round {status['round']} "
-        f"({status['phase']}), {status['completed']} completed  epsilon {eps_text}"
+        f"[bold]{status['site']}[/bold] pid {status['pid']}  round {shown(status['round'])} "
+        f"({status['phase']}), {status['completed']} completed since start  epsilon {eps_text}"
     )
     traffic = status.get("bytes") or {}
     console.print(
@@ -87,30 +90,31 @@ def print_status(status: dict[str, Any]) -> None:
             outcome = "no exchange yet"
         elif last_ex.get("securely_aggregated"):
             outcome = (
-                f"round {last_ex['round']}: sum of {last_ex['contributors']} neighbours, "
+                f"round {shown(last_ex['round'])}: sum of {last_ex['contributors']} neighbours, "
                 f"{last_ex['reconstructed']} reconstructed"
             )
         else:
-            outcome = f"round {last_ex['round']}: skipped ({last_ex.get('skipped')})"
+            outcome = f"round {shown(last_ex['round'])}: skipped ({last_ex.get('skipped')})"
         console.print(
             f"secure aggregation: {outcome}; {secure.get('refused_frames', 0)} frames refused; "
             "consensus distance is sum-based"
         )
     if status.get("resumed"):
         res = status["resumed"]
-        console.print(f"resumed after round {res['round']} (epsilon {res['epsilon']:.3f})")
+        console.print(f"resumed after round {shown(res['round'])} (epsilon {res['epsilon']:.3f})")
     table = Table("neighbour", "connected", "last heard", "last round", "accepted")
     for peer in status.get("peers") or []:
         table.add_row(
             peer["name"],
             "yes" if peer.get("connected") else "no",
             _age(peer.get("last_heard")),
-            str(peer.get("last_round", "-")),
+            "-" if peer.get("last_round") is None else str(shown(peer["last_round"])),
             str(peer.get("accepted", 0)),
         )
     console.print(table)
     last = status.get("last_metrics")
     if last:
+        last = {**last, "round": shown(last["round"])}
         fields = (
             "round",
             "train_loss",
@@ -146,4 +150,5 @@ def run(args: argparse.Namespace) -> int:
         print(dumps(status, sort_keys=True))
     else:
         print_status(status)
+        print(f"dashboard: {site_dashboard_url(args.site / CONTROL_FILE)}")
     return 0

@@ -42,7 +42,19 @@ def register(sub: Any) -> None:
             "`simulate` and `run` make by default (the fewest with lambda2^k <= 0.2)."
         ),
     )
-    p.add_argument("kind", choices=KINDS, metavar="KIND", help=f"one of: {', '.join(KINDS)}")
+    p.add_argument(
+        "kind",
+        nargs="?",
+        choices=KINDS,
+        metavar="KIND",
+        help=f"one of: {', '.join(KINDS)} (omit with --compare)",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="one row per built-in kind for --nodes sites (default 16): edges, degree, "
+        "diameter, lambda2, predicted exchanges to consensus and the auto exchanges per round",
+    )
     add_graph_arguments(p, nodes_required=False)
     p.add_argument(
         "--mixing", choices=RULES, default=DEFAULT_RULE, help="mixing rule (default %(default)s)"
@@ -53,9 +65,84 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+COMPARE_NODES = 16
+
+
+def compare_rows(*, nodes: int, seed: int, degree: int | None, mixing: str) -> list[dict[str, Any]]:
+    """Every built-in kind (not `file`) summarised for one consortium size; a kind that cannot
+    be built for `nodes` (a hypercube of 12) gets its reason instead of numbers."""
+    from topology.errors import TopologyError
+    from topology.summary import summarize
+
+    rows: list[dict[str, Any]] = []
+    for kind in (k for k in KINDS if k != "file"):
+        try:
+            schedule = graph_schedule(kind, nodes=nodes, seed=seed, degree=degree)
+            doc = summarize(kind, schedule, rule=mixing).to_dict()
+        except TopologyError as exc:
+            rows.append({"kind": kind, "nodes": nodes, "error": " ".join(str(exc).split())})
+            continue
+        if math.isinf(doc["predicted_rounds"]):
+            doc["predicted_rounds"] = None
+        rows.append(doc)
+    return rows
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from gossipmed.errors import ConfigError
+
+    if args.file or args.save or args.plot:
+        raise ConfigError("--compare takes no --file, --save or --plot")
+    nodes = args.nodes or COMPARE_NODES
+    rows = compare_rows(nodes=nodes, seed=args.seed, degree=args.degree, mixing=args.mixing)
+    if args.json:
+        print(dumps(rows))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"topologies for {nodes} sites ({args.mixing} mixing)")
+    table.add_column("topology", no_wrap=True)
+    for col in ("edges", "max degree", "diameter", "lambda2", "exchanges", "auto k"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["kind"], "-", "-", "-", "-", "-", "-")
+            continue
+        predicted = row["predicted_rounds"]
+        table.add_row(
+            row["kind"],
+            str(row["edges"]),
+            str(row["max_degree"]),
+            str(row["diameter"]),
+            f"{row['lambda2']:.4f}",
+            "never" if predicted is None else str(predicted),
+            str(row["auto_gossip_steps"]),
+        )
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    for row in rows:
+        if "error" in row:
+            console.print(f"{row['kind']}: {row['error']}")
+    console.print(
+        "exchanges = predicted gossip exchanges to shrink disagreement 1000x: "
+        "ceil(ln 1e-3 / ln λ2); auto k = exchanges per round that simulate and run pick by "
+        "default (λ2^k <= 0.2)"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from gossipmed.errors import ConfigError
     from topology.graph_io import save_graph
     from topology.summary import summarize
+
+    if args.compare:
+        if args.kind is not None:
+            raise ConfigError("give a KIND or --compare, not both")
+        return run_compare(args)
+    if args.kind is None:
+        raise ConfigError("give a KIND (e.g. ring) or --compare")
 
     kwargs: dict[str, Any] = {
         "nodes": args.nodes,

@@ -36,6 +36,8 @@ from gossipmed.storage.files import open_private, private_dir
 from gossipmed.toml_writer import toml_document
 from node.daemon.config import CONTROL_FILE, LOG_FILE
 from node.daemon.control import DaemonNotRunning, fetch_status
+from node.daemon.control_client import site_dashboard_url
+from node.daemon.exit_record import read_exit_record
 
 CLUSTER_FILE = "cluster.json"
 CONSORTIUM_FILE = "consortium.toml"
@@ -58,6 +60,18 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def site_name(index: int, n: int) -> str:
     return f"site-{index:0{max(2, len(str(n - 1)))}d}"
+
+
+def site_names(*, nodes: int, names: Sequence[str] | None = None) -> list[str]:
+    """The given names (each once), or site-00, site-01, ..."""
+    if names is None:
+        return [site_name(i, nodes) for i in range(nodes)]
+    clashes = sorted({n for n in names if list(names).count(n) > 1})
+    if clashes:
+        raise ConfigError(f"site names must differ: {', '.join(clashes)} given twice")
+    if len(names) != nodes:
+        raise ConfigError(f"{len(names)} names for {nodes} nodes")
+    return list(names)
 
 
 def sections_toml(sections: Sections) -> str:
@@ -108,8 +122,10 @@ def create_cluster(
     addresses: Sequence[str] | None = None,
     sections: Callable[[int], Sections],
     settings: ConsortiumSettings | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Site folders DIR/site-XX and DIR/consortium.toml; returns the site folders.
+    """Site folders DIR/NAME (default names site-XX) and DIR/consortium.toml; returns the
+    site folders, in the order of `names`.
 
     `addresses` gives each site its own IP (separate hosts); by default all use `host`
     with a free port each. `sections(i)` gives site i's [daemon]/[gossip]/[data]/...
@@ -124,8 +140,7 @@ def create_cluster(
         raise ClusterError(f"{directory} already holds a cluster; pick an empty folder")
     sites: list[Path] = []
     cards: list[Member] = []
-    for i in range(nodes):
-        name = site_name(i, nodes)
+    for i, name in enumerate(site_names(nodes=nodes, names=names)):
         site_dir = directory / name
         ip = addresses[i] if addresses is not None else host
         port = free_port(host) if addresses is None else 4001
@@ -282,10 +297,25 @@ def stop_cluster(directory: Path, *, timeout: float = 20.0) -> dict[str, str]:
 
 
 def site_status(site_dir: Path, *, timeout: float = 3.0) -> dict[str, Any]:
+    """The daemon's /status with up=True; when none answers, up=False and how it last ended
+    (`exit`: node.daemon.exit_record, None when it left no record)."""
     try:
         return {"up": True, **fetch_status(site_dir / CONTROL_FILE, timeout=timeout)}
     except DaemonNotRunning as exc:
-        return {"up": False, "site": site_dir.name, "error": str(exc)}
+        return {
+            "up": False,
+            "site": site_dir.name,
+            "error": str(exc),
+            "exit": read_exit_record(site_dir),
+        }
+
+
+def site_dashboard(site_dir: Path) -> str | None:
+    """The site daemon's dashboard address with this start's token; None if not serving."""
+    try:
+        return site_dashboard_url(site_dir / CONTROL_FILE)
+    except DaemonNotRunning:
+        return None
 
 
 def cluster_status(directory: Path) -> list[dict[str, Any]]:

@@ -15,8 +15,10 @@ everything that carries a site's state needs it.
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from collections.abc import Iterable
+from pathlib import Path
 
 TOKEN_BYTES = 32
 AUTH_HEADER = "authorization"
@@ -47,3 +49,22 @@ def presents(values: Iterable[str], token: str) -> bool:
 def dashboard_url(host: str, port: int, token: str) -> str:
     """The page's address with its token in the fragment (the part a browser keeps)."""
     return f"http://{host}:{port}/#token={token}"
+
+
+def log_dashboard(log: logging.Logger, site_dir: Path, port: int, token: str) -> None:
+    """The dashboard's address, with the token its page needs. The token goes only where the
+    site's own files are (a terminal, the 0600 log file); the journal is readable by more
+    accounts, so there the line points at `gossipmed status --url` instead."""
+    from node.daemon import systemd
+    from node.daemon.control_client import CONTROL_HOST
+
+    if systemd.stderr_is_journal():
+        log.info(
+            "dashboard on http://%s:%d/ (its address with the token: gossipmed status --site %s "
+            "--url)",
+            CONTROL_HOST,
+            port,
+            site_dir,
+        )
+    else:
+        log.info("dashboard: %s", dashboard_url(CONTROL_HOST, port, token))

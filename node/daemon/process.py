@@ -17,8 +17,10 @@ from gossipmed.storage.files import open_private
 from gossipmed.storage.site_lock import site_lock
 from node.addresses import address_in_use
 from node.daemon.config import DaemonSettings
+from node.daemon.exit_record import clear_exit_record, write_exit_record
 from node.daemon.site_daemon import SiteDaemon
 from node.daemon.systemd import JournaldFormatter, stderr_is_journal
+from node.rounds import shown
 
 
 class DaemonError(GossipmedError):
@@ -57,6 +59,16 @@ def _replace_handler(logger: logging.Logger, handler: logging.Handler) -> None:
     logger.addHandler(handler)
 
 
+LIBP2P_TCP_LOGGER = "libp2p.transport.tcp.tcp"
+
+
+class _ExpectedRedials(logging.Filter):
+    """Drops libp2p's per-dial "Failed to open TCP stream" record (shown with --verbose)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to open TCP stream")
+
+
 def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
     """Log to stderr (or a file); libp2p's logger does not propagate, so attach it too.
     When stderr is systemd's journal stream, lines carry journald's `<priority>` prefix and
@@ -81,6 +93,13 @@ def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
     libp2p_log = logging.getLogger("libp2p")
     _replace_handler(libp2p_log, handler)
     libp2p_log.setLevel(logging.INFO if verbose else logging.WARNING)
+    # libp2p logs every failed dial at ERROR; for a neighbour that is down those are expected
+    # redials, which the round driver reports once (node.round.reachability)
+    tcp_log = logging.getLogger(LIBP2P_TCP_LOGGER)
+    for old in [f for f in tcp_log.filters if isinstance(f, _ExpectedRedials)]:
+        tcp_log.removeFilter(old)
+    if not verbose:
+        tcp_log.addFilter(_ExpectedRedials())
     logging.getLogger("node.net.libp2p.transport").setLevel(
         logging.INFO if verbose else logging.WARNING
     )
@@ -100,17 +119,50 @@ def run_daemon(settings: DaemonSettings) -> int:
     # the lock comes first: nothing of the site's (ledger, checkpoint) is opened without it
     with site_lock(settings.directory, purpose="starting another daemon on it"):
         check_not_running(settings)
-        daemon = SiteDaemon(settings)
+        clear_exit_record(settings.directory)
+        try:
+            daemon = SiteDaemon(settings)
+        except GossipmedError as exc:  # its own files are wrong: fix them, do not restart
+            _record_exit(settings, None, EXIT_CONFIG, str(exc))
+            raise
         try:
             trio.run(daemon.run)
         except Exception as exc:
             busy = address_in_use(exc)
             if busy is not None:  # a setting to fix, not a crash to restart into
                 ports = ", ".join(settings.site.config.listen)
-                raise DaemonError(
+                error = DaemonError(
                     f"a port it must listen on is already in use ({busy}); listen addresses "
                     f"{ports}, control port {settings.daemon.control_port or 'any'}"
-                ) from exc
+                )
+                _record_exit(settings, daemon, EXIT_CONFIG, str(error))
+                raise error from exc
             log.exception("the daemon crashed; a restart resumes from the last checkpoint")
+            _record_exit(settings, daemon, EXIT_CRASH, f"{type(exc).__name__}: {exc}")
             return EXIT_CRASH
+        _record_exit(settings, daemon, EXIT_OK, "")
     return EXIT_OK
+
+
+def _record_exit(
+    settings: DaemonSettings, daemon: SiteDaemon | None, code: int, message: str
+) -> None:
+    state = daemon.state if daemon is not None else None
+    last = state.last_record if state is not None else None
+    if code == EXIT_CRASH:
+        outcome = "crashed"
+    elif code == EXIT_CONFIG:
+        outcome = "refused"
+    else:
+        outcome = "stopped" if state is not None and state.phase == "stopping" else "done"
+    try:
+        write_exit_record(
+            settings.directory,
+            code=code,
+            outcome=outcome,
+            last_round=shown(last.round) if last is not None else None,
+            completed=state.completed if state is not None else 0,
+            message=message,
+        )
+    except OSError as exc:  # the exit code still tells a supervisor; never mask it
+        log.warning("cannot write %s: %s", settings.directory, exc)

@@ -52,6 +52,7 @@ from gossipmed.wire.limits import update_size_limit
 from node.daemon import systemd
 from node.daemon.config import DaemonSettings
 from node.daemon.control import serve_control
+from node.daemon.control_auth import log_dashboard
 from node.daemon.control_routes import site_routes
 from node.daemon.ledger import open_site_ledger
 from node.daemon.roster_view import own_name, roster_gossip_steps, schedule_from_roster
@@ -63,6 +64,7 @@ from node.round.driver import DriverState, RoundDriver
 from node.round.peer import state_schema
 from node.round.secure_config import check_secure_gossip
 from node.round.secure_session import SecureSession
+from node.rounds import shown
 
 log = logging.getLogger("gossipmed.daemon")
 
@@ -212,7 +214,7 @@ class SiteDaemon:
             log.info(
                 "resuming %s after round %d (epsilon %.4f, adapter %s)",
                 self.name,
-                checkpoint.round,
+                shown(checkpoint.round),
                 self.peer.epsilon,
                 self.resumed.adapter_digest,
             )
@@ -296,7 +298,7 @@ class SiteDaemon:
             )
             nursery.start_soon(self.driver.pump)
             nursery.start_soon(self._watch_signals, nursery.cancel_scope)
-            await nursery.start(
+            control = await nursery.start(
                 functools.partial(
                     serve_control,
                     self.status,
@@ -305,6 +307,7 @@ class SiteDaemon:
                     routes=site_routes(self.settings.directory / METRICS_FILE),
                 )
             )
+            log_dashboard(log, self.settings.directory, control.port, control.token)
             self.ready_at = time.time()
             systemd.notify(f"READY=1\nSTATUS={self.name}: gossiping")
             nursery.start_soon(systemd.watchdog)
@@ -321,7 +324,11 @@ class SiteDaemon:
         self.metrics.close()
         self.audit.log.flush_suppressed()
         last = self.state.last_record
-        log.info("%s stopped (last completed round %s)", self.name, last.round if last else None)
+        log.info(
+            "%s stopped (last completed round %s)",
+            self.name,
+            shown(last.round) if last else "none",
+        )
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         signals_ = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -51,7 +51,9 @@ def site_card(name: str, status: Mapping[str, Any] | None, rows: list[list[Any]]
     metrics row."""
     last = dict(zip(COLUMNS, rows[-1], strict=True)) if rows else {}
     eps = (status or {}).get("epsilon") or {}
-    traffic = (status or {}).get("bytes") or {}
+    # a running daemon counts its traffic since it started; a finished run or a stopped site
+    # has only its metrics, whose rows carry each round's bytes
+    traffic = (status or {}).get("bytes") or _history_bytes(rows)
     return {
         "name": name,
         "up": None if status is None else bool(status.get("up", True)),
@@ -81,6 +83,35 @@ def score(history: Mapping[str, list[list[Any]]]) -> dict[str, str]:
     if any(row[loss] is not None for rows in history.values() for row in rows):
         return {"column": "eval_loss", "label": "eval loss"}
     return {"column": "accuracy", "label": "accuracy"}
+
+
+def _history_bytes(rows: list[list[Any]]) -> dict[str, int]:
+    if not rows:
+        return {}
+    sent, received = COLUMNS.index("bytes_sent"), COLUMNS.index("bytes_received")
+    return {
+        "sent": sum(int(r[sent] or 0) for r in rows),
+        "received": sum(int(r[received] or 0) for r in rows),
+    }
+
+
+def baseline_curves(path: Path) -> dict[str, list[list[float]]]:
+    """A simulation's baselines (local-only, centralized) as [round, mean accuracy] points,
+    drawn next to gossip's per-site curves; {} for a run without them."""
+    from node.report.summary import BASELINE_PATHS, RUN_LABELS
+
+    curves: dict[str, list[list[float]]] = {}
+    for name, rel in BASELINE_PATHS.items():
+        if not (path / rel).is_file():
+            continue
+        by_round: dict[int, list[float]] = {}
+        for site_rows in MetricsTail(path / rel, limit=MAX_HISTORY_ROWS).rows().values():
+            for r in site_rows:
+                rnd, acc = r[COLUMNS.index("round")], r[COLUMNS.index("accuracy")]
+                if rnd is not None and acc is not None:
+                    by_round.setdefault(int(rnd), []).append(float(acc))
+        curves[RUN_LABELS[name]] = [[r, sum(v) / len(v)] for r, v in sorted(by_round.items())]
+    return curves
 
 
 def site_snapshot(status: Mapping[str, Any], history: Mapping[str, list[list[Any]]]) -> dict:
@@ -222,6 +253,8 @@ class DirectoryView:
             "graph": graph,
             "history": history,
             "score": score(history),
+            # a run writes its baselines after gossip: read again at each refresh
+            "baselines": baseline_curves(self.path) if self.kind == "run" else {},
         }
 
     def _live_status(self) -> dict[str, dict[str, Any]]:

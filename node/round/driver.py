@@ -57,8 +57,10 @@ from node.round.offload import Offload
 from node.round.patience import Patience, PatienceSettings
 from node.round.peer import Peer
 from node.round.progress import FINAL_ROUND, RoundLimitReached
+from node.round.reachability import Reachability
 from node.round.secure_frame import is_frame
 from node.round.secure_session import Outbox, SecureSession
+from node.rounds import shown
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,6 +96,7 @@ class RoundDriver:
         self.before_send = before_send
         self.audit_hashes = audit_hashes
         self.state = DriverState(round=peer.round)
+        self.reachability = Reachability(log)  # outages logged once (node.round.reachability)
         self.patience = Patience(patience)
         self._arrival = trio.Event()
         self._rounds = 0  # run()'s limit, which a deferred round must not pass
@@ -169,7 +172,11 @@ class RoundDriver:
                 return
             target = self._catch_up_target(r)
             if target is not None:
-                log.info("a quorum of neighbours is ahead: skipping rounds %d..%d", r, target - 1)
+                log.info(
+                    "a quorum of neighbours is ahead: skipping rounds %d..%d",
+                    shown(r),
+                    shown(target - 1),
+                )
                 self.state.skipped = [*self.state.skipped, (r, target - 1)][-MAX_SKIP_RECORDS:]
                 self.peer.force_keyframes(1)  # neighbours' copies of us miss the skipped rounds
                 r = target
@@ -186,7 +193,7 @@ class RoundDriver:
                 continue
             log.info(
                 "round %d done: heard %d/%d, loss %s, eps %.3f, local D %.3e, %.2f s%s",
-                r,
+                shown(record.round),
                 record.neighbours_heard,
                 record.neighbours_expected,
                 record.train_loss,
@@ -218,7 +225,7 @@ class RoundDriver:
         not spin). Returns that round. Local failures (OSError: a full disk) still end the
         daemon, for its supervisor to restart."""
         ran = max(round, self.state.round)  # _defer may have moved the round on
-        log.error("round %d failed and is given up: %s", ran, exc)
+        log.error("round %d failed and is given up: %s", shown(ran), exc)
         self.state.failed_rounds += 1
         self.state.phase = "round_failed"
         self.peer.audit.record("round_failed", site=self.peer.name, round=ran, reason=repr(exc))
@@ -228,7 +235,7 @@ class RoundDriver:
         return max(ran + 1, self.peer.round)
 
     def _final_round_reached(self, round: int) -> None:
-        log.warning("round %d is the last a site may reach: stopping", round)
+        log.warning("round %d is the last a site may reach: stopping", shown(round))
         self.state.phase = "final_round"
         self.peer.audit.record("final_round_reached", site=self.peer.name, round=round)
 
@@ -305,7 +312,9 @@ class RoundDriver:
             return round
         ahead, target = deferral
         log.info(
-            "training ended after neighbours reached round %d: offering it in %d", ahead, target
+            "training ended after neighbours reached round %d: offering it in round %d",
+            shown(ahead),
+            shown(target),
         )
         self.state.skipped = [*self.state.skipped, (round, target - 1)][-MAX_SKIP_RECORDS:]
         self.state.deferred += 1
@@ -365,7 +374,7 @@ class RoundDriver:
             return
         if awaited:
             self.state.failures += 1
-            log.warning("gave up sending to %s when the wait for it ended", recipient)
+            self.reachability.gave_up(recipient)
         self.peer.force_keyframes(1)  # its copy of us misses an exchange
 
     async def _send_retrying(self, recipient: str, data: bytes, *, what: str) -> None:
@@ -374,9 +383,10 @@ class RoundDriver:
             try:
                 await self.transport.send(recipient, data)
                 self.state.bytes_sent += len(data)
+                self.reachability.delivered(recipient)
                 return
             except TransportError as exc:
-                log.info("%s to %s failed, retrying: %s", what, recipient, exc)
+                log.debug("%s to %s failed, retrying: %s", what, recipient, exc)
             await trio.sleep(self.retry_pause_s)
 
     async def _call(self, fn: Callable[..., T], *args: Any, abandon: bool = False) -> T:

@@ -32,6 +32,9 @@
     while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
     return x.toFixed(i ? 1 : 0) + " " + units[i];
   }
+  // Rounds are 0-based in every format (/status, metrics.jsonl) and shown 1-based, as in the
+  // daemon's logs, `status` and `inspect`: the record of round 0 is "round 1".
+  function shown(r) { return isNum(r) ? r + 1 : r; }
   function ago(t, now) { return isNum(t) ? fmt(Math.max(0, now - t), 1) + " s ago" : "never"; }
 
   // ---- summary cards ----------------------------------------------------------------------
@@ -39,26 +42,29 @@
     const sites = doc.sites || [];
     const rounds = sites.map((s) => s.round).filter(isNum);
     text("round-label", doc.mode === "site" ? "round" : "furthest round");
-    text("completed-label", doc.mode === "site" ? "rounds completed" : "sites");
+    text("completed-label", doc.mode === "site" ? "rounds completed since start" : "sites");
     if (doc.mode === "site") {
       const s = sites[0] || {};
-      text("round", isNum(s.round) ? String(s.round) : "–");
+      text("round", isNum(s.round) ? String(shown(s.round)) : "–");
       text("phase", s.phase || "");
       text("completed", isNum(s.completed) ? String(s.completed) : "–");
       text("ready", s.ready ? "ready" : "starting");
       text("bytes", bytes(s.bytes_sent) + " / " + bytes(s.bytes_received));
       epsilon(s.epsilon_spent, s.epsilon_budget);
     } else {
-      text("round", rounds.length ? String(Math.max(...rounds)) : "–");
-      text("phase", rounds.length ? "slowest site at " + Math.min(...rounds) : "");
+      text("round", rounds.length ? String(shown(Math.max(...rounds))) : "–");
+      text("phase", rounds.length ? "slowest site at round " + shown(Math.min(...rounds)) : "");
       const up = sites.filter((s) => s.up === true).length;
       text("completed", String(sites.length));
       text("ready", sites.some((s) => s.up !== null) ? up + " running" : "finished run");
       const spent = sites.map((s) => s.epsilon_spent).filter(isNum);
       const budgets = sites.map((s) => s.epsilon_budget).filter(isNum);
       epsilon(spent.length ? Math.max(...spent) : null, budgets.length ? Math.min(...budgets) : null);
+      // running daemons count since their start, finished sites their metrics' rounds
       const sent = sites.map((s) => s.bytes_sent).filter(isNum);
-      text("bytes", sent.length ? bytes(sent.reduce((a, b) => a + b, 0)) + " sent (running sites)" : "–");
+      const got = sites.map((s) => s.bytes_received).filter(isNum);
+      const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+      text("bytes", sent.length ? bytes(sum(sent)) + " / " + bytes(sum(got)) + " (all sites)" : "–");
     }
   }
 
@@ -112,7 +118,7 @@
       const card = cards[n] || {};
       const g = el("g", { class: "site", "data-site": n }, svg);
       const title = el("title", {}, g);
-      title.textContent = n + ": round " + (isNum(rounds[n]) ? rounds[n] : "?") +
+      title.textContent = n + ": round " + (isNum(rounds[n]) ? shown(rounds[n]) : "?") +
         (isNum(card.epsilon_spent) ? ", epsilon " + fmt(card.epsilon_spent, 3) : "");
       el("circle", {
         cx: pos[n][0], cy: pos[n][1], r: size,
@@ -123,7 +129,7 @@
       }, g);
       if (nodes.length <= 24) {
         const label = el("text", { class: "node-label", x: pos[n][0], y: pos[n][1] + size + 12 }, g);
-        label.textContent = n + (isNum(rounds[n]) ? " · r" + rounds[n] : "");
+        label.textContent = n + (isNum(rounds[n]) ? " · round " + shown(rounds[n]) : "");
       }
     }
     text("graph-title", doc.mode === "site" ? "neighbourhood" : "topology (" + nodes.length + " sites)");
@@ -160,7 +166,7 @@
             cls: p.connected ? "ok" : "bad" },
           { text: dial + (p.reachable === false ? " · unreachable" : "") },
           { text: ago(p.last_heard, now) },
-          { text: isNum(p.last_round) ? String(p.last_round) : "–", cls: "num" },
+          { text: isNum(p.last_round) ? String(shown(p.last_round)) : "–", cls: "num" },
           { text: String(p.accepted || 0), cls: "num" },
           { text: isNum(p.wait_s) ? fmt(p.wait_s, 1) + " s" : "–", cls: "num" },
         ];
@@ -174,7 +180,7 @@
       (doc.sites || []).map((s) => [
         { text: s.name },
         { text: s.up === null ? "–" : s.up ? (s.phase || "up") : "down", cls: s.up === false ? "bad" : s.up ? "ok" : "" },
-        { text: isNum(s.round) ? String(s.round) : "–", cls: "num" },
+        { text: isNum(s.round) ? String(shown(s.round)) : "–", cls: "num" },
         { text: fmt(s.epsilon_spent, 3) + (isNum(s.epsilon_budget) ? " / " + fmt(s.epsilon_budget, 2) : ""), cls: "num" },
         { text: fmt(s[score.column], 3), cls: "num" },
         { text: fmt(s.consensus_distance, 3), cls: "num" },
@@ -185,8 +191,8 @@
   function lineChart(id, series, opts) {
     const svg = $(id);
     clear(svg);
-    const legend = series.length >= 2 && series.length <= 8;
-    const W = 480, H = 210, L = 52, R = legend ? 110 : 12, T = 10, B = 26;
+    legendFor(svg, series);
+    const W = 480, H = 210, L = 52, R = 12, T = 10, B = 26;
     const log = !!opts.log;
     const pts = [];
     for (const s of series) for (const p of s.points) if (isNum(p[0]) && isNum(p[1]) && (!log || p[1] > 0)) pts.push(p);
@@ -202,11 +208,10 @@
     if (y1 === y0) { y1 += 0.5; y0 -= 0.5; }
     const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
     const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
-    for (let i = 0; i <= 4; i++) {
-      const y = y0 + ((y1 - y0) * i) / 4;
+    for (const y of log ? logTicks(y0, y1) : linearTicks(y0, y1)) {
       el("line", { class: "grid", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }, svg);
       const t = el("text", { class: "tick", x: L - 4, y: sy(y) + 3, "text-anchor": "end" }, svg);
-      t.textContent = log ? "1e" + y.toFixed(1) : opts.bytes ? bytes(y) : fmt(y, 3);
+      t.textContent = log ? powerLabel(y) : opts.bytes ? bytes(y) : fmt(y, 3);
     }
     el("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }, svg);
     el("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }, svg);
@@ -223,14 +228,51 @@
       const title = el("title", {}, path);
       title.textContent = s.name;
     });
-    if (legend) {
-      series.forEach((s, i) => {
-        const y = T + 10 + 13 * i, x = W - R + 8;
-        el("line", { x1: x, x2: x + 14, y1: y - 3, y2: y - 3, stroke: s.colour || PALETTE[i % PALETTE.length], "stroke-width": 2, "stroke-dasharray": s.dash || "none" }, svg);
-        const t = el("text", { class: "tick", x: x + 18, y: y }, svg);
-        t.textContent = s.name;
-      });
+  }
+
+  function linearTicks(y0, y1) {
+    const out = [];
+    for (let i = 0; i <= 4; i++) out.push(y0 + ((y1 - y0) * i) / 4);
+    return out;
+  }
+
+  // Ticks of a log10 axis: whole decades when the data spans one or more (at most 6 labels),
+  // else 5 evenly spaced values; labelled as the numbers themselves (0.01, 2.5, 1e-6), never
+  // as fractional exponents.
+  function logTicks(y0, y1) {
+    const lo = Math.ceil(y0 - 1e-9), hi = Math.floor(y1 + 1e-9);
+    if (hi - lo < 1) return linearTicks(y0, y1);
+    const step = Math.max(1, Math.ceil((hi - lo + 1) / 6));
+    const out = [];
+    for (let k = lo; k <= hi; k += step) out.push(k);
+    return out;
+  }
+  function powerLabel(y) {
+    const k = Math.round(y);
+    if (Math.abs(y - k) < 1e-9) return k >= -3 && k <= 4 ? String(Math.pow(10, k)).replace(/^0\./, "0.") : "1e" + k;
+    return fmt(Math.pow(10, y), 2);
+  }
+
+  // The legend as HTML under the chart: it wraps instead of being cut off, and names every
+  // series in full.
+  function legendFor(svg, series) {
+    let box = svg.nextElementSibling;
+    if (!box || !box.classList.contains("chart-legend")) {
+      box = document.createElement("div");
+      box.className = "chart-legend";
+      svg.parentNode.insertBefore(box, svg.nextSibling);
     }
+    while (box.firstChild) box.removeChild(box.firstChild);
+    series.forEach((s, i) => {
+      const item = document.createElement("span");
+      item.className = "item";
+      const swatch = document.createElement("span");
+      swatch.className = "swatch" + (s.dash ? " dashed" : "");
+      swatch.style.borderColor = s.colour || PALETTE[i % PALETTE.length];
+      item.appendChild(swatch);
+      item.appendChild(document.createTextNode(s.name));
+      box.appendChild(item);
+    });
   }
 
   function charts(doc) {
@@ -238,10 +280,17 @@
     const at = (name) => cols.indexOf(name);
     const history = doc.history || {};
     const names = Object.keys(history).sort().slice(0, MAX_SERIES);
-    const col = (name, c) => (history[name] || []).map((r) => [r[at("round")], r[at(c)]]);
+    const col = (name, c) => (history[name] || []).map((r) => [shown(r[at("round")]), r[at(c)]]);
     const score = doc.score || { column: "accuracy", label: "accuracy" };
-    text("chart-accuracy-title", score.label);  // free text: the held-out loss
-    lineChart("chart-accuracy", names.map((n) => ({ name: n, points: col(n, score.column) })), { zero: true });
+    text("chart-accuracy-title", score.label + " per site");  // free text: the held-out loss
+    const accuracy = names.map((n) => ({ name: n, points: col(n, score.column) }));
+    const baselines = doc.baselines || {};
+    const styles = { "local-only": ["#5b6b7a", "6 3"], "centralized": ["#1d2733", "2 3"] };
+    for (const [name, points] of Object.entries(baselines)) {
+      const [colour, dash] = styles[name] || ["#5b6b7a", "6 3"];
+      accuracy.push({ name: name + " (mean)", points: points.map((p) => [shown(p[0]), p[1]]), colour: colour, dash: dash });
+    }
+    lineChart("chart-accuracy", accuracy, { zero: true });
     lineChart("chart-consensus", names.map((n) => ({ name: n, points: col(n, "consensus_distance") })), { log: true });
     const traffic = [];
     names.forEach((n, i) => {
