@@ -31,7 +31,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--eval-size", type=int, default=210)
-    p.add_argument("--lr", type=float, default=0.01)  # BENCHMARKS.md numbers
+    p.add_argument("--lr", type=float, default=0.01)  # docs/benchmarks/local-training.md
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--clip-norm", type=float, default=DEFAULT_CLIP_NORM)
     p.add_argument("--delta", type=float, default=1e-5)

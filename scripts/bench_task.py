@@ -213,7 +213,7 @@ def run_gossip(
         {
             **sections,
             # problem is unused (the factory supplies learners); one exchange per round, as
-            # every result in BENCHMARKS.md section 'robust' was measured, unless asked
+            # every result in docs/benchmarks/robustness.md was measured, unless asked
             "sim": {"problem": "quadratic", **sections.get("sim", {})},
             "consortium": {"gossip_steps": 1, **sections.get("consortium", {})},
             "data": {"n_sites": sites},

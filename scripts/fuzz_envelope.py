@@ -42,7 +42,7 @@ SECRET = b"fuzz-envelope-secret-0123456789"
 NOW = 1_700_000_000.0
 DEFAULT_MAX_BYTES = 1 << 20  # 1 MiB limit for the fuzz sites; base envelopes are far smaller
 # Opening a valid envelope holds the ciphertext, the plaintext and the tensor copies (about
-# 3x its length, see BENCHMARKS.md); nothing may scale with a *claimed* length.
+# 3x its length, see docs/benchmarks/envelope.md); nothing may scale with a *claimed* length.
 PEAK_FACTOR = 4
 PEAK_SLACK = 256 * 1024
 

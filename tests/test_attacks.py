@@ -160,7 +160,8 @@ def _simulate(**sim: object) -> tuple[float, list[str]]:
 
 def _simulation(**sim: object) -> tuple[float, list[str], Any, Any]:
     """One exchange per round unless `sim` says otherwise: an attacker gets one pull per
-    exchange, so these are the rules' claims at one exchange (BENCHMARKS.md 1d has more)."""
+    exchange, so these are the rules' claims at one exchange (docs/benchmarks/robustness.md has
+    more)."""
     from node.sim.config import sim_config_from_mapping
     from node.sim.run import robustness_summary
     from node.sim.simulation import Simulation

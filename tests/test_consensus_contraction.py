@@ -2,7 +2,7 @@
 distance must match the topology's lambda2 (the engine mixes exactly what topology says), and
 lambda2 ** k when a round has k exchanges (multi-gossip). That is the plain `weighted` rule;
 the default `bounded` rule scales neighbours above the median norm down, which is not linear
-and contracts more slowly (gossipmed.mixing.bounds, BENCHMARKS.md)."""
+and contracts more slowly (gossipmed.mixing.bounds, docs/benchmarks/robustness.md)."""
 
 from pathlib import Path
 from typing import Any

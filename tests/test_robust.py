@@ -141,7 +141,7 @@ def test_robust_rules_keep_honest_sites_inside_the_honest_range(rule: str) -> No
 @pytest.mark.parametrize("rule", ["trimmed-mean", "clipped"])
 def test_trimmed_mean_and_clipping_still_reach_consensus(rule: str) -> None:
     # (the coordinate median can freeze before consensus on a sparse graph: a median filter
-    # has non-constant fixed points; measured in BENCHMARKS.md)
+    # has non-constant fixed points; measured in docs/benchmarks/robustness.md)
     _start, final = _attacked_ring(rule)
     assert float((final - final.mean(0)).norm(dim=1).max()) < 0.2
 

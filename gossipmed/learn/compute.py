@@ -18,7 +18,7 @@ from gossipmed.learn.config import AUTO
 
 # Activations of one micro-batch may take about this much on a CPU host (the base's weights
 # come on top): the SmolLM-135M shape then gets micro-batch 8 and peaks under 3 GB RSS at
-# logical batch 128, private or not (BENCHMARKS.md, "Foundation-model scale").
+# logical batch 128, private or not (docs/benchmarks/foundation-models.md).
 CPU_ACTIVATION_BUDGET = 2 << 30
 # On a GPU, this share of the memory left free once the base is loaded.
 GPU_ACTIVATION_SHARE = 0.25
@@ -73,8 +73,8 @@ def activation_bytes_per_example(config: Any, *, seq_len: int, dtype: torch.dtyp
 
     Per token and layer: ~27 hidden-sized tensors, 7 MLP-sized ones and 7 rows of attention
     probabilities per head (eager attention). Fitted to measured peak RSS of DP steps on the
-    SmolLM-135M (~0.23 GB per example at 64 tokens) and Qwen2-0.5B shapes (BENCHMARKS.md); an
-    estimate, not a bound."""
+    SmolLM-135M (~0.23 GB per example at 64 tokens) and Qwen2-0.5B shapes
+    (docs/benchmarks/foundation-models.md); an estimate, not a bound."""
     hidden = _config_int(config, "hidden_size", "n_embd", "d_model") or 1024
     layers = _config_int(config, "num_hidden_layers", "n_layer", "num_layers") or 24
     heads = _config_int(config, "num_attention_heads", "n_head") or max(1, hidden // 64)

@@ -37,10 +37,11 @@ DEFAULT_MAX_LENGTH = 64
 DATASET_MAX_LENGTH: dict[str, int] = {"medqa-mc": 192, "medqa-text": 192}
 
 # Per-sample LoRA (q/v, rank 8) gradient norms on the tiny base's icd10 label loss are ~4-13
-# (10th-90th percentile, measured; BENCHMARKS.md): clip 1.0 clips nearly every sample,
-# so each example contributes a unit direction and the noise std equals sigma exactly.
+# (10th-90th percentile, measured; docs/benchmarks/local-training.md): clip 1.0 clips nearly
+# every sample, so each example contributes a unit direction and the noise std equals sigma exactly.
 DEFAULT_CLIP_NORM = 1.0
-# Adam on the privatised gradient (post-processing) beat plain SGD clearly (BENCHMARKS.md).
+# Adam on the privatised gradient (post-processing) beat plain SGD clearly
+# (docs/benchmarks/local-training.md).
 # 0.02, not the 0.01 that is best for one site alone: gossip averages the sites' DP noise,
 # which tolerates a larger step (8-site icd10 ring, 20 rounds: 0.202 at 0.02, 0.170 at 0.01).
 DEFAULT_LR = 0.02
@@ -174,11 +175,11 @@ class TrainConfig:
     lr: float = DEFAULT_LR
     """Learning rate of the local optimizer."""
     # expected batch (Poisson rate = batch_size / n_site); under DP bigger batches pay off
-    # (icd10 eps 8, 150 steps: 0.19 accuracy at 64, 0.24 at 128; BENCHMARKS.md)
+    # (icd10 eps 8, 150 steps: 0.19 accuracy at 64, 0.24 at 128; docs/benchmarks/local-training.md)
     batch_size: int = 128
     """Expected batch size (Poisson sampling rate = batch_size / the site's examples)."""
     # 20 local steps per round: within 20 rounds, the number of steps is what limits
-    # accuracy, not consensus (BENCHMARKS.md, "8 sites, ring")
+    # accuracy, not consensus (docs/benchmarks/simulator.md, "8 sites, ring")
     steps_per_round: int = 20
     """Local optimizer steps between two gossip exchanges."""
     # examples per forward/backward pass, private or not: peak memory follows it, results do

@@ -40,7 +40,7 @@ are close), and a site with one neighbour is never pulled above its own norm (th
 median of two norms is the smaller). Mixing then no longer preserves the network's average:
 norms above the median are pulled down, so the run settles on a slightly smaller-norm
 consensus, and with training off the disagreement contracts more slowly than lambda2 (the
-engine's linear rate holds for `weighted`; BENCHMARKS.md has the measured cost). The
+engine's linear rate holds for `weighted`; docs/benchmarks/robustness.md has the measured cost). The
 metrics count how often the bound acts (`bound_clipped` of `states_mixed`).
 """
 

@@ -18,16 +18,17 @@ ten times too large gets the pull of a typical honest neighbour, no more.
                    away from the site's own (cosine <= min_cosine, default 0) gets weight
                    0, its weight goes to self, and the rest are clipped as above
 
-Why a direction gate: distance and coordinate order do not single out a sign-flip attacker
-(it sends -x). From the zero initial state -x is no farther from a site than an honest but
+Why a direction gate: distance and coordinate order do not single out a sign-flip attacker (it
+sends -x). From the zero initial state -x is no farther from a site than an honest but
 differently-skewed neighbour, and clipping bounds its pull per round but not its direction,
-which is the same every round while honest pulls cancel (measured in BENCHMARKS.md: every
-distance or order rule lets it capture a site with two attackers among four neighbours).
-FLTrust (Cao et al., NDSS 2021) weighs each update by ReLU(cosine) against a reference the
-server trusts; with no server, the only state a site can trust is its own. That works
-because honest gossip states share a large common component (the shared initial adapter,
-the same task, and every round of mixing pulls them together), so honest cosines are
-positive, while -x of a state that tracks the same neighbourhood has cosine near -1.
+which is the same every round while honest pulls cancel (measured in
+docs/benchmarks/robustness.md: every distance or order rule lets it capture a site with two
+attackers among four neighbours). FLTrust (Cao et al., NDSS 2021) weighs each update by
+ReLU(cosine) against a reference the server trusts; with no server, the only state a site can
+trust is its own. That works because honest gossip states share a large common component (the
+shared initial adapter, the same task, and every round of mixing pulls them together), so
+honest cosines are positive, while -x of a state that tracks the same neighbourhood has cosine
+near -1.
 
 Limits, stated plainly: the gate sees direction only. An attacker that sends a poison
 aligned with the victim's state (scaled, or x plus a perturbation smaller than x) passes

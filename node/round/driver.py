@@ -17,13 +17,14 @@ jump, never to FINAL_ROUND) without training for the rounds it skipped, nor for 
 runs while still behind; that is how a restarted site rejoins (node.round.progress). One
 neighbour's word alone moves a site only where it is the only one heard.
 
-Stragglers (measured in BENCHMARKS.md, scripts/bench_straggler.py): each neighbour has its own
-wait, adapted to when its updates arrived in recent exchanges and never longer than the round
-timeout (node.round.patience), so a much slower neighbour no longer sets everybody's pace. And
-a site whose training ends after its neighbours moved past its round offers the trained state
-in the round after theirs (`Peer.defer_round`) instead of sealing it for a round they already
-closed, where it would be refused as stale: its update arrives before they open that round
-and is mixed there. Admission is unchanged: no stale or replayed round is ever accepted.
+Stragglers (measured in docs/benchmarks/deployment.md, scripts/bench_straggler.py): each
+neighbour has its own wait, adapted to when its updates arrived in recent exchanges and never
+longer than the round timeout (node.round.patience), so a much slower neighbour no longer sets
+everybody's pace. And a site whose training ends after its neighbours moved past its round
+offers the trained state in the round after theirs (`Peer.defer_round`) instead of sealing it
+for a round they already closed, where it would be refused as stale: its update arrives before
+they open that round and is mixed there. Admission is unchanged: no stale or replayed round is
+ever accepted.
 
 With secure aggregation (a `SecureSession`, node.round.secure_session) a round is one exchange
 of signed secure-aggregation frames instead of sealed updates: the own instance opens before

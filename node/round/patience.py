@@ -1,6 +1,6 @@
 """How long a site waits for each neighbour in an exchange, adapted to recent rounds.
 
-Measured (scripts/bench_straggler.py, BENCHMARKS.md): with one wait for everybody, a
+Measured (scripts/bench_straggler.py, docs/benchmarks/deployment.md): with one wait for everybody, a
 neighbour slower than the others sets everyone's pace as long as it arrives within
 `round_timeout_s`, and costs every neighbour the whole timeout in every round when it does not.
 So each neighbour gets its own wait, learnt from when its updates arrived in its last

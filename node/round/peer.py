@@ -14,7 +14,7 @@ The round is split into phases so the same object serves a lockstep, determinist
 
 A round has `gossip_steps` exchanges (multi-gossip): training happens once, then the state is
 sent and mixed `gossip_steps` times, so one round contracts disagreement by about
-lambda2 ** gossip_steps instead of lambda2 (BENCHMARKS.md, issue #4). Updates carry their
+lambda2 ** gossip_steps instead of lambda2 (docs/benchmarks/simulator.md). Updates carry their
 exchange as `(round, step)`; every site of a consortium uses the same `gossip_steps` (it is in
 the consortium file).
 
