@@ -190,17 +190,18 @@ class Simulation:
         """The engine, its workers and where each site ran (summary.json)."""
         return self.hosts().describe()
 
-    def close(self) -> None:
-        """Stop the hosts (Ray actors, and a Ray this run started)."""
+    def close(self, *, clean: bool = True) -> None:
+        """Stop the hosts (Ray actors, and a Ray this run started); after a clean run a Ray
+        engine may keep its actors for this driver's next simulation."""
         group, self._group = self._group, None
         if group is not None:
-            group.close()
+            group.close(reuse=clean)
 
     def __enter__(self) -> Simulation:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(clean=exc_type is None)
 
     # -- gossip ---------------------------------------------------------------------------------
 

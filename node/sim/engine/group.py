@@ -30,7 +30,9 @@ class HostGroup(Protocol):
         """The engine, its workers and where each ran (for summary.json)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self, *, reuse: bool = True) -> None:
+        """Stop the hosts (`reuse`: the run ended cleanly, they may serve another)."""
+        ...
 
 
 def host_args(args: Mapping[str, Any] | PerHost, hosts: int) -> PerHost:
@@ -56,7 +58,7 @@ class LocalGroup:
             ],
         }
 
-    def close(self) -> None:
+    def close(self, *, reuse: bool = True) -> None:
         self.hosts = []
 
 

@@ -2,15 +2,20 @@
 
 Ray is an optional extra (`pip install 'gossipmed[ray]'`), imported only here and only when
 asked for. Without `--ray-address` a private local Ray is started with its node address,
-and so every service it runs, on 127.0.0.1, and no dashboard; it is shut down when the run
-ends (or is interrupted). With an address the run joins that cluster and leaves it up.
-A worker that dies ends the run with `WorkerLost`, naming the sites it held.
+and so every service it runs, on loopback, and no dashboard; it is shut down when the run
+ends (or is interrupted). With an address the run joins that cluster and leaves it up; a
+driver that runs several simulations in a Ray it started itself (tests, notebooks) gets
+the last clean run's actors back instead of starting new processes. A worker that dies ends
+the run with `WorkerLost`, naming the sites it held.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,7 +31,14 @@ class WorkerLost(GossipmedError):
     """A Ray worker died during the run; the simulation cannot go on without its sites."""
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for a single-machine node: set to 0, the node's address is the loopback one
+and Ray's services (GCS, raylet, object manager, workers) listen on it alone."""
+
+
 def import_ray() -> Any:
+    if "ray" not in sys.modules:  # read once, when Ray is imported
+        os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
     except ImportError:
@@ -47,6 +59,22 @@ def local_ray_options(*, num_cpus: int | None = None) -> dict[str, Any]:
     }
 
 
+def start_local_ray(*, num_cpus: int | None = None) -> Any:
+    """A private Ray on this machine that nothing outside it can reach; refuses to go on
+    (and stops it) when its node address is not a loopback one."""
+    os.environ[LOOPBACK_ENV] = "0"  # the Ray processes started below read it too
+    ray = import_ray()
+    ray.init(**local_ray_options(num_cpus=num_cpus))
+    addresses = {node["NodeManagerAddress"] for node in ray.nodes()}
+    if not all(ipaddress.ip_address(a).is_loopback for a in addresses):
+        ray.shutdown()
+        raise GossipmedError(
+            f"the local Ray would listen on {', '.join(sorted(addresses))}, not only on "
+            f"loopback: start Ray yourself (ray start --head) and pass --ray-address"
+        )
+    return ray
+
+
 def plan_workers(
     sites: Sequence[str], *, sites_per_worker: int | None, slots: int
 ) -> list[tuple[str, ...]]:
@@ -55,8 +83,33 @@ def plan_workers(
     return [tuple(sites[i : i + per]) for i in range(0, len(sites), per)]
 
 
+class HostProcess:
+    """A Ray actor that holds one SiteHost at a time: a process (with torch imported, which
+    is most of an actor's start-up) that the next simulation of this driver can reuse."""
+
+    def __init__(self) -> None:
+        self.host: SiteHost | None = None
+
+    def setup(self, spec: HostSpec) -> dict[str, Any]:
+        self.host = None  # the last run's sites and base go before the next ones load
+        self.host = SiteHost(spec)
+        return self.host.where()
+
+    def call(self, method: str, kwargs: Mapping[str, Any]) -> Any:
+        assert self.host is not None
+        return getattr(self.host, method)(**kwargs)
+
+    def release(self) -> None:
+        self.host = None
+
+
+_IDLE: dict[tuple[str, str, float, float], list[Any]] = {}
+"""Actors a finished simulation left for the next one, by (driver's Ray node, job, CPUs,
+GPUs)."""
+
+
 class RayGroup:
-    """One actor per worker, each a SiteHost; calls go to every actor at once."""
+    """One actor per worker, each holding a SiteHost; calls go to every actor at once."""
 
     def __init__(self, spec: HostSpec, *, names: Sequence[str]) -> None:
         self.ray = ray = import_ray()
@@ -66,43 +119,56 @@ class RayGroup:
             if sim.ray_address:
                 ray.init(address=sim.ray_address, log_to_driver=False, configure_logging=False)
             else:
-                ray.init(**local_ray_options())
+                start_local_ray()
             self.started = True
         self.actors: list[Any] = []
+        context = ray.get_runtime_context()
+        self.shape = (context.get_node_id(), context.get_job_id(), sim.worker_cpus, sim.worker_gpus)
         try:
-            resources = ray.cluster_resources()
-            slots = int(resources.get("CPU", 1) // sim.worker_cpus)
-            if sim.worker_gpus > 0:
-                slots = min(slots, int(resources.get("GPU", 0) // sim.worker_gpus))
-                if slots < 1:
-                    raise ConfigError(
-                        f"--worker-gpus {sim.worker_gpus}: the Ray cluster has "
-                        f"{resources.get('GPU', 0)} GPUs"
-                    )
             self.sites = plan_workers(
-                list(names), sites_per_worker=sim.sites_per_worker, slots=slots
+                list(names),
+                sites_per_worker=sim.sites_per_worker,
+                slots=self._slots(sim, sites=len(names)),
             )
-            remote = ray.remote(SiteHost).options(
+            idle = _IDLE.setdefault(self.shape, [])
+            remote = ray.remote(HostProcess).options(
                 num_cpus=sim.worker_cpus, num_gpus=sim.worker_gpus, max_restarts=0
             )
+            while len(self.actors) < len(self.sites):
+                self.actors.append(idle.pop() if idle else remote.remote())
             threads = max(1, int(sim.worker_cpus))
-            self.actors = [
-                remote.remote(
+            refs = [
+                a.setup.remote(
                     HostSpec(**{**_fields(spec), "sites": sites, "torch_threads": threads})
                 )
-                for sites in self.sites
+                for a, sites in zip(self.actors, self.sites, strict=True)
             ]
-            self.where = self.call("where")
+            self.where: list[dict[str, Any]] = self._get(refs)
         except BaseException:
-            self.close()
+            self.close(reuse=False)
             raise
 
+    def _slots(self, sim: SimSection, *, sites: int) -> int:
+        """How many workers the cluster can run at once (more would wait forever)."""
+        resources = self.ray.cluster_resources()
+        slots = int(resources.get("CPU", 0) // sim.worker_cpus)
+        if sim.worker_gpus > 0:
+            slots = min(slots, int(resources.get("GPU", 0) // sim.worker_gpus))
+        if slots < 1 or (sim.sites_per_worker and -(-sites // sim.sites_per_worker) > slots):
+            raise ConfigError(
+                f"the Ray cluster ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} "
+                f"GPUs) has room for {slots} workers of {sim.worker_cpus:g} CPUs and "
+                f"{sim.worker_gpus:g} GPUs; use fewer (--sites-per-worker) or smaller ones"
+            )
+        return slots
+
     def call(self, method: str, args: Mapping[str, Any] | PerHost = {}) -> list[Any]:  # noqa: B006
-        ray = self.ray
         per_host = host_args(args, len(self.actors))
-        refs = [
-            getattr(a, method).remote(**kw) for a, kw in zip(self.actors, per_host, strict=True)
-        ]
+        refs = [a.call.remote(method, kw) for a, kw in zip(self.actors, per_host, strict=True)]
+        return self._get(refs)
+
+    def _get(self, refs: list[Any]) -> list[Any]:
+        ray = self.ray
         try:
             return list(ray.get(refs))
         except ray.exceptions.RayActorError as exc:
@@ -136,13 +202,22 @@ class RayGroup:
             ],
         }
 
-    def close(self) -> None:
-        """Stop every actor, and the local Ray this run started."""
+    def close(self, *, reuse: bool = True) -> None:
+        """Stop every actor (or, after a clean run in a Ray this run did not start, keep them
+        for the next simulation), and the local Ray this run started."""
         ray = self.ray
-        for actor in self.actors:
+        actors, self.actors = self.actors, []
+        if reuse and not self.started:
+            try:
+                ray.get([a.release.remote() for a in actors])
+            except ray.exceptions.RayError:
+                pass
+            else:
+                _IDLE.setdefault(self.shape, []).extend(actors)
+                return
+        for actor in actors:
             with contextlib.suppress(Exception):  # already gone: nothing left to stop
                 ray.kill(actor)
-        self.actors = []
         if self.started:
             self.started = False
             ray.shutdown()
