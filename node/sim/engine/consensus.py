@@ -27,7 +27,7 @@ BandSums = dict[int, torch.Tensor]
 
 def band_sums(states: Iterable[Mapping[str, torch.Tensor]]) -> tuple[int, BandSums]:
     """(number of states, their exact sum in bands)."""
-    count, sums = 0, {}
+    count, sums = 0, BandSums()
     for state in states:
         count += 1
         flat = flatten_state(state)
@@ -49,7 +49,7 @@ def band_sums(states: Iterable[Mapping[str, torch.Tensor]]) -> tuple[int, BandSu
 
 
 def add_band_sums(parts: Sequence[tuple[int, BandSums]]) -> tuple[int, BandSums]:
-    count, total = 0, {}
+    count, total = 0, BandSums()
     for n, sums in parts:
         count += n
         for k, digits in sums.items():

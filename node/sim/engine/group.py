@@ -69,22 +69,22 @@ class RoutedPhases:
         self.group = group
         self.host_of = {s: k for k, sites in enumerate(group.sites) for s in sites}
 
-    def _split(self, wires: Sequence[Wire], *, by: int) -> list[list[Wire]]:
+    def _split(self, wires: Sequence[Wire], *, to_recipient: bool) -> list[list[Wire]]:
         out: list[list[Wire]] = [[] for _ in self.group.sites]
         for wire in wires:
-            out[self.host_of[wire[by]]].append(wire)
+            out[self.host_of[wire[2] if to_recipient else wire[0]]].append(wire)
         return out
 
     def advertise(self) -> list[Wire]:
         return [w for part in self.group.call("secure_advertise") for w in part]
 
     def aggregate(self, wires: Sequence[Wire]) -> tuple[list[Wire], bool]:
-        parts = self._split(wires, by=0)  # to the receiver whose exchange it is
+        parts = self._split(wires, to_recipient=False)  # to the receiver whose exchange it is
         results = self.group.call("secure_aggregate", [{"wires": p} for p in parts])
         return [w for relayed, _ in results for w in relayed], all(done for _, done in results)
 
     def contribute(self, wires: Sequence[Wire]) -> list[Wire]:
-        parts = self._split(wires, by=2)  # to the contributor it is for
+        parts = self._split(wires, to_recipient=True)  # to the contributor it is for
         return [
             w
             for part in self.group.call("secure_contribute", [{"wires": p} for p in parts])
