@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,7 @@ def build_site_learners(
     ledger_dir: str | Path | None = None,
     pooled: bool = False,
     progress: bool = False,
+    only: Collection[int] | None = None,
 ) -> SiteSetup:
     """Partition the dataset over `config.data.n_sites` sites sharing one model.
 
@@ -319,6 +320,7 @@ def build_site_learners(
             randomness=randomness,
         )
         for k, name in enumerate(split.names)
+        if only is None or k in only  # a simulation host builds only the sites it holds
     ]
     return SiteSetup(
         model=model,

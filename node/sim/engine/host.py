@@ -22,6 +22,7 @@ import torch
 
 from gossipmed.consortium.crypto import Identity
 from gossipmed.consortium.roster import Roster
+from gossipmed.errors import ConfigError
 from gossipmed.learn.learner import AdapterState, Learner
 from gossipmed.metrics import RoundRecord
 from gossipmed.mixing.secagg.harness import PartySet, Wire
@@ -101,8 +102,7 @@ class SiteHost:
 
     def start(self, *, communicate: bool, keys: RunKeys) -> None:
         cfg = self.config
-        learners = self.factory.site_learners()
-        index = {n: i for i, n in enumerate(self.names)}
+        learners = self._learners()
         gossip = (
             cfg.gossip if communicate else GossipConfig(round_timeout_s=cfg.gossip.round_timeout_s)
         )
@@ -117,7 +117,7 @@ class SiteHost:
         self.audit = ListAudit()
         self.peers = {}
         for name in self.sites:
-            learner: Learner = learners[index[name]]
+            learner = learners[name]
             sealer = self._sealer(name, keys)
             if communicate and name in self.spec.attackers:
                 attack_learner(learner, config=cfg.attack)
@@ -148,6 +148,23 @@ class SiteHost:
                 keys={s: SigningKey(keys.signing_seeds[s]) for s in self.sites},
                 public=dict(keys.verify_keys),
             )
+
+    def _learners(self) -> dict[str, Learner]:
+        """Fresh learners of this host's sites (the i-th site of the topology gets the data's
+        i-th); only those, where the factory can build a share."""
+        index = {n: i for i, n in enumerate(self.names)}
+        wanted = [index[n] for n in self.sites]
+        share = getattr(self.factory, "learners_for", None)
+        if share is not None:
+            by_index: Mapping[int, Learner] = share(wanted)
+        else:
+            every = self.factory.site_learners()
+            if len(every) != len(self.names):
+                raise ConfigError(
+                    f"the data gives {len(every)} sites but the topology has {len(self.names)}"
+                )
+            by_index = dict(enumerate(every))
+        return {n: by_index[index[n]] for n in self.sites}
 
     def _sealer(self, name: str, keys: RunKeys) -> Sealer:
         if keys.identities is None or keys.roster is None:
