@@ -2,7 +2,7 @@
 
 Each host returns the exact sum of its sites' states; the driver adds the hosts' sums and
 divides once; each host returns its sites' distances to that mean. The sums are exact
-integers (every float32 coordinate's magnitude, scaled by 2**149, split into 31-bit bands
+whole numbers (every float32 coordinate's magnitude, scaled by 2**149, split into 31-bit bands
 that carry its sign),
 so they do not depend on how sites are spread over hosts or in which order they are added:
 the mean, and every distance, is the same bit for bit for any number of workers.
@@ -22,7 +22,9 @@ SCALE_BITS = 149  # 2**-149 is the smallest float32 (subnormal): every float32 *
 BANDS = 9  # 9 * 31 bits cover float32's range scaled by 2**149 (below 2**277)
 
 BandSums = dict[int, torch.Tensor]
-"""band k -> int64 sum of that band of every state (bands that are all zero left out)."""
+"""band k -> float64 sum of that band's signed digits over every state (bands that are all
+zero left out). A digit is below 2**31, so the sum over fewer than 2**22 states is a whole
+number below 2**53: exact in float64, whatever the order of addition."""
 
 
 def band_sums(states: Iterable[Mapping[str, torch.Tensor]]) -> tuple[int, BandSums]:
@@ -31,20 +33,21 @@ def band_sums(states: Iterable[Mapping[str, torch.Tensor]]) -> tuple[int, BandSu
     for state in states:
         count += 1
         flat = flatten_state(state)
-        scaled = torch.ldexp(flat.abs(), torch.tensor(SCALE_BITS, dtype=torch.float64))
-        sign = torch.sign(flat).to(torch.int64)
-        quotients = [
-            torch.floor(torch.ldexp(scaled, torch.tensor(-BAND_BITS * k, dtype=torch.float64)))
-            for k in range(BANDS)
-        ]
-        for k in range(BANDS):
-            band = quotients[k]
-            if k + 1 < BANDS:
-                band = band - quotients[k + 1] * float(1 << BAND_BITS)
-            digits = band.to(torch.int64) * sign
-            if not bool(digits.any()):
-                continue
-            sums[k] = sums[k] + digits if k in sums else digits
+        sign = torch.sign(flat)
+        rest = flat.abs_().mul_(2.0**SCALE_BITS)  # whole numbers with <= 24 significant bits
+        top = float(rest.max()) if rest.numel() else 0.0
+        k = min(BANDS - 1, int(math.log2(top)) // BAND_BITS) if top > 0 else -1
+        while k >= 0:  # from the top band down, until nothing is left
+            unit = 2.0 ** (BAND_BITS * k)
+            digits = torch.mul(rest, 1.0 / unit).floor_()
+            rest.sub_(digits, alpha=unit)  # exact: it only clears the bits taken
+            if k in sums:
+                sums[k].addcmul_(digits, sign)
+            else:
+                sums[k] = digits.mul_(sign)
+            if not bool(rest.any()):
+                break
+            k -= 1
     return count, sums
 
 
@@ -64,10 +67,7 @@ def mean_of(count: int, sums: BandSums, *, size: int) -> torch.Tensor:
         raise ValueError("consensus distance of zero sites")
     mean = torch.zeros(size, dtype=torch.float64)
     for k in sorted(sums, reverse=True):
-        mean += torch.ldexp(
-            sums[k].to(torch.float64),
-            torch.tensor(BAND_BITS * k - SCALE_BITS, dtype=torch.float64),
-        )
+        mean += sums[k] * 2.0 ** (BAND_BITS * k - SCALE_BITS)
     return mean / count
 
 
