@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,10 @@ class Simulation:
         *,
         factory: LearnerFactory | None = None,
         on_progress: ProgressCallback | None = None,
+        hosts: Callable[[HostSpec], HostGroup] | None = None,
     ) -> None:
+        """`hosts` builds the site hosts from the spec of all sites (default: from
+        `[sim] engine`)."""
         self.config = config
         sim = config.sim
         if factory is not None and sim.engine != "inprocess":
@@ -160,6 +163,7 @@ class Simulation:
             if config.attack.active
             else []
         )
+        self._make_hosts = hosts
         self._group: HostGroup | None = None
 
     @property
@@ -178,7 +182,9 @@ class Simulation:
                 gossip_steps=self.gossip_steps,
                 attackers=tuple(self.attackers),
             )
-            if self.config.sim.engine == "ray":
+            if self._make_hosts is not None:
+                self._group = self._make_hosts(spec)
+            elif self.config.sim.engine == "ray":
                 from node.sim.engine.ray_group import RayGroup
 
                 self._group = RayGroup(spec, names=self.names)
