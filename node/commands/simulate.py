@@ -378,9 +378,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     if config.sim.engine == "ray":
-        from node.sim.engine.ray_group import import_ray
+        from node.sim.engine.ray_group import import_ray, on_this_machine
 
-        import_ray()  # a missing extra is a one-line usage error, before any work
+        import_ray(local=on_this_machine(config.sim.ray_address))  # a missing extra: exit 2
     try:
         return _run(args, config)
     except WorkerLost as exc:  # not a usage error: the run itself failed

@@ -36,8 +36,10 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 and Ray's services (GCS, raylet, object manager, workers) listen on it alone."""
 
 
-def import_ray() -> Any:
-    if "ray" not in sys.modules:  # read once, when Ray is imported
+def import_ray(*, local: bool) -> Any:
+    """Ray, or a one-line error naming the extra. `local`: this driver will start a private
+    Ray (never when joining a cluster, whose nodes must see each other)."""
+    if local and "ray" not in sys.modules:  # read once, when Ray is imported
         os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
@@ -46,6 +48,19 @@ def import_ray() -> Any:
             f"--engine ray needs Ray, the optional extra 'ray': {EXTRA_HINT}"
         ) from None
     return ray
+
+
+def on_this_machine(address: str | None) -> bool:
+    """No address (a private Ray), or a loopback one (a Ray started on loopback here)."""
+    if not address:
+        return True
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def local_ray_options(*, num_cpus: int | None = None) -> dict[str, Any]:
@@ -63,7 +78,7 @@ def start_local_ray(*, num_cpus: int | None = None) -> Any:
     """A private Ray on this machine that nothing outside it can reach; refuses to go on
     (and stops it) when its node address is not a loopback one."""
     os.environ[LOOPBACK_ENV] = "0"  # the Ray processes started below read it too
-    ray = import_ray()
+    ray = import_ray(local=True)
     ray.init(**local_ray_options(num_cpus=num_cpus))
     addresses = {node["NodeManagerAddress"] for node in ray.nodes()}
     if not all(ipaddress.ip_address(a).is_loopback for a in addresses):
@@ -112,7 +127,7 @@ class RayGroup:
     """One actor per worker, each holding a SiteHost; calls go to every actor at once."""
 
     def __init__(self, spec: HostSpec, *, names: Sequence[str]) -> None:
-        self.ray = ray = import_ray()
+        self.ray = ray = import_ray(local=on_this_machine(spec.config.sim.ray_address))
         sim: SimSection = spec.config.sim
         self.started = False
         if not ray.is_initialized():
