@@ -64,8 +64,10 @@ def on_this_machine(address: str | None) -> bool:
 
 
 def local_ray_options(*, num_cpus: int | None = None) -> dict[str, Any]:
-    """How a private local Ray starts: loopback only, no dashboard, quiet."""
+    """How a private local Ray starts: always a new one (never another Ray running here),
+    loopback only, no dashboard, quiet."""
     return {
+        "address": "local",
         "num_cpus": num_cpus,
         "include_dashboard": False,
         "_node_ip_address": "127.0.0.1",
