@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,6 +328,7 @@ def build_site_learners(
     ledger_dir: str | Path | None = None,
     pooled: bool = False,
     progress: bool = False,
+    only: Collection[int] | None = None,
 ) -> SiteSetup:
     """Partition the dataset over `config.data.n_sites` sites sharing one model.
 
@@ -349,6 +350,7 @@ def build_site_learners(
             randomness=randomness,
         )
         for k, name in enumerate(split.names)
+        if only is None or k in only  # a simulation host builds only the sites it holds
     ]
     return SiteSetup(
         model=model,

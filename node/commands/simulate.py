@@ -1,4 +1,4 @@
-"""`gossipmed simulate`: N sites in one process, same peer logic as the daemon."""
+"""`gossipmed simulate`: N sites with the daemon's peer logic, in this process or in Ray."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "simulate",
-        help="simulate a gossip consortium in one process",
+        help="simulate a gossip consortium (in one process, or in Ray)",
         description=(
             "Run N simulated sites in lockstep over an in-memory network with the daemon's own "
             "round logic (train, seal, send, verify, mix, checkpoint). Flags override "
@@ -188,6 +188,41 @@ def register(sub: Any) -> None:
     )
     r.add_argument("--attackers", type=int, help="number of attacker sites, chosen by --seed")
     r.add_argument("--attack-scale", type=float, help="factor of --attack scale (default 10)")
+    e = p.add_argument_group(
+        "engine (where the sites run; never changes the results)",
+        "inprocess runs every site in this process; ray runs them in Ray actors, several sites "
+        "sharing one base model per actor, on this machine or a Ray cluster (needs the optional "
+        "extra: pip install 'gossipmed[ray]')",
+    )
+    e.add_argument(
+        "--engine",
+        choices=("inprocess", "ray"),
+        help="inprocess (default) or ray ([sim] engine)",
+    )
+    e.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join this Ray cluster (HOST:PORT from `ray start --head`, or auto); default: start "
+        "a private Ray on 127.0.0.1 for this run ([sim] ray_address)",
+    )
+    e.add_argument(
+        "--sites-per-worker",
+        type=int,
+        metavar="N",
+        help="sites each Ray worker holds (default: sites spread evenly over the cluster's CPUs)",
+    )
+    e.add_argument(
+        "--worker-cpus",
+        type=float,
+        metavar="C",
+        help="CPUs (and torch threads) per Ray worker (default 1)",
+    )
+    e.add_argument(
+        "--worker-gpus",
+        type=float,
+        metavar="G",
+        help="GPUs per Ray worker (default 0; 1 with --device cuda: one worker per GPU)",
+    )
     o = p.add_argument_group("output")
     o.add_argument(
         "--baselines",
@@ -221,6 +256,11 @@ def build_config(args: argparse.Namespace) -> Any:
             "sealing": args.sealing,
             "problem": args.problem,
             "seed": seed,
+            "engine": args.engine,
+            "ray_address": args.ray_address,
+            "sites_per_worker": args.sites_per_worker,
+            "worker_cpus": args.worker_cpus,
+            "worker_gpus": args.worker_gpus,
         },
         "consortium": {
             "gossip_steps": args.gossip_steps,
@@ -345,11 +385,27 @@ def override_choice(
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from node.sim.engine.ray_group import WorkerLost
+
+    config = build_config(args)
+    if config.sim.engine == "ray":
+        from node.sim.engine.ray_group import import_ray, on_this_machine
+
+        import_ray(local=on_this_machine(config.sim.ray_address))  # a missing extra: exit 2
+    try:
+        return _run(args, config)
+    except WorkerLost as exc:  # not a usage error: the run itself failed
+        sys.stderr.write(f"gossipmed simulate: error: {' '.join(str(exc).split())}\n")
+        return 1
+
+
+def _run(args: argparse.Namespace, config: Any) -> int:
     from node.report.summary import print_summary
     from node.sim.run import run_simulation
     from node.sim.run_dir import prepare_run_dir
 
-    config = build_config(args)
     prepare_run_dir(args.out, overwrite=args.overwrite)
     if args.json:
         summary = run_simulation(config, out_dir=args.out)

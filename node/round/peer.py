@@ -346,7 +346,9 @@ class Peer(PeerInbound):
             else:  # the round's last exchange
                 self.round = round + 1
                 self._inbox.drop_before((self.round, 0))
-        neighbour_states = buffer.states
+        # sender-name order, not arrival order: the float sums are the same however the
+        # updates raced in (and on every simulation engine)
+        neighbour_states = {n: buffer.states[n] for n in sorted(buffer.states)}
         if step == 0:
             work.local_cd = local_consensus_distance(work.state, neighbour_states.values())
         work.bytes_received += buffer.bytes_received

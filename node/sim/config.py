@@ -2,7 +2,9 @@
 flags override the file):
 
     [sim]         topology, degree, p, topology_file, rounds, eval_every, train, baselines,
-                  sealing, problem, seed
+                  sealing, problem, seed; engine, ray_address, sites_per_worker,
+                  worker_cpus, worker_gpus (where the sites run: never part of what
+                  sites agree on)
     [consortium]  gossip_steps, mixing, secure_aggregation (+ secagg_rms, the norm
                   envelope) -- what a deployment keeps in its consortium file
                   (gossipmed.consortium.settings)
@@ -43,6 +45,13 @@ SEALING_MODES = ("envelope", "plaintext")
 PROBLEMS = ("lm", "quadratic")
 """lm: the clinical language model (gossipmed.learn.train); quadratic: a synthetic per-site
 least-squares problem that runs in milliseconds, for topology and fault experiments."""
+
+ENGINES = ("inprocess", "ray")
+"""inprocess: every site in this process (the default); ray: sites in Ray actors, several per
+actor (node.sim.engine.ray_group; the optional extra 'ray')."""
+ENGINE_KEYS = ("engine", "ray_address", "sites_per_worker", "worker_cpus", "worker_gpus")
+"""[sim] keys that say where a simulation runs, not what it computes: left out of anything the
+simulated sites must agree on."""
 
 SECTIONS = (
     "sim",
@@ -100,8 +109,31 @@ class SimSection:
     runs in milliseconds)."""
     seed: int = 0
     """Seed of the graph, of attacker choice and of the quadratic problem."""
+    engine: str = "inprocess"
+    """Where the sites run: "inprocess" (every site in this process) or "ray" (sites in Ray
+    actors; the optional `ray` extra). Never part of what the sites agree on."""
+    ray_address: str | None = None
+    """The Ray cluster to join (HOST:6379 or "auto"); omitted: a private local Ray."""
+    sites_per_worker: int | None = None
+    """Sites hosted by one Ray worker; omitted: spread evenly over the cluster's CPUs."""
+    worker_cpus: float = 1.0
+    """CPUs (and torch threads) each Ray worker takes."""
+    worker_gpus: float = 0.0
+    """GPUs each Ray worker takes (1: one worker per GPU)."""
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"sim.engine must be one of {', '.join(ENGINES)}")
+        if self.ray_address is not None and not (
+            isinstance(self.ray_address, str) and self.ray_address.strip()
+        ):
+            raise ConfigError("sim.ray_address must be a Ray address such as HOST:6379 or auto")
+        if self.sites_per_worker is not None and not 1 <= self.sites_per_worker <= 1_000_000:
+            raise ConfigError("sim.sites_per_worker must be >= 1")
+        if not (math.isfinite(self.worker_cpus) and self.worker_cpus > 0):
+            raise ConfigError("sim.worker_cpus must be a number > 0")
+        if not (math.isfinite(self.worker_gpus) and self.worker_gpus >= 0):
+            raise ConfigError("sim.worker_gpus must be a number >= 0")
         if self.topology not in KINDS:
             raise ConfigError(f"sim.topology must be one of {', '.join(KINDS)}")
         if not 1 <= self.rounds <= 100_000:
@@ -174,6 +206,13 @@ class SimConfig:
         if self.learning.base_model is not None:
             out["base_model"] = self.learning.base_model
         return out
+
+
+def agreed_mapping(config: SimConfig) -> dict[str, Any]:
+    """The resolved config without the keys that only say where it runs."""
+    out = config.to_mapping()
+    out["sim"] = {k: v for k, v in out["sim"].items() if k not in ENGINE_KEYS}
+    return out
 
 
 def _table(obj: Any) -> dict[str, Any]:

@@ -7,9 +7,10 @@ frozen base model in memory) and builds the centralized baseline's pooled learne
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
+from gossipmed.errors import ConfigError
 from gossipmed.learn.config import LearningConfig
 from gossipmed.learn.learner import Learner
 from gossipmed.privacy.randomness import RandomSource
@@ -64,6 +65,21 @@ class LanguageModelFactory:
         return build_site_learners(
             self.learning, model=self.model, randomness=self.randomness
         ).learners
+
+    def learners_for(self, indices: Collection[int]) -> dict[int, Learner]:
+        """Fresh learners of these sites only (a simulation host's share), by site index:
+        a host never builds, nor calibrates the noise of, the sites it does not hold."""
+        from gossipmed.learn.train import build_site_learners
+
+        wanted = sorted(set(indices))
+        learners = build_site_learners(
+            self.learning, model=self.model, randomness=self.randomness, only=wanted
+        ).learners
+        if len(learners) != len(wanted):
+            raise ConfigError(
+                f"the data gives fewer sites than the {self.learning.data.n_sites} asked for"
+            )
+        return dict(zip(wanted, learners, strict=True))
 
     def pooled_learner(self) -> Learner:
         from gossipmed.learn.train import build_site_learners

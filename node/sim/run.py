@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gossipmed.learn.learner import Learner
 from gossipmed.metrics import METRICS_FILE, MetricsWriter, RoundRecord
 from gossipmed.storage.checkpoint import atomic_write_bytes, atomic_write_json
 from node.sim.config import SimConfig, to_toml
@@ -32,10 +31,13 @@ def peak_rss_mib() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
-def save_adapters(learners: Mapping[str, Learner], directory: Path) -> None:
-    """Final per-site adapters, each in its learner's own format."""
-    for name, learner in learners.items():
-        learner.save_adapter(directory / name)
+def save_adapters(adapters: Mapping[str, Mapping[str, bytes]], directory: Path) -> None:
+    """Final per-site adapters, each in its learner's own format (files from its host)."""
+    for name, files in adapters.items():
+        for relative, data in files.items():
+            path = directory / name / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
 
 
 def _fresh_writer(path: Path) -> MetricsWriter:
@@ -93,20 +95,22 @@ def run_simulation(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "config.toml", to_toml(config.to_mapping()).encode())
-    sim = Simulation(config, factory=factory, on_progress=on_progress)
     # records stream to disk round by round: a long run can be inspected while it goes
     results: list[RunResult] = []
-    with _fresh_writer(out_dir / METRICS_FILE) as writer:
-        results.append(sim.run_gossip(writer=writer))
-        writer.sync()
-    save_adapters(results[0].learners, out_dir / "adapters")
-    if config.sim.baselines:
-        with _fresh_writer(out_dir / BASELINE_DIRS["local"] / METRICS_FILE) as writer:
-            results.append(sim.run_gossip(communicate=False, writer=writer))
+    with Simulation(config, factory=factory, on_progress=on_progress) as sim:
+        engine = sim.engine()
+        with _fresh_writer(out_dir / METRICS_FILE) as writer:
+            results.append(sim.run_gossip(writer=writer))
             writer.sync()
-        with _fresh_writer(out_dir / BASELINE_DIRS["central"] / METRICS_FILE) as writer:
-            results.append(sim.run_central(writer=writer))
-            writer.sync()
+        save_adapters(results[0].adapters, out_dir / "adapters")
+        if config.sim.baselines:
+            with _fresh_writer(out_dir / BASELINE_DIRS["local"] / METRICS_FILE) as writer:
+                results.append(sim.run_gossip(communicate=False, writer=writer))
+                writer.sync()
+            sim.close()  # the centralized baseline runs here, in the driver
+            with _fresh_writer(out_dir / BASELINE_DIRS["central"] / METRICS_FILE) as writer:
+                results.append(sim.run_central(writer=writer))
+                writer.sync()
     audit_counts: dict[str, int] = {}
     for event in sim.audit.events:
         key = f"{event['event']}:{event.get('reason', '')}"
@@ -122,6 +126,7 @@ def run_simulation(
             "wall_seconds": {r.name: r.wall_seconds for r in results},
             "seconds_per_round": {r.name: r.wall_seconds / config.sim.rounds for r in results},
             "peak_rss_mib": peak_rss_mib(),
+            "engine": engine,
             "audit": audit_counts,
             "sites": sim.names,
             "robustness": robustness_summary(

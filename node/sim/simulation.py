@@ -1,11 +1,14 @@
-"""`gossipmed simulate`: many sites in one process, the daemon's exact round logic.
+"""`gossipmed simulate`: many sites, the daemon's exact round logic, in this process or in Ray.
 
 Each site is a `node.round.peer.Peer` composed by node.round.builder from the same `[gossip]`
-choices a daemon reads; the simulator drives them in lockstep over an in-memory network with
-simulated time: a dropped message never arrives, an offline site skips the round, and a
-straggler whose delay exceeds the round timeout is heard one round late (and rejected as
-stale). Every decision comes from the seed, so a run is reproducible -- including the DP
-noise: the simulator's randomness is seeded on purpose and is never what a real site uses.
+choices a daemon reads; the driver runs them in lockstep (node.sim.engine.rounds) over site
+hosts -- one in this process (`[sim] engine = "inprocess"`, the default) or Ray actors that
+each hold several sites (`"ray"`, node.sim.engine.ray_group) -- with simulated time: a
+dropped message never arrives, an offline site skips the round, and a straggler whose delay
+exceeds the round timeout is heard one round late (and rejected as stale). Every decision
+comes from the seed, so a run is reproducible, on either engine and for any number of
+workers -- including the DP noise: the simulator's randomness is seeded on purpose and is
+never what a real site uses. Only key material is fresh (the OS CSPRNG), as a real site's.
 """
 
 from __future__ import annotations
@@ -16,55 +19,80 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from gossipmed.errors import ConfigError
-from gossipmed.learn.learner import AdapterState, Learner
-from gossipmed.metrics import MetricsWriter, RoundRecord, consensus_distances
+from gossipmed.learn.learner import AdapterState
+from gossipmed.metrics import MetricsWriter, RoundRecord
 from gossipmed.mixing.secagg import MIN_THRESHOLD, check_threshold
-from gossipmed.wire.plaintext import PlaintextSealer
-from gossipmed.wire.tensors import NonFiniteTensor
-from gossipmed.wire.update import Sealer
 from node.round.audit import ListAudit
-from node.round.builder import RoundPlan, build_peer
-from node.round.config import GossipConfig
-from node.round.peer import Peer
-from node.sim.attacks import attack_learner, attack_sealer, choose_attackers
-from node.sim.config import SimConfig
+from node.sim.attacks import choose_attackers
+from node.sim.config import SimConfig, agreed_mapping
+from node.sim.engine.group import HostGroup, LocalGroup
+from node.sim.engine.host import HostSpec, RunKeys, SiteHost, adapter_files
+from node.sim.engine.rounds import ProgressCallback, RoundLoop, run_rounds
 from node.sim.factories import LearnerFactory, default_factory
 from node.sim.faults import FaultInjector
-from node.sim.secure import SecureNetwork
 from topology.schedule import MixingSchedule
 from topology.summary import TopologySummary, summarize
 
-ProgressCallback = Callable[[str, int, int], None]
-"""(run name, rounds done, rounds total)"""
+__all__ = ["ProgressCallback", "RunResult", "Simulation", "run_keys"]
 
 
-def build_sealers(
-    names: list[str], *, mode: str, edges: list[tuple[str, str]], topology: str
-) -> dict[str, Sealer]:
-    """One sealer per site. 'envelope' (the default) gives every simulated site a fresh
-    in-memory identity and one roster of all of them, so simulated updates are signed,
-    encrypted and replay-checked exactly as the daemon's are."""
-    if mode == "plaintext":
-        return {n: PlaintextSealer(identity=n) for n in names}
-    from gossipmed.consortium.crypto import generate_identity
-    from gossipmed.consortium.member import Member
-    from gossipmed.consortium.roster import Roster
-    from gossipmed.wire.envelope import EnvelopeSealer
+def run_keys(
+    names: list[str],
+    *,
+    sealing: str,
+    secure: bool,
+    edges: list[tuple[str, str]],
+    topology: str,
+    roster_hash: bytes,
+) -> RunKeys:
+    """One run's key material, from the OS CSPRNG. 'envelope' sealing (the default) gives
+    every simulated site a fresh identity and one roster of all of them, so simulated updates
+    are signed, encrypted and replay-checked exactly as the daemon's are; secure aggregation
+    gives each a fresh signing key."""
+    import os
 
-    identities = {n: generate_identity() for n in names}
-    roster = Roster(
-        members=tuple(
-            Member(name=n, peer_id=i.peer_id, sign_key=i.sign_key, box_key=i.box_key)
-            for n, i in identities.items()
-        ),
-        edges=tuple(edges),
-        topology=topology,
+    identities = roster = None
+    if sealing == "envelope":
+        from gossipmed.consortium.crypto import generate_identity
+        from gossipmed.consortium.member import Member
+        from gossipmed.consortium.roster import Roster
+
+        identities = {n: generate_identity() for n in names}
+        roster = Roster(
+            members=tuple(
+                Member(name=n, peer_id=i.peer_id, sign_key=i.sign_key, box_key=i.box_key)
+                for n, i in identities.items()
+            ),
+            edges=tuple(edges),
+            topology=topology,
+        )
+    seeds = verify = None
+    if secure:
+        from nacl.signing import SigningKey
+
+        seeds = {n: os.urandom(32) for n in names}
+        verify = {n: bytes(SigningKey(seed).verify_key) for n, seed in seeds.items()}
+    return RunKeys(
+        identities=identities,
+        roster=roster,
+        signing_seeds=seeds,
+        verify_keys=verify,
+        roster_hash=roster_hash,
     )
-    return {n: EnvelopeSealer(identity=identities[n], roster=roster) for n in names}
+
+
+def keys_for(keys: RunKeys, sites: tuple[str, ...]) -> RunKeys:
+    """A host's share: its own sites' secrets, everyone's public keys."""
+    return dataclasses.replace(
+        keys,
+        identities={s: keys.identities[s] for s in sites} if keys.identities else None,
+        signing_seeds={s: keys.signing_seeds[s] for s in sites} if keys.signing_seeds else None,
+    )
 
 
 @dataclass
@@ -73,7 +101,8 @@ class RunResult:
     records: list[RoundRecord]
     wall_seconds: float
     states: dict[str, AdapterState]
-    learners: dict[str, Learner]
+    adapters: dict[str, dict[str, bytes]]
+    """Each site's final adapter files, {relative path: bytes}, in its learner's format."""
 
 
 class Simulation:
@@ -83,11 +112,16 @@ class Simulation:
         *,
         factory: LearnerFactory | None = None,
         on_progress: ProgressCallback | None = None,
+        hosts: Callable[[HostSpec], HostGroup] | None = None,
     ) -> None:
+        """`hosts` builds the site hosts from the spec of all sites (default: from
+        `[sim] engine`)."""
         self.config = config
-        self.factory = factory if factory is not None else default_factory(config)
-        self.on_progress = on_progress
         sim = config.sim
+        if factory is not None and sim.engine != "inprocess":
+            raise ConfigError("a custom learner factory runs only with the inprocess engine")
+        self._factory = factory
+        self.on_progress = on_progress
         self.graphs = config.graphs()
         if self.graphs[0].number_of_nodes() != config.nodes:
             raise ConfigError(
@@ -109,7 +143,6 @@ class Simulation:
         )
         self.audit = ListAudit()
         self.secure = config.consortium.secure_aggregation
-        self.secure_network: SecureNetwork | None = None
         if self.secure:
             short = sorted(
                 {
@@ -130,151 +163,107 @@ class Simulation:
             if config.attack.active
             else []
         )
+        self._make_hosts = hosts
+        self._group: HostGroup | None = None
+
+    @property
+    def factory(self) -> LearnerFactory:
+        """The driver's own learners (the centralized baseline; every site, in process)."""
+        if self._factory is None:
+            self._factory = default_factory(self.config)
+        return self._factory
+
+    def hosts(self) -> HostGroup:
+        """The site hosts, started on first use and kept for every run (close() ends them)."""
+        if self._group is None:
+            spec = HostSpec(
+                config=self.config,
+                sites=tuple(self.names),
+                gossip_steps=self.gossip_steps,
+                attackers=tuple(self.attackers),
+            )
+            if self._make_hosts is not None:
+                self._group = self._make_hosts(spec)
+            elif self.config.sim.engine == "ray":
+                from node.sim.engine.ray_group import RayGroup
+
+                self._group = RayGroup(spec, names=self.names)
+            else:
+                self._group = LocalGroup([SiteHost(spec, factory=self.factory)])
+        return self._group
+
+    def engine(self) -> dict[str, Any]:
+        """The engine, its workers and where each site ran (summary.json)."""
+        return self.hosts().describe()
+
+    def close(self, *, clean: bool = True) -> None:
+        """Stop the hosts (Ray actors, and a Ray this run started); after a clean run a Ray
+        engine may keep its actors for this driver's next simulation."""
+        group, self._group = self._group, None
+        if group is not None:
+            group.close(reuse=clean)
+
+    def __enter__(self) -> Simulation:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(clean=exc_type is None)
 
     # -- gossip ---------------------------------------------------------------------------------
 
-    def build_peers(self, *, communicate: bool = True) -> dict[str, Peer]:
-        """Every site's peer, composed once (attackers' learners and sealers included)."""
-        cfg = self.config
-        learners = self.factory.site_learners()
-        if len(learners) != len(self.names):
-            raise ConfigError(
-                f"the data gives {len(learners)} sites but the topology has {len(self.names)}"
-            )
-        if communicate:
-            sealers = build_sealers(
-                self.names,
-                mode=cfg.sim.sealing,
-                edges=self.schedule.edges(),
-                topology=cfg.sim.topology,
-            )
-            gossip = cfg.gossip
-        else:  # local-only: nobody hears anybody, so codec and drift play no part
-            sealers = {n: PlaintextSealer(identity=n) for n in self.names}
-            gossip = GossipConfig(round_timeout_s=cfg.gossip.round_timeout_s)
-        plan = RoundPlan(
-            local_steps=cfg.learning.train.steps_per_round,
-            gossip_steps=self.gossip_steps if communicate else 1,
-            train=cfg.sim.train,
-            eval_every=cfg.sim.eval_every,
-            total_rounds=cfg.sim.rounds,
-            secure=self.secure and communicate,
+    def roster_hash(self) -> bytes:
+        """What secure aggregation's instances are bound to: the run's config, without the
+        keys that only say where it runs (every engine gives the same exchanges)."""
+        digest = hashlib.blake2b(
+            json.dumps(agreed_mapping(self.config), sort_keys=True, default=str).encode(),
+            digest_size=32,
         )
-        if plan.secure:
-            digest = hashlib.blake2b(
-                json.dumps(cfg.to_mapping(), sort_keys=True, default=str).encode(),
-                digest_size=32,
-            )
-            self.secure_network = SecureNetwork(
-                sites=tuple(self.names),
-                roster_hash=digest.digest(),
-                fixed_point=cfg.consortium.envelope,
-            )
-        peers = {}
-        for i, name in enumerate(self.names):
-            learner, sealer = learners[i], sealers[name]
-            if communicate and name in self.attackers:
-                attack_learner(learner, config=cfg.attack)
-                index = self.attackers.index(name)
-                sealer = attack_sealer(sealer, config=cfg.attack, index=index, seed=cfg.sim.seed)
-            peers[name] = build_peer(
-                name=name,
-                learner=learner,
-                sealer=sealer,
-                schedule=self.schedule,
-                plan=plan,
-                gossip=gossip,
-                audit=self.audit,
-            ).peer
-        return peers
+        return digest.digest()
 
     def run_gossip(
         self, *, communicate: bool = True, writer: MetricsWriter | None = None
     ) -> RunResult:
-        rounds = self.config.sim.rounds
+        cfg = self.config
         run_name = "gossip" if communicate else "local"
-        peers = self.build_peers(communicate=communicate)
-        faults = self.faults if communicate else None
-        records: list[RoundRecord] = []
-        late: list[tuple[str, bytes]] = []
+        group = self.hosts()
+        keys = run_keys(
+            self.names,
+            sealing=cfg.sim.sealing if communicate else "plaintext",
+            secure=self.secure and communicate,
+            edges=self.schedule.edges(),
+            topology=cfg.sim.topology,
+            roster_hash=self.roster_hash(),
+        )
+        group.call(
+            "start",
+            [{"communicate": communicate, "keys": keys_for(keys, sites)} for sites in group.sites],
+        )
+        loop = RoundLoop(
+            names=list(self.names),
+            schedule=self.schedule,
+            rounds=cfg.sim.rounds,
+            gossip_steps=self.gossip_steps,
+            secure=self.secure,
+            faults=self.faults if communicate else None,
+            run_name=run_name,
+        )
         started = time.perf_counter()
-        for r in range(rounds):
-            online = {n: not (faults and faults.offline(r, n)) for n in self.names}
-            live = [peer for name, peer in peers.items() if online[name]]
-            for peer in live:
-                peer.train(r)
-            if communicate and self.secure:
-                self._secure_exchange(r, live, online)
-            for step in range(self.gossip_steps if communicate and not self.secure else 0):
-                if step > 0:
-                    for peer in live:
-                        peer.mix_step(r, step - 1)
-                for peer in live:
-                    name = peer.name
-                    for recipient, data in self._seal_or_audit(peer, r, step).items():
-                        if not online[recipient] or (
-                            faults and faults.dropped(r, name, recipient, step=step)
-                        ):
-                            continue
-                        if faults and faults.late(r, name):
-                            late.append((recipient, data))
-                        else:
-                            peers[recipient].receive(data)
-            round_records = [
-                peer.complete_round(r) if online[name] else peer.skip_round(r)
-                for name, peer in peers.items()
-            ]
-            # stragglers' envelopes land after their recipients mixed: stale on arrival
-            for recipient, data in late:
-                peers[recipient].receive(data)
-            late.clear()
-            _overall, per_site = consensus_distances(
-                [peers[n].learner.get_state() for n in self.names]
-            )
-            for rec, dist in zip(round_records, per_site, strict=True):
-                final = dataclasses.replace(
-                    rec, consensus_distance=dist, consensus_scope="global", run=run_name
-                )
-                records.append(final)
-                if writer is not None:
-                    writer.write(final)
-            if self.on_progress:
-                self.on_progress(run_name, r + 1, rounds)
+        records, _ = run_rounds(group, loop, writer=writer, on_progress=self.on_progress)
+        wall = time.perf_counter() - started
+        for events in group.call("audit_events"):
+            self.audit.events.extend(events)
+        states: dict[str, AdapterState] = {}
+        adapters: dict[str, dict[str, bytes]] = {}
+        for part_states, part_adapters in group.call("finish"):
+            states.update(part_states)
+            adapters.update(part_adapters)
         return RunResult(
             name=run_name,
             records=records,
-            wall_seconds=time.perf_counter() - started,
-            states={n: _snapshot(p.learner.get_state()) for n, p in peers.items()},
-            learners={n: p.learner for n, p in peers.items()},
+            wall_seconds=wall,
+            states={n: states[n] for n in self.names},
+            adapters={n: adapters[n] for n in self.names},
         )
-
-    def _secure_exchange(self, round: int, live: list[Peer], online: Mapping[str, bool]) -> None:
-        """Every online site's secure exchange (node.sim.secure): faults become drops."""
-        assert self.secure_network is not None
-        faults = self.faults
-
-        def dropped(contributor: str, receiver: str) -> bool:
-            return faults.dropped(round, contributor, receiver) or faults.late(round, contributor)
-
-        outcomes = self.secure_network.exchange(
-            round=round,
-            schedule=self.schedule,
-            states={peer.name: peer.secure_input(round) for peer in live},
-            dropped=dropped,
-            audit=self.audit.record,
-        )
-        for peer in live:
-            peer.accept_secure(round, outcomes[peer.name])
-
-    def _seal_or_audit(self, peer: Peer, round: int, step: int) -> dict[str, bytes]:
-        """A site whose state overflowed (e.g. fed by a scaling attacker) cannot seal it: it
-        sends nothing, its neighbours count it as silent, and the run goes on to record the
-        divergence instead of stopping."""
-        try:
-            return peer.seal_outgoing(round, step)
-        except NonFiniteTensor as exc:
-            self.audit.record("non_finite_state", site=peer.name, round=round, detail=str(exc))
-            return {}
 
     # -- centralized baseline -------------------------------------------------------------------
 
@@ -321,7 +310,7 @@ class Simulation:
             records=records,
             wall_seconds=time.perf_counter() - started,
             states={"central": _snapshot(learner.get_state())},
-            learners={"central": learner},
+            adapters={"central": adapter_files(learner)},
         )
 
 

@@ -1,20 +1,27 @@
-"""One secure exchange over a whole graph, in memory: every site is the receiver of its own
-neighbourhood and a contributor to each neighbour's. Every message goes through its byte
-encoding and the bounded parser, as it would between processes. Drops are injected per
+"""The one loop that drives secure exchanges, phase by phase, wherever their parties live.
+
+`run_phases` is the loop: every place that holds parties (a `PhaseNetwork`: one process with
+every party, or a simulation engine's hosts, each holding some sites) produces its outgoing
+messages as bytes, the loop routes them, and the next phase starts. Many receivers' exchanges
+run side by side, each one's messages exactly those it would see alone. `PartySet` is the
+parties of any number of exchanges that live in one process. Every message goes through its
+byte encoding and the bounded parser, as it would between processes. Drops are injected per
 (receiver, contributor): the contributor sends nothing from that phase on in that instance.
 
-For tests, analysis and the simulator's reference; the daemon drives the same state machines
-from its own transport.
+`run_instance` and `run_graph_exchange` drive it in memory for tests, analysis and the
+simulator's reference; the daemon drives the same state machines from its own transport.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import torch
 from nacl.signing import SigningKey
 
-from gossipmed.errors import ConfigError
+from gossipmed.errors import ConfigError, GossipmedError, SecAggError
 from gossipmed.mixing.secagg.aggregator import AggregateResult, Aggregator, Outgoing
 from gossipmed.mixing.secagg.contributor import Contributor
 from gossipmed.mixing.secagg.errors import ExchangeAborted
@@ -33,10 +40,6 @@ from gossipmed.mixing.secagg.params import (
 Drops = Mapping[tuple[str, str], Phase]
 Tap = Callable[[str, str, Message], bool]
 """Sees every message as (sender, recipient, message); returning False loses it in transit."""
-
-
-def _wire(message: Message, limits: MessageLimits) -> Message:
-    return decode_message(message.to_bytes(), limits=limits)
 
 
 def instance_config(
@@ -64,6 +67,148 @@ def instance_config(
     )
 
 
+Wire = tuple[str, str, str, bytes]
+"""One message in transit: (instance, sender, recipient, bytes); `instance` names the receiver
+whose exchange it belongs to."""
+
+MAX_PHASE_STEPS = 64
+"""An exchange has five phases, each closed by its messages or a deadline: far fewer steps."""
+
+
+class PhaseNetwork(Protocol):
+    """Where the parties of some exchanges live, seen by the loop."""
+
+    def advertise(self) -> list[Wire]:
+        """Every contributor's first message."""
+        ...
+
+    def aggregate(self, wires: Sequence[Wire]) -> tuple[list[Wire], bool]:
+        """Hand receivers their contributors' messages (a receiver that got nothing to relay
+        closes its phase: the deadline); returns what they relay, and whether every
+        receiver's exchange has finished."""
+        ...
+
+    def contribute(self, wires: Sequence[Wire]) -> list[Wire]:
+        """Hand contributors what their receivers relayed; returns their replies."""
+        ...
+
+
+def run_phases(network: PhaseNetwork) -> None:
+    """Drive every exchange of `network` to its end. Messages are handed over in a fixed
+    order (instance, sender, recipient), so where the parties live changes nothing."""
+    outbox = network.advertise()
+    for _ in range(MAX_PHASE_STEPS):
+        relayed, finished = network.aggregate(sorted(outbox))
+        outbox = network.contribute(sorted(relayed)) if relayed else []
+        if finished:
+            return
+    raise SecAggError(f"a secure exchange did not finish in {MAX_PHASE_STEPS} steps")
+
+
+class PartySet:
+    """The parties that live in one process: the receivers' aggregators (by receiver) and
+    contributors (by (receiver, contributor)) of any number of exchanges. `silent[(i, j)]`
+    is the phase from which contributor j says nothing in i's exchange; `tap` sees (and may
+    lose) every message. A message a party refuses is dropped (a refusing contributor goes
+    quiet); bytes are counted per party when a message is handed over."""
+
+    def __init__(
+        self,
+        *,
+        configs: Mapping[str, InstanceConfig],
+        aggregators: Mapping[str, Aggregator] | None = None,
+        contributors: Mapping[tuple[str, str], Contributor] | None = None,
+        silent: Mapping[tuple[str, str], Phase] | None = None,
+        tap: Tap | None = None,
+    ) -> None:
+        self.limits = {i: MessageLimits.of(c) for i, c in configs.items()}
+        self.aggregators = dict(aggregators or {})
+        self.contributors = dict(contributors or {})
+        self.silent = dict(silent or {})
+        self.tap = tap
+        self.sent: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+        self.seconds: dict[str, float] = dict.fromkeys(self.aggregators, 0.0)
+
+    def quiet(self, instance: str, party: str, phase: Phase) -> bool:
+        at = self.silent.get((instance, party))
+        return at is not None and phase >= at
+
+    def advertise(self) -> list[Wire]:
+        out: list[Wire] = []
+        for (i, j), client in sorted(self.contributors.items()):
+            if self.quiet(i, j, Phase.ADVERTISE):
+                continue
+            message = client.advertise()
+            if self.tap is None or self.tap(j, i, message):
+                out.append((i, j, i, message.to_bytes()))
+        return out
+
+    def aggregate(self, wires: Sequence[Wire]) -> tuple[list[Wire], bool]:
+        inbound: dict[str, list[Wire]] = {}
+        for wire in wires:
+            inbound.setdefault(wire[0], []).append(wire)
+        relayed: list[Wire] = []
+        for receiver, agg in sorted(self.aggregators.items()):
+            if agg.finished:
+                continue
+            started = time.perf_counter()
+            out: Outgoing = []
+            for _, sender, _, data in inbound.get(receiver, []):
+                message = self._open(receiver, sender, receiver, data)
+                if message is None:
+                    continue
+                try:
+                    out += agg.receive(sender, message)
+                except GossipmedError:
+                    continue
+            if not out and not agg.finished:
+                out = agg.deadline()
+            for recipient, message in out:
+                if self.quiet(receiver, recipient, agg.phase):
+                    continue
+                if self.tap is None or self.tap(receiver, recipient, message):
+                    relayed.append((receiver, receiver, recipient, message.to_bytes()))
+            self.seconds[receiver] += time.perf_counter() - started
+        return relayed, all(a.finished for a in self.aggregators.values())
+
+    def contribute(self, wires: Sequence[Wire]) -> list[Wire]:
+        replies: list[Wire] = []
+        for instance, sender, recipient, data in wires:
+            client = self.contributors.get((instance, recipient))
+            if client is None:
+                continue
+            message = self._open(instance, sender, recipient, data)
+            if message is None:
+                continue
+            try:
+                reply = client.handle(sender, message)
+            except GossipmedError:  # refused (e.g. relayed below threshold): it goes quiet
+                client.abort()
+                continue
+            if self.tap is None or self.tap(recipient, instance, reply):
+                replies.append((instance, recipient, instance, reply.to_bytes()))
+        return replies
+
+    def results(self) -> dict[str, AggregateResult | ExchangeAborted]:
+        out: dict[str, AggregateResult | ExchangeAborted] = {}
+        for receiver, agg in self.aggregators.items():
+            try:
+                out[receiver] = agg.result()
+            except ExchangeAborted as exc:
+                out[receiver] = exc
+        return out
+
+    def _open(self, instance: str, sender: str, recipient: str, data: bytes) -> Message | None:
+        """The message, counted for both parties, or None when it does not parse."""
+        self.sent[sender] = self.sent.get(sender, 0) + len(data)
+        self.received[recipient] = self.received.get(recipient, 0) + len(data)
+        try:
+            return decode_message(data, limits=self.limits[instance])
+        except GossipmedError:
+            return None
+
+
 def run_instance(
     config: InstanceConfig,
     *,
@@ -76,12 +221,9 @@ def run_instance(
     """Run one receiver's exchange; `drops[j]` is the phase from which contributor j is
     silent, `tap` sees (and may lose) every message. Returns the result, or the
     ExchangeAborted that ended it."""
-    drops = drops or {}
-    limits = MessageLimits.of(config)
     receiver = config.instance.receiver
-    agg = Aggregator(config)
     clients = {
-        j: Contributor(
+        (receiver, j): Contributor(
             config,
             name=j,
             signing_key=signing_keys[j],
@@ -90,33 +232,15 @@ def run_instance(
         )
         for j in config.contributors
     }
-
-    def silent(j: str, phase: Phase) -> bool:
-        return j in drops and phase >= drops[j]
-
-    def delivered(sender: str, recipient: str, message: Message) -> bool:
-        return tap is None or tap(sender, recipient, message)
-
-    outbox: list[tuple[str, Message]] = [
-        (j, c.advertise()) for j, c in clients.items() if not silent(j, Phase.ADVERTISE)
-    ]
-    while not agg.finished:
-        relayed: Outgoing = []
-        for sender, message in outbox:
-            if delivered(sender, receiver, message):
-                relayed += agg.receive(sender, _wire(message, limits))
-        if not relayed and not agg.finished:
-            relayed = agg.deadline()
-        outbox = []
-        for recipient, message in relayed:
-            if silent(recipient, agg.phase) or not delivered(receiver, recipient, message):
-                continue
-            reply = clients[recipient].handle(receiver, _wire(message, limits))
-            outbox.append((recipient, reply))
-    try:
-        return agg.result()
-    except ExchangeAborted as exc:
-        return exc
+    parties = PartySet(
+        configs={receiver: config},
+        aggregators={receiver: Aggregator(config)},
+        contributors=clients,
+        silent={(receiver, j): phase for j, phase in (drops or {}).items()},
+        tap=tap,
+    )
+    run_phases(parties)
+    return parties.results()[receiver]
 
 
 def run_graph_exchange(

@@ -1,0 +1,90 @@
+"""`gossipmed simulate --engine`: its keys, its errors, and what it never changes."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from gossipmed.errors import ConfigError
+from node.cli import main
+from node.sim.config import SimSection, sim_config_from_mapping
+from node.sim.engine.ray_group import WorkerLost, plan_workers
+from node.sim.simulation import Simulation
+
+QUADRATIC = ["simulate", "--problem", "quadratic", "--nodes", "4", "--rounds", "2"]
+
+
+def test_without_ray_the_ray_engine_is_a_one_line_error_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    code = main([*QUADRATIC, "--engine", "ray", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "gossipmed[ray]" in err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_a_lost_worker_exits_1_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def dies(*_args: object, **_kwargs: object) -> None:
+        raise WorkerLost("Ray worker 1 on 10.0.0.2 died holding sites site-02, site-03")
+
+    monkeypatch.setattr("node.sim.run.run_simulation", dies)
+    assert main([*QUADRATIC, "--json", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "site-02, site-03" in err
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"engine": "spark"},
+        {"worker_cpus": 0},
+        {"worker_gpus": -1},
+        {"sites_per_worker": 0},
+        {"ray_address": " "},
+    ],
+)
+def test_engine_keys_are_validated(changes: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="sim\\."):
+        SimSection(**changes)  # type: ignore[arg-type]
+
+
+def test_engine_keys_are_not_part_of_what_sites_agree_on() -> None:
+    raw = {"sim": {"problem": "quadratic", "topology": "complete"}, "data": {"n_sites": 4}}
+    base = sim_config_from_mapping({**raw, "consortium": {"secure_aggregation": True}})
+    elsewhere = dataclasses.replace(
+        base,
+        sim=dataclasses.replace(
+            base.sim, engine="ray", ray_address="10.0.0.1:6379", sites_per_worker=2, worker_gpus=1
+        ),
+    )
+    assert Simulation(base).roster_hash() == Simulation(elsewhere).roster_hash()
+    changed = dataclasses.replace(base, sim=dataclasses.replace(base.sim, seed=1))
+    assert Simulation(changed).roster_hash() != Simulation(base).roster_hash()
+    assert elsewhere.to_mapping()["sim"]["engine"] == "ray"  # config.toml keeps them
+
+
+def test_sites_are_split_in_order_over_workers() -> None:
+    sites = [f"s{i}" for i in range(5)]
+    assert plan_workers(sites, sites_per_worker=2, slots=8) == [("s0", "s1"), ("s2", "s3"), ("s4",)]
+    assert plan_workers(sites, sites_per_worker=None, slots=2) == [("s0", "s1", "s2"), ("s3", "s4")]
+    assert plan_workers(sites, sites_per_worker=None, slots=64) == [(s,) for s in sites]
+
+
+def test_help_lists_the_engines(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--help"]) == 0
+    out = capsys.readouterr().out
+    for text in (
+        "--engine",
+        "{inprocess,ray}",
+        "--ray-address",
+        "--sites-per-worker",
+        "--worker-gpus",
+    ):
+        assert text in out
