@@ -27,6 +27,8 @@ from gossipmed.errors import ConfigError
 from gossipmed.learn.learner import AdapterState
 from gossipmed.metrics import MetricsWriter, RoundRecord
 from gossipmed.mixing.secagg import MIN_THRESHOLD, check_threshold
+from gossipmed.wire.plaintext import PlaintextSealer
+from gossipmed.wire.update import Sealer
 from node.round.audit import ListAudit
 from node.sim.attacks import choose_attackers
 from node.sim.config import SimConfig, agreed_mapping
@@ -38,7 +40,7 @@ from node.sim.faults import FaultInjector
 from topology.schedule import MixingSchedule
 from topology.summary import TopologySummary, summarize
 
-__all__ = ["ProgressCallback", "RunResult", "Simulation", "run_keys"]
+__all__ = ["ProgressCallback", "RunResult", "Simulation", "build_sealers", "run_keys"]
 
 
 def run_keys(
@@ -84,6 +86,21 @@ def run_keys(
         verify_keys=verify,
         roster_hash=roster_hash,
     )
+
+
+def build_sealers(
+    names: list[str], *, mode: str, edges: list[tuple[str, str]], topology: str
+) -> dict[str, Sealer]:
+    """One sealer per site over one run's fresh keys (what a single host holds): for tests and
+    tools that drive peers by hand."""
+    keys = run_keys(
+        names, sealing=mode, secure=False, edges=edges, topology=topology, roster_hash=b""
+    )
+    if keys.identities is None or keys.roster is None:
+        return {n: PlaintextSealer(identity=n) for n in names}
+    from gossipmed.wire.envelope import EnvelopeSealer
+
+    return {n: EnvelopeSealer(identity=keys.identities[n], roster=keys.roster) for n in names}
 
 
 def keys_for(keys: RunKeys, sites: tuple[str, ...]) -> RunKeys:
