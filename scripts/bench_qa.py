@@ -79,6 +79,7 @@ def _final(path: Path) -> dict[str, Any]:
 def _common(args: argparse.Namespace, dataset: str) -> list[str]:
     argv = ["--dataset", dataset, "--partition", "dirichlet", "--alpha", str(args.alpha)]
     argv += ["--eval-size", str(args.eval_size), "--seed", str(args.seed)]
+    argv += ["--eval-every", str(args.eval_every)]
     for flag, value in (
         ("--max-train-examples", args.max_train_examples),
         ("--local-steps", args.local_steps),
@@ -223,6 +224,7 @@ def main() -> int:
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-size", type=int, default=300)
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N rounds")
     p.add_argument("--max-train-examples", type=int, help="default: the data set's (20,000)")
     p.add_argument("--local-steps", type=int, help="default: simulate's (20)")
     p.add_argument("--batch-size", type=int, help="default: simulate's (128)")
