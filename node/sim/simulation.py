@@ -30,6 +30,7 @@ from gossipmed.mixing.secagg import MIN_THRESHOLD, check_threshold
 from gossipmed.wire.plaintext import PlaintextSealer
 from gossipmed.wire.update import Sealer
 from node.round.audit import ListAudit
+from node.round.peer import Peer
 from node.sim.attacks import choose_attackers
 from node.sim.config import SimConfig, agreed_mapping
 from node.sim.engine.group import HostGroup, LocalGroup
@@ -227,6 +228,28 @@ class Simulation:
         self.close(clean=exc_type is None)
 
     # -- gossip ---------------------------------------------------------------------------------
+
+    def build_peers(self, *, communicate: bool = True) -> dict[str, Peer]:
+        """Every site's peer, composed once in this process (attackers' learners and sealers
+        included) over fresh keys: what a run's hosts hold, for tests and tools that drive the
+        phases by hand."""
+        spec = HostSpec(
+            config=self.config,
+            sites=tuple(self.names),
+            gossip_steps=self.gossip_steps,
+            attackers=tuple(self.attackers),
+        )
+        host = SiteHost(spec, factory=self.factory)
+        keys = run_keys(
+            self.names,
+            sealing=self.config.sim.sealing if communicate else "plaintext",
+            secure=self.secure and communicate,
+            edges=self.schedule.edges(),
+            topology=self.config.sim.topology,
+            roster_hash=self.roster_hash(),
+        )
+        host.start(communicate=communicate, keys=keys)
+        return dict(host.peers)
 
     def roster_hash(self) -> bytes:
         """What secure aggregation's instances are bound to: the run's config, without the
