@@ -21,7 +21,7 @@ import torch
 
 from gossipmed.errors import ConfigError
 from gossipmed.learn.learner import AdapterState, Learner
-from gossipmed.metrics import MetricsWriter, RoundRecord, consensus_distances
+from gossipmed.metrics import LazyStates, MetricsWriter, RoundRecord, consensus_distances
 from gossipmed.mixing.secagg import MIN_THRESHOLD, check_threshold
 from gossipmed.wire.plaintext import PlaintextSealer
 from gossipmed.wire.tensors import NonFiniteTensor
@@ -229,7 +229,7 @@ class Simulation:
                 peers[recipient].receive(data)
             late.clear()
             _overall, per_site = consensus_distances(
-                [peers[n].learner.get_state() for n in self.names]
+                LazyStates([peers[n].learner.get_state for n in self.names])
             )
             for rec, dist in zip(round_records, per_site, strict=True):
                 final = dataclasses.replace(
