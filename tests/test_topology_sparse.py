@@ -111,3 +111,24 @@ def test_diameter_of_a_disconnected_graph_is_refused() -> None:
     graph = nx.Graph([(0, 1), (2, 3)])
     with pytest.raises(TopologyError, match="disconnected"):
         diameter(graph)
+
+
+def test_a_large_topology_is_summarised_without_any_dense_matrix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above the dense limit no N x N array is made: toarray and the dense eigensolvers
+    are forbidden here, and the summary still comes out (and agrees with the dense
+    lambda2 computed beforehand)."""
+    from topology.summary import summarize
+
+    graph = build_graph("random-regular", nodes=600, degree=4, seed=1)
+    dense_lambda2 = lambda2(mixing_matrix(graph), dense_limit=10_000)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a dense N x N computation ran")
+
+    monkeypatch.setattr(np.linalg, "eigvalsh", forbidden)
+    monkeypatch.setattr(sparse.csr_array, "toarray", forbidden)
+    summary = summarize("random-regular", [graph])
+    assert summary.lambda2 == pytest.approx(dense_lambda2, abs=1e-9)
+    assert summary.diameter == nx.diameter(graph)
