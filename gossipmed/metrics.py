@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
@@ -43,15 +43,43 @@ def flatten_state(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([state[k].detach().reshape(-1).to(torch.float64) for k in sorted(state)])
 
 
-def consensus_distances(states: Sequence[Mapping[str, torch.Tensor]]) -> tuple[float, list[float]]:
-    """(global D, per-site ||x_i - x_bar||) over the sites' states."""
-    if not states:
+def consensus_distances(states: Iterable[Mapping[str, torch.Tensor]]) -> tuple[float, list[float]]:
+    """(global D, per-site ||x_i - x_bar||) over the sites' states, streamed in two passes: a
+    running sum for the mean, then each site's distance to it. At most one flattened state is
+    held besides the sum, never an N x d stack, so thousands of sites (or states that live
+    elsewhere and are fetched one by one) cost the memory of one. `states` is read twice:
+    give a sequence, or a `LazyStates` that fetches each state anew on each pass. The sum
+    runs in site order, which gives the same bits as the mean of the stacked states did."""
+    if iter(states) is states:
+        raise TypeError("consensus_distances reads the states twice: pass a re-iterable")
+    total: torch.Tensor | None = None
+    count = 0
+    for state in states:
+        flat = flatten_state(state)
+        total = flat if total is None else total.add_(flat)
+        count += 1
+    if total is None:
         raise ValueError("consensus distance of zero sites")
-    stacked = torch.stack([flatten_state(s) for s in states])
-    centred = stacked - stacked.mean(dim=0, keepdim=True)
-    per_site = torch.linalg.vector_norm(centred, dim=1)
-    overall = math.sqrt(float((per_site**2).mean()))
-    return overall, [float(d) for d in per_site]
+    mean = total / count
+    per_site = [float(torch.linalg.vector_norm(flatten_state(state) - mean)) for state in states]
+    if len(per_site) != count:
+        raise ValueError("the states changed in number between the two passes")
+    overall = math.sqrt(float((torch.tensor(per_site, dtype=torch.float64) ** 2).mean()))
+    return overall, per_site
+
+
+class LazyStates:
+    """A re-iterable view of the sites' states that calls each getter anew on every pass, so
+    `consensus_distances` holds one state at a time instead of a list of copies."""
+
+    def __init__(self, getters: Sequence[Callable[[], Mapping[str, torch.Tensor]]]) -> None:
+        self._getters = tuple(getters)
+
+    def __iter__(self) -> Iterator[Mapping[str, torch.Tensor]]:
+        return (get() for get in self._getters)
+
+    def __len__(self) -> int:
+        return len(self._getters)
 
 
 def local_consensus_distance(

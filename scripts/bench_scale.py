@@ -15,6 +15,7 @@ exactly --batch examples of the synthetic `notes` dataset.
     .venv/bin/python scripts/bench_scale.py                        # CPU, default shapes
     python scripts/bench_scale.py --device cuda --dtype bfloat16 --shapes all --out gpu.jsonl
     .venv/bin/python scripts/bench_scale.py --save DIR --shape gpt2-124m   # a model folder
+    .venv/bin/python scripts/bench_scale.py --only sites -- --flower-venv DIR  # many sites
 
 Portable on purpose: it needs torch, transformers, peft, safetensors, msgpack and numpy and
 this repository (not installed: the root is put on sys.path), never node/ or libp2p, no
@@ -492,7 +493,12 @@ def main() -> int:
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help="comma list, or 'all'")
     p.add_argument("--envelope-shapes", default=",".join(ALL_SHAPES), help="comma list")
     p.add_argument("--sim-shape", default=SIM_SHAPE, help="base of the gossip simulation")
-    p.add_argument("--only", default="step,envelope,sim", help="which parts: step,envelope,sim")
+    p.add_argument(
+        "--only",
+        default="step,envelope,sim",
+        help="which parts: step,envelope,sim; or 'sites': cost as the consortium grows "
+        "(scripts/bench_scale_sites.py; its options after --)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps, auto")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--batch", type=int, default=128, help="logical batch of a step row")
@@ -516,7 +522,12 @@ def main() -> int:
     p.add_argument("--worker", choices=("step", "envelope", "sim"), help=argparse.SUPPRESS)
     p.add_argument("--shape", help="with --save: the shape to save")
     p.add_argument("--mode", choices=("dp", "nonprivate", "pair"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    argv = sys.argv[1:]
+    rest = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if args.only == "sites":
+        sites = ROOT / "scripts" / "bench_scale_sites.py"
+        return subprocess.call([sys.executable, str(sites), *rest])
     args.tokenizer = args.tokenizer or str(_default_tokenizer())
     shapes = list(ALL_SHAPES) if args.shapes == "all" else args.shapes.split(",")
     args.shape_list = [s for s in args.envelope_shapes.split(",") if s]

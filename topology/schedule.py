@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import networkx as nx
 
@@ -38,7 +39,15 @@ class MixingSchedule:
 
     @property
     def sites(self) -> list[str]:
-        return list(self.rows[0])
+        return list(self._site_order)
+
+    @cached_property
+    def _site_order(self) -> tuple[str, ...]:
+        return tuple(self.rows[0])
+
+    def has_site(self, site: str) -> bool:
+        """Membership in O(1): a site checks itself at start, with thousands of others."""
+        return site in self.rows[0]
 
     def row(self, round: int, site: str) -> Mapping[str, float]:
         return self.rows[round % len(self.rows)][site]

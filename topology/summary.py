@@ -6,8 +6,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import networkx as nx
+import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
 
-from topology.mixing import DEFAULT_RULE, mixing_matrix
+from topology.errors import TopologyError
+from topology.mixing import DEFAULT_RULE, sparse_mixing_matrix
 from topology.spectral import (
     DEFAULT_TOLERANCE,
     gossip_steps_for,
@@ -45,13 +49,14 @@ def summarize(
     tol: float = DEFAULT_TOLERANCE,
 ) -> TopologySummary:
     """Summarise a schedule (one graph for static kinds); degrees/diameter are of the union,
-    lambda2 is the effective per-round rate."""
+    lambda2 is the effective per-round rate. Sparse throughout: thousands of sites hold no
+    N x N array."""
     union = nx.compose_all(schedule)
     if len(schedule) == 1:
-        lam2 = lambda2(mixing_matrix(union, rule=rule))
+        lam2 = lambda2(sparse_mixing_matrix(union, rule=rule))
     else:
         order = list(union.nodes)
-        ws = [mixing_matrix(_reordered(g, order), rule=rule) for g in schedule]
+        ws = [sparse_mixing_matrix(_reordered(g, order), rule=rule) for g in schedule]
         lam2 = periodic_lambda2(ws)
     rounds = predicted_rounds(lam2, tol)
     if len(schedule) > 1 and lam2 == 0.0:
@@ -63,7 +68,7 @@ def summarize(
         edges=union.number_of_edges(),
         min_degree=min(degrees),
         max_degree=max(degrees),
-        diameter=nx.diameter(union),
+        diameter=diameter(union),
         mixing=rule,
         lambda2=lam2,
         spectral_gap=1.0 - lam2,
@@ -80,3 +85,24 @@ def _reordered(graph: nx.Graph, order: list[object]) -> nx.Graph:
     g.add_nodes_from(order)
     g.add_edges_from(graph.edges)
     return g
+
+
+DIAMETER_BATCH = 256
+"""Breadth-first searches run at once by `diameter`: a batch x N block of distances."""
+
+
+def diameter(graph: nx.Graph, *, batch: int = DIAMETER_BATCH) -> int:
+    """Longest shortest path of a connected graph: one breadth-first search per node, run in
+    compiled code a batch at a time, so memory stays at batch x N instead of N x N."""
+    n = graph.number_of_nodes()
+    adjacency = sparse.csr_array(nx.to_scipy_sparse_array(graph, nodelist=list(graph.nodes)))
+    longest = 0.0
+    for start in range(0, n, batch):
+        sources = np.arange(start, min(start + batch, n))
+        distances = csgraph.shortest_path(
+            adjacency, method="D", directed=False, unweighted=True, indices=sources
+        )
+        longest = max(longest, float(distances.max()))
+    if not np.isfinite(longest):
+        raise TopologyError("graph is disconnected: its diameter is infinite")
+    return int(longest)

@@ -149,6 +149,14 @@ class Roster:
     def get(self, name: str) -> Member | None:
         return self._by_name.get(name)
 
+    def member_by_peer_id(self, peer_id: str) -> Member | None:
+        """The member with this peer ID (peer IDs are unique in a roster), or None."""
+        return self._by_peer_id.get(peer_id)
+
+    @cached_property
+    def _by_peer_id(self) -> dict[str, Member]:
+        return {m.peer_id: m for m in self.members}
+
     def member(self, name: str) -> Member:
         m = self._by_name.get(name)
         if m is None:

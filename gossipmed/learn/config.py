@@ -81,7 +81,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(self.dataset in DATASETS, f"data.dataset must be one of {DATASETS}")
         _require(self.partition in PARTITIONS, f"data.partition must be one of {PARTITIONS}")
-        _require(1 <= self.n_sites <= 1024, "data.n_sites must be in 1..1024")
+        _require(1 <= self.n_sites <= 16384, "data.n_sites must be in 1..16384")
         _require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha must be > 0")
         _require(self.max_train_examples >= self.n_sites, "data.max_train_examples < n_sites")
         _require(self.eval_size >= 1, "data.eval_size must be >= 1")

@@ -88,6 +88,9 @@ class EnvelopeSealer(SealOne):
         self.max_bytes = max_bytes
         self.skew_s = skew_s
         self.replay_guard = replay_guard if replay_guard is not None else ReplayGuard()
+        # derived once: a key derivation per envelope cost more than the signature itself
+        self._signing_key = identity.signing_key
+        self._box_private_key = identity.box_private_key
         self._roster = roster
         self.name = self._my_name(roster)
         self._boxes: dict[tuple[str, bytes], Box] = {}
@@ -95,14 +98,14 @@ class EnvelopeSealer(SealOne):
 
     def _my_name(self, roster: Roster) -> str:
         peer_id = self.identity.peer_id
-        for m in roster.members:
-            if m.peer_id == peer_id:
-                if m.revoked:
-                    raise RevokedMember(f"this site ({m.name}) is revoked in the roster")
-                if m.box_key != self.identity.box_key:
-                    raise RosterError(f"roster box_key for {m.name} is not this site's key")
-                return m.name
-        raise NotAMember(f"this site's peer ID {peer_id} is not in the roster")
+        m = roster.member_by_peer_id(peer_id)
+        if m is None:
+            raise NotAMember(f"this site's peer ID {peer_id} is not in the roster")
+        if m.revoked:
+            raise RevokedMember(f"this site ({m.name}) is revoked in the roster")
+        if m.box_key != bytes(self._box_private_key.public_key):
+            raise RosterError(f"roster box_key for {m.name} is not this site's key")
+        return m.name
 
     @property
     def roster(self) -> Roster:
@@ -119,7 +122,7 @@ class EnvelopeSealer(SealOne):
         key = (name, box_key)
         box = self._boxes.get(key)
         if box is None:
-            box = Box(self.identity.box_private_key, PublicKey(box_key))
+            box = Box(self._box_private_key, PublicKey(box_key))
             self._boxes[key] = box
         return box
 
@@ -176,7 +179,7 @@ class EnvelopeSealer(SealOne):
                 },
                 use_bin_type=True,
             )
-            sig = self.identity.sign(signed_message(header, ct))
+            sig = self._signing_key.sign(signed_message(header, ct)).signature
             out[recipient] = msgpack.packb({"h": header, "c": ct, "s": sig}, use_bin_type=True)
         return out
 

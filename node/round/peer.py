@@ -79,7 +79,7 @@ class Peer(PeerInbound):
         wall_clock: Callable[[], float] = time.time,
         secure: bool = False,
     ) -> None:
-        if name not in schedule.sites:
+        if not schedule.has_site(name):
             raise GossipmedError(f"site {name!r} is not in the topology")
         if gossip_steps < 1:
             raise GossipmedError("gossip_steps must be >= 1 (resolve 'auto' before the peer)")
@@ -197,7 +197,7 @@ class Peer(PeerInbound):
     def set_schedule(self, schedule: MixingSchedule) -> None:
         """A reloaded consortium file (a revocation): new neighbours and weights from now on;
         what a former neighbour sent and is still buffered is dropped, never mixed."""
-        if self.name not in schedule.sites:
+        if not schedule.has_site(self.name):
             raise GossipmedError(f"site {self.name!r} is not in the new topology")
         with self._lock:
             self.schedule = schedule

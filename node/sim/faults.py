@@ -61,17 +61,25 @@ class FaultInjector:
         digest = hashlib.blake2b(repr((self.config.seed, *key)).encode(), digest_size=8).digest()
         return float(struct.unpack("<Q", digest)[0] >> 11) / float(1 << 53)
 
+    # each test short-cuts a probability of 0: u < 0 never holds, so no draw is needed
+
     def offline(self, round: int, site: str) -> bool:
+        if not self.config.offline_prob:
+            return False
         return self._uniform("offline", round, site) < self.config.offline_prob
 
     def dropped(self, round: int, sender: str, recipient: str, *, step: int = 0) -> bool:
         """Each exchange of a round (gossip_steps > 1) loses messages independently."""
+        if not self.config.drop_prob:
+            return False
         key = ("drop", round, sender, recipient) + ((step,) if step else ())
         return self._uniform(*key) < self.config.drop_prob
 
     def delay(self, round: int, sender: str) -> float:
         """Simulated seconds after the round start at which `sender`'s messages arrive."""
-        if self._uniform("straggler", round, sender) < self.config.straggler_prob:
+        if self.config.straggler_prob and (
+            self._uniform("straggler", round, sender) < self.config.straggler_prob
+        ):
             return self.config.straggler_delay
         return 0.0
 
