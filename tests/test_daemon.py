@@ -18,7 +18,7 @@ from daemon_support import STARTUP_S, rounds_done
 
 from gossipmed.consortium.audit import read_audit
 from gossipmed.consortium.member import Member
-from gossipmed.consortium.roster import Roster, save_roster
+from gossipmed.consortium.roster import Roster, load_roster, save_roster
 from node.daemon.cluster import (
     LOOPBACK,
     create_cluster,
@@ -51,6 +51,9 @@ def make_intruder(root: Path, *, victim: Path, toy_base: Path) -> Path:
     roster = Roster(
         members=(Member.from_mapping(_toml(victim / "card.toml")), Member.from_mapping(card)),
         edges=(("intruder", victim.name),),
+        # the victim's shared settings (task included), so it starts and dials: only the
+        # victim's roster refuses it
+        settings=load_roster(victim.parent / "consortium.toml").settings,
     )
     save_roster(roster, site / "consortium.toml")
     # it retries its send until its exchange deadline: long enough to outlast a victim that
@@ -99,6 +102,14 @@ def test_three_daemons_reach_consensus_and_refuse_an_outsider(
     for p in processes[:3]:
         p.wait(timeout=STARTUP_S)
     assert [p.returncode for p in processes[:3]] == [0, 0, 0]
+    intruder_id = Member.from_mapping(_toml(intruder / "card.toml")).peer_id
+
+    def intruder_refused() -> list[dict[str, Any]]:
+        return [e for e in read_audit(sites[0] / "audit.jsonl") if e["sender"] == intruder_id]
+
+    # the intruder retries until its own deadline; once the victim has refused it, stop it
+    wait_until(lambda: bool(intruder_refused()), timeout=STARTUP_S, what="the refusal")
+    processes[3].terminate()
     processes[3].wait(timeout=STARTUP_S)
 
     records = {s.name: rounds_done(s) for s in sites}
@@ -110,13 +121,12 @@ def test_three_daemons_reach_consensus_and_refuse_an_outsider(
     last = rms([recs[-1].consensus_distance or 0.0 for recs in records.values()])
     assert last < first / 3, (first, last)
 
-    intruder_id = Member.from_mapping(_toml(intruder / "card.toml")).peer_id
     for site in sites:
         entries = read_audit(site / "audit.jsonl")
         from_members = [e for e in entries if e["sender"] != intruder_id]
         assert len(from_members) == 2 * ROUNDS
         assert all(e["outcome"] == "accepted" for e in from_members), from_members
-    refused = [e for e in read_audit(sites[0] / "audit.jsonl") if e["sender"] == intruder_id]
+    refused = intruder_refused()
     assert refused and all(e["outcome"] == "rejected" for e in refused)
     assert any("not in the roster" in e["reason"] for e in refused)
     assert not (sites[0] / CONTROL_FILE).exists()  # removed on a clean exit

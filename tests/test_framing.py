@@ -13,6 +13,7 @@ from node.net.framing import (
     FrameError,
     FrameTooLarge,
     FrameTruncated,
+    StreamEndedEmpty,
     ReadSome,
     decode_uvarint,
     encode_frame,
@@ -123,3 +124,13 @@ def test_random_bytes_give_a_body_or_a_wire_error_never_anything_else(data: byte
     except WireError:
         return
     assert len(body) <= 32
+
+
+def test_a_stream_closed_before_its_first_byte_is_told_apart_from_a_cut_frame() -> None:
+    """A neighbour that stops mid-round closes its streams empty: not a malformed frame."""
+    with pytest.raises(StreamEndedEmpty):
+        read_all(b"", max_bytes=1024)
+    for cut in (b"\x80", encode_frame(b"abc")[:2]):
+        with pytest.raises(FrameTruncated) as caught:
+            read_all(cut, max_bytes=1024)
+        assert not isinstance(caught.value, StreamEndedEmpty)

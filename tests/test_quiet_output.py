@@ -46,5 +46,5 @@ def test_train_and_simulate_print_no_warnings_and_no_foreign_bars(
     assert res.returncode == 0, res.stderr
     for noise in NOISE:
         assert noise not in res.stderr, f"printed {noise!r}:\n{res.stderr}"
-    assert "held-out accuracy" in res.stdout  # train's own report is still there
+    assert "held-out after:" in res.stdout  # train's own report is still there
     assert "gossip: 1/1 rounds" in res.stderr  # and the simulation's own progress line

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,11 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from node.report.compare import compare_runs, print_comparison
-    from node.report.summary import json_safe
+    from gossipmed.strict_json import dumps
 
     rows = compare_runs(args.runs)
     if args.json:
-        print(json.dumps(json_safe(rows), indent=2))
+        print(dumps(rows, indent=2))
         return 0
     print_comparison(rows)
     return 0

@@ -59,14 +59,24 @@ def _replace_handler(logger: logging.Logger, handler: logging.Handler) -> None:
     logger.addHandler(handler)
 
 
-LIBP2P_TCP_LOGGER = "libp2p.transport.tcp.tcp"
+# libp2p logs every failed dial, and every stream a stopping neighbour cut mid-negotiation, at
+# ERROR; for a neighbour that is down those are expected, and the round driver reports them once
+# (node.round.reachability). Logger -> message prefix dropped unless --verbose.
+EXPECTED_REDIAL_ERRORS = {
+    "libp2p.transport.tcp.tcp": "Failed to open TCP stream",
+    "libp2p.host.basic_host": "Failed to open stream to peer",
+}
 
 
 class _ExpectedRedials(logging.Filter):
-    """Drops libp2p's per-dial "Failed to open TCP stream" record (shown with --verbose)."""
+    """Drops one libp2p logger's per-dial failure record (shown with --verbose)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self._prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to open TCP stream")
+        return not record.getMessage().startswith(self._prefix)
 
 
 def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
@@ -93,13 +103,12 @@ def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
     libp2p_log = logging.getLogger("libp2p")
     _replace_handler(libp2p_log, handler)
     libp2p_log.setLevel(logging.INFO if verbose else logging.WARNING)
-    # libp2p logs every failed dial at ERROR; for a neighbour that is down those are expected
-    # redials, which the round driver reports once (node.round.reachability)
-    tcp_log = logging.getLogger(LIBP2P_TCP_LOGGER)
-    for old in [f for f in tcp_log.filters if isinstance(f, _ExpectedRedials)]:
-        tcp_log.removeFilter(old)
-    if not verbose:
-        tcp_log.addFilter(_ExpectedRedials())
+    for name, prefix in EXPECTED_REDIAL_ERRORS.items():
+        dial_log = logging.getLogger(name)
+        for old in [f for f in dial_log.filters if isinstance(f, _ExpectedRedials)]:
+            dial_log.removeFilter(old)
+        if not verbose:
+            dial_log.addFilter(_ExpectedRedials(prefix))
     logging.getLogger("node.net.libp2p.transport").setLevel(
         logging.INFO if verbose else logging.WARNING
     )

@@ -32,6 +32,10 @@ class FrameTruncated(FrameError):
     """The stream ended before the announced number of bytes arrived."""
 
 
+class StreamEndedEmpty(FrameTruncated):
+    """The stream closed before its first byte: a sender that stopped, not a malformed frame."""
+
+
 def decode_uvarint(buf: bytes | bytearray | memoryview) -> tuple[int, int]:
     """Decode a varint at the start of `buf`; returns (value, bytes consumed).
 
@@ -67,6 +71,8 @@ async def read_uvarint(read_some: ReadSome) -> int:
     while True:
         chunk = await read_some(1)
         if not chunk:
+            if not buf:
+                raise StreamEndedEmpty("stream ended before a frame")
             raise FrameTruncated("stream ended inside the length prefix")
         buf += chunk[:1]
         if not buf[-1] & 0x80:

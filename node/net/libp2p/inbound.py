@@ -21,7 +21,7 @@ from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF
 
 from gossipmed.errors import TransportError
-from node.net.framing import FrameError, read_frame
+from node.net.framing import FrameError, StreamEndedEmpty, read_frame
 from node.net.libp2p.buckets import Reporter
 from node.net.libp2p.config import ACK_ACCEPTED, Libp2pLimits, Libp2pTimeouts
 from node.net.libp2p.roster import Roster
@@ -182,6 +182,9 @@ class UpdateReceiver:
 
         try:
             body = await read_frame(read_some, max_bytes=self._max_bytes)
+        except StreamEndedEmpty:  # a neighbour stopping mid-round: nothing was sent
+            log.debug("stream from %s closed before a frame", site)
+            return False
         except FrameError as exc:
             self._reporter.report(site, f"bad frame: {exc}")
             return False
