@@ -16,7 +16,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +50,12 @@ def main() -> None:
                 root, nodes=3, topology="ring", addresses=net.addresses, sections=sections
             )
             if not args.all_reachable:
-                from gossipmed.consortium.member import load_card
-                from gossipmed.consortium.roster import save_roster
-                from gossipmed.consortium.setup import build_consortium
+                from gossipmed.consortium.roster import load_roster, save_roster
+                from gossipmed.consortium.setup import with_outbound_only
 
-                cards = [load_card(s / "card.toml") for s in sites]
-                cards[0] = replace(cards[0], reachable=False)
-                roster = build_consortium(cards, topology="ring")
-                save_roster(roster, root / cluster.CONSORTIUM_FILE)
+                consortium = root / cluster.CONSORTIUM_FILE
+                roster = with_outbound_only(load_roster(consortium), [sites[0].name])
+                save_roster(roster, consortium)
             net.firewall(0)
             start = time.monotonic()
             procs = [cluster.start_daemon(s, prefix=net.prefix(i)) for i, s in enumerate(sites)]

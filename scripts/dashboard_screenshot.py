@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +66,8 @@ def capture(exe: str, url: str, *, png: Path, dom: Path, profile: Path) -> None:
 
 
 def make_cluster(directory: Path) -> list[Path]:
-    from gossipmed.consortium.member import load_card
-    from gossipmed.consortium.roster import save_roster
-    from gossipmed.consortium.setup import build_consortium
+    from gossipmed.consortium.roster import load_roster, save_roster
+    from gossipmed.consortium.setup import with_outbound_only
     from node.daemon.cluster import CONSORTIUM_FILE, create_cluster, ensure_toy_base, toy_sections
 
     base = ensure_toy_base(directory.parent / "toy-base")
@@ -80,9 +78,8 @@ def make_cluster(directory: Path) -> list[Path]:
         return tables
 
     sites = create_cluster(directory, nodes=3, topology="ring", sections=sections)
-    cards = [load_card(s / "card.toml") for s in sites]
-    cards[0] = replace(cards[0], reachable=False)  # a hospital that only dials out
-    save_roster(build_consortium(cards, topology="ring"), directory / CONSORTIUM_FILE)
+    consortium = directory / CONSORTIUM_FILE  # site-00 is a hospital that only dials out
+    save_roster(with_outbound_only(load_roster(consortium), [sites[0].name]), consortium)
     return sites
 
 

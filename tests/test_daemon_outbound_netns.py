@@ -11,7 +11,6 @@ nftables; skipped with the reason otherwise.
 from __future__ import annotations
 
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,8 @@ import pytest
 from daemon_support import STARTUP_S
 from netns_support import Namespaces
 
-from gossipmed.consortium.member import load_card
-from gossipmed.consortium.roster import save_roster
-from gossipmed.consortium.setup import build_consortium
-from gossipmed.consortium.site import CARD_FILE
+from gossipmed.consortium.roster import load_roster, save_roster
+from gossipmed.consortium.setup import with_outbound_only
 from gossipmed.metrics import METRICS_FILE, RoundRecord, read_metrics
 from node.daemon.cluster import CONSORTIUM_FILE, create_cluster, start_daemon
 
@@ -46,10 +43,10 @@ def make(root: Path, net: Namespaces, *, unreachable: bool) -> list[Path]:
     sites = create_cluster(
         root, nodes=3, topology="ring", addresses=net.addresses, sections=sections
     )
-    if unreachable:  # the hospital's card says so; rebuild the consortium file from the cards
-        cards = [load_card(s / CARD_FILE) for s in sites]
-        cards[HOSPITAL] = replace(cards[HOSPITAL], reachable=False)
-        save_roster(build_consortium(cards, topology="ring"), root / CONSORTIUM_FILE)
+    if unreachable:  # the hospital's card says so, in the same consortium file
+        consortium = root / CONSORTIUM_FILE
+        roster = with_outbound_only(load_roster(consortium), [sites[HOSPITAL].name])
+        save_roster(roster, consortium)
     return sites
 
 

@@ -118,3 +118,20 @@ def test_build_consortium_names_the_first_stuck_edge_and_counts_the_rest() -> No
     cards = [replace(member(n), reachable=n == "a") for n in "abcd"]
     with pytest.raises(RosterError, match=r"'b' and 'c' are both .* \(1 more such edges\)"):
         build_consortium(cards, topology="ring")
+
+
+def test_marking_a_site_outbound_only_keeps_the_consortiums_settings_and_edges() -> None:
+    from gossipmed.consortium.settings import ConsortiumSettings
+    from gossipmed.consortium.setup import with_outbound_only
+    from gossipmed.consortium.task import TaskDigest
+
+    task = TaskDigest(max_length=32)
+    r = replace(ring(), settings=ConsortiumSettings(task=task))
+    marked = with_outbound_only(r, ["a"])
+    assert marked.settings == r.settings and marked.edges == r.edges
+    assert not marked.member("a").reachable and marked.dial == (("a", "b"), ("a", "d"))
+    assert marked.hash != r.hash
+    with pytest.raises(RosterError, match="no such site"):
+        with_outbound_only(r, ["nobody"])
+    with pytest.raises(RosterError):  # a-b would have no end that accepts a connection
+        with_outbound_only(r, ["a", "b"])

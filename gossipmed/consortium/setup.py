@@ -6,6 +6,7 @@ nobody drives a command line from code.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,3 +112,29 @@ def build_consortium(
     if roster.warnings():
         raise RosterError("; ".join(roster.warnings()))
     return roster
+
+
+def with_outbound_only(roster: Roster, names: Sequence[str]) -> Roster:
+    """The same consortium (edges, settings, task) with these sites' cards saying they accept
+    no inbound connection, as their `init --outbound-only` would have: rebuilding from the
+    cards alone would drop the settings and leave every site refusing the new file."""
+    unknown = sorted(set(names) - {m.name for m in roster.members})
+    if unknown:
+        raise RosterError(f"no such site in the consortium: {', '.join(unknown)}")
+    members = tuple(
+        dataclasses.replace(m, reachable=False) if m.name in names else m for m in roster.members
+    )
+    edges = roster.edges
+    stuck = [(a, b) for a, b in edges if not any(m.reachable for m in members if m.name in (a, b))]
+    if stuck:
+        raise RosterError(unreachable_edge_error(*stuck[0]))
+    rebuilt = Roster(
+        members=members,
+        edges=edges,
+        topology=roster.topology,
+        created=roster.created,
+        settings=roster.settings,
+    )
+    if rebuilt.warnings():
+        raise RosterError("; ".join(rebuilt.warnings()))
+    return rebuilt

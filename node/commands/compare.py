@@ -26,8 +26,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.report.compare import compare_runs, print_comparison
     from gossipmed.strict_json import dumps
+    from node.report.compare import compare_runs, print_comparison
 
     rows = compare_runs(args.runs)
     if args.json:
