@@ -96,6 +96,16 @@ class Encoder:
             tokenizer, self._ids, bos=self.bos, eos=self.eos
         )
 
+    def prime(self, texts: Sequence[str]) -> None:
+        """Tokenize the uncached texts in one batch call: the same ids as one call each (no
+        padding, no special tokens), several times faster over a whole data set."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if not todo:
+            return
+        batch = self.tokenizer(todo, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+        for text, ids in zip(todo, batch, strict=True):
+            self._cache[text] = tuple(ids)
+
     def _ids(self, text: str) -> list[int]:
         cached = self._cache.get(text)
         if cached is None:
@@ -202,6 +212,7 @@ class Encoder:
         """The examples that fit `max_length` (in order) and how many were cut or dropped."""
         kept: list[Example] = []
         truncated = dropped = 0
+        self.prime([ex.text for ex in examples if not self._templated(ex)])
         for ex in examples:
             cut = self._fit_one(ex)
             if cut is None:
@@ -239,12 +250,12 @@ class Encoder:
         self, rows: Sequence[tuple[list[int], list[float]]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids, _ in rows)
-        ids_t = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask_t = torch.zeros((len(rows), width), dtype=torch.float32)
-        for i, (ids, mask) in enumerate(rows):
-            ids_t[i, : len(ids)] = torch.tensor(ids)
-            mask_t[i, : len(mask)] = torch.tensor(mask)
-        return ids_t, mask_t
+        # right-padded in Python lists, then one tensor each (a tensor per row cost seconds)
+        ids_t = torch.tensor([ids + [self.pad] * (width - len(ids)) for ids, _ in rows])
+        mask_t = torch.tensor(
+            [mask + [0.0] * (width - len(mask)) for _, mask in rows], dtype=torch.float32
+        )
+        return ids_t.to(torch.long), mask_t
 
     def encode(self, examples: Sequence[Example], *, loss_on: str = "label") -> EncodedSet:
         """One row per example; an example that cannot fit is a DataError (`fit` first)."""
