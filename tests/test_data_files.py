@@ -134,3 +134,15 @@ def test_read_lines_returns_the_file_or_refuses_exactly_when_a_limit_is_passed(
     else:
         assert not too_big
         assert got == list(enumerate(lines, 1))
+
+
+def test_a_sites_own_file_is_read_again_at_every_load(tmp_path: Path) -> None:
+    """Built-in sets are generated once per process; a site's records are never served from
+    memory after the file changed."""
+    path = tmp_path / "records.jsonl"
+    path.write_text(records(30))
+    config = DataConfig(dataset="user", path=str(path), n_sites=1)
+    first = load_dataset(config)
+    path.write_text(records(40))
+    again = load_dataset(config)
+    assert len(again.train) + len(again.test) == 40 != len(first.train) + len(first.test)

@@ -10,6 +10,7 @@ once per logical batch. The generator for sampling and noise is always the calle
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -80,8 +81,6 @@ def calibrate_noise(
     accountant: str = "rdp",
 ) -> float:
     """Smallest noise multiplier (Opacus' search) whose epsilon after `steps` is <= target."""
-    from opacus.accountants.utils import get_noise_multiplier
-
     if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
         raise PrivacyError("target epsilon must be a positive number")
     if not 0 < delta < 1:
@@ -89,10 +88,46 @@ def calibrate_noise(
     _check_mechanism(1.0, sample_rate, steps)
     if steps < 1:
         raise PrivacyError("steps must be >= 1 to calibrate noise")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return float(
+    return _search_noise(target_epsilon, delta, sample_rate, steps, accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _search_noise(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    """Opacus' search, remembered per process and across runs (gossipmed.privacy.noise_cache,
+    where every remembered value is re-checked with the accountant before use): a
+    deterministic function of public numbers that costs seconds at a high sample rate."""
+    from opacus.accountants import create_accountant
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from gossipmed.privacy.noise_cache import (
+        cache_file,
+        cache_key,
+        remember_noise,
+        remembered_noise,
+    )
+
+    def spends(sigma: float) -> float:
+        counter = create_accountant(mechanism=accountant)
+        counter.history = [(sigma, sample_rate, steps)]  # as Opacus' own search sets it
+        return float(counter.get_epsilon(delta=delta))
+
+    key = cache_key(
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,
+    )
+    path = cache_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hit = remembered_noise(key, spends=spends, target_epsilon=target_epsilon, path=path)
+        if hit is not None:
+            return hit
+        try:
+            sigma = float(
                 get_noise_multiplier(
                     target_epsilon=target_epsilon,
                     target_delta=delta,
@@ -101,8 +136,10 @@ def calibrate_noise(
                     accountant=accountant,
                 )
             )
-    except ValueError as exc:
-        raise PrivacyError(f"cannot reach epsilon {target_epsilon}: {exc}") from exc
+        except ValueError as exc:
+            raise PrivacyError(f"cannot reach epsilon {target_epsilon}: {exc}") from exc
+    remember_noise(key, sigma, path=path)
+    return sigma
 
 
 def poisson_sample(n: int, *, sample_rate: float, generator: torch.Generator) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from collections import defaultdict
@@ -99,7 +100,18 @@ def balanced_take(examples: Sequence[Example], n: int, *, seed: int) -> list[Exa
 
 
 def load_dataset(config: DataConfig) -> TaskDataset:
-    """Load the configured dataset (no network)."""
+    """Load the configured dataset (no network). A built-in set is generated once per process
+    and configuration (a simulation and its baselines ask three times; building the ICD-10
+    set takes seconds); a site's own file is read at every call."""
+    if config.dataset == "user":
+        from gossipmed.learn.datasets.user import load_user
+
+        return load_user(config)
+    return _load_builtin(config)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_builtin(config: DataConfig) -> TaskDataset:
     if config.dataset == "icd10":
         from gossipmed.learn.datasets.icd10 import load_icd10
 
@@ -112,10 +124,6 @@ def load_dataset(config: DataConfig) -> TaskDataset:
         from gossipmed.learn.datasets.notes import load_notes
 
         return load_notes(config)
-    if config.dataset == "user":
-        from gossipmed.learn.datasets.user import load_user
-
-        return load_user(config)
     if config.dataset in ("medqa-mc", "medqa-text"):
         from gossipmed.learn.datasets.medqa import load_medqa
 
