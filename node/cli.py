@@ -35,7 +35,10 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or with `command` only that command's parser: a command module's
+    `register` may import what its options list (simulate's choices come from registries
+    that import torch), and `gossipmed status` should not pay for simulate's."""
     parser = _Parser(
         prog="gossipmed",
         description=(
@@ -47,13 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gossipmed {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for mod_name in _command_modules():
+    modules = _command_modules()
+    if f"node.commands.{command}" in modules:
+        modules = [f"node.commands.{command}"]
+    for mod_name in modules:
         importlib.import_module(mod_name).register(sub)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word when it comes first (module name = command name); None otherwise,
+    so `--help`, `--version` and a mistyped command get the whole CLI."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(command=_command_of(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help (0): returned, not raised

@@ -352,6 +352,6 @@ def load_roster(path: Path) -> Roster:
 def save_roster(roster: Roster, path: Path) -> None:
     """Atomic replace, so a site never reads a half-written roster (0600, like every file a
     site writes)."""
-    from gossipmed.storage.checkpoint import atomic_write_bytes
+    from gossipmed.storage.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, roster.to_toml().encode("utf-8"))

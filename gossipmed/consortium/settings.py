@@ -38,7 +38,7 @@ from typing import Any
 from gossipmed.consortium.task import DEFAULT_TASK, TaskDigest
 from gossipmed.errors import ConfigError
 from gossipmed.mixing.secagg.envelope import NormEnvelope
-from gossipmed.wire.update import MAX_STEPS_PER_ROUND
+from gossipmed.wire.round_limits import MAX_STEPS_PER_ROUND
 from topology.mixing import DEFAULT_RULE as DEFAULT_MIXING
 from topology.mixing import RULES as MIXING_RULES
 from topology.spectral import gossip_steps_for

@@ -19,7 +19,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from gossipmed.storage.checkpoint import atomic_write_json
+from gossipmed.errors import GossipmedError
+from gossipmed.storage.atomic import atomic_write_json
 
 CACHE_FILE = "noise-multipliers.json"
 MAX_ENTRIES = 512
@@ -79,5 +80,5 @@ def remember_noise(key: str, sigma: float, *, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, entries)
-    except OSError:
+    except (OSError, GossipmedError):
         pass

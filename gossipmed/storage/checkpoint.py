@@ -8,8 +8,6 @@ folders made for them 0700 (gossipmed.storage.files): a checkpoint is derived fr
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,41 +15,13 @@ from typing import Any
 import torch
 
 from gossipmed.errors import CheckpointError
-from gossipmed.storage.files import PRIVATE_FILE_MODE, fsync_dir, private_dir
+from gossipmed.storage.atomic import atomic_write_bytes as atomic_write_bytes
+from gossipmed.storage.atomic import atomic_write_json as atomic_write_json
+from gossipmed.storage.files import private_dir
 
 STATE_FILE = "state.safetensors"
 META_FILE = "checkpoint.json"
 CHECKPOINT_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE) -> None:
-    """Replace `path` with `data` so readers see the old or the new file, nothing between.
-
-    The temporary file is created 0600 (mkstemp) and only then given `mode`, so a wider
-    `mode` never exposes a half-written file; missing folders are created 0700."""
-    try:
-        private_dir(path.parent)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(
-        path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-    )
 
 
 def save_state(directory: Path, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:

@@ -20,11 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from gossipmed.errors import WireError
-
-MAX_ROUND = 2**40
-"""Rounds above this are refused on the wire: at one round a second that is 35,000 years."""
-MAX_STEPS_PER_ROUND = 64
-"""Exchanges (gossip steps) per round at most; steps on the wire are 0 .. this - 1."""
+from gossipmed.wire.round_limits import MAX_ROUND, MAX_STEPS_PER_ROUND
 
 Schema = Mapping[str, tuple[Any, Any]]
 """Tensor name -> (dtype, shape): what a neighbour's update must look like, exactly."""

@@ -31,7 +31,7 @@ from gossipmed.consortium.site import CARD_FILE, SITE_FILE, SiteConfig
 from gossipmed.consortium.task import DEFAULT_TASK, TaskDigest, site_task
 from gossipmed.errors import ConfigError, GossipmedError
 from gossipmed.learn.config import learning_config_from_mapping
-from gossipmed.storage.checkpoint import atomic_write_bytes, atomic_write_json
+from gossipmed.storage.atomic import atomic_write_bytes, atomic_write_json
 from gossipmed.storage.files import open_private, private_dir
 from gossipmed.toml_writer import toml_document
 from node.daemon.config import CONTROL_FILE, LOG_FILE

@@ -41,7 +41,7 @@ from typing import Any
 import trio
 
 from gossipmed.errors import GossipmedError
-from gossipmed.storage.checkpoint import atomic_write_json
+from gossipmed.storage.atomic import atomic_write_json
 from node.daemon.control_auth import new_token
 from node.daemon.control_client import CONTROL_HOST
 from node.daemon.control_request import (  # noqa: F401  (re-exported for callers)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gossipmed.storage.checkpoint import atomic_write_json
+from gossipmed.storage.atomic import atomic_write_json
 
 EXIT_FILE = "exit.json"
 EXIT_VERSION = 1

@@ -23,7 +23,7 @@ from gossipmed.consortium.crypto import Identity
 from gossipmed.consortium.roster import Roster
 from gossipmed.errors import CheckpointError, ConfigError
 from gossipmed.mixing.secagg import ContributionGuard
-from gossipmed.storage.checkpoint import atomic_write_json
+from gossipmed.storage.atomic import atomic_write_json
 from node.round.secure_frame import FRAME_OVERHEAD
 from node.round.secure_session import SecureSession
 from topology.schedule import MixingSchedule

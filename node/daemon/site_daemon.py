@@ -44,7 +44,7 @@ from gossipmed.consortium.task import check_site_task
 from gossipmed.errors import ConfigError, GossipmedError
 from gossipmed.learn.learner import Learner
 from gossipmed.metrics import METRICS_FILE, MetricsWriter
-from gossipmed.storage.checkpoint import atomic_write_json
+from gossipmed.storage.atomic import atomic_write_json
 from gossipmed.storage.files import private_dir
 from gossipmed.storage.peer_state import has_checkpoint, read_checkpoint
 from gossipmed.wire.envelope import EnvelopeSealer

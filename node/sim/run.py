@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gossipmed.metrics import METRICS_FILE, MetricsWriter, RoundRecord
-from gossipmed.storage.checkpoint import atomic_write_bytes, atomic_write_json
+from gossipmed.storage.atomic import atomic_write_bytes, atomic_write_json
 from node.sim.config import SimConfig, to_toml
 from node.sim.factories import LearnerFactory
 from node.sim.simulation import ProgressCallback, RunResult, Simulation
