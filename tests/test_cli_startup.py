@@ -1,5 +1,6 @@
-"""The commands a new site runs first (init, consortium build and show) start without loading
-torch: each one is a fresh interpreter, and torch alone costs seconds to import."""
+"""The commands a new site runs first (init, consortium build and show) and `status`, which
+scripts poll until a daemon answers, start without loading torch: each one is a fresh
+interpreter, and torch alone costs seconds to import."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ for argv in (
     ["consortium", "show", f"{root}/consortium.toml"],
 ):
     assert main(argv) == 0, argv
+assert main(["status", "--site", f"{root}/a"]) == 2  # polled until the daemon answers
 loaded = sorted(m for m in ("torch", "transformers", "peft", "opacus") if m in sys.modules)
 print("loaded:", ",".join(loaded) or "none")
 """
 
 
-def test_init_and_consortium_commands_load_no_torch(tmp_path: Path) -> None:
+def test_init_consortium_and_status_load_no_torch(tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
         cwd=ROOT,

@@ -136,9 +136,7 @@ def print_status(status: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.daemon.config import CONTROL_FILE
-    from node.daemon.control import fetch_status
-    from node.daemon.control_client import site_dashboard_url
+    from node.daemon.control_client import CONTROL_FILE, fetch_status, site_dashboard_url
 
     if args.url:
         url = site_dashboard_url(args.site / CONTROL_FILE)

@@ -28,11 +28,11 @@ from gossipmed.learn.config import (
     learning_config_from_mapping,
     section_from_mapping,
 )
+from node.daemon.control_client import CONTROL_FILE as CONTROL_FILE
 from node.round.config import GossipConfig, reject_moved_keys
 
 PROBLEMS = ("lm", "quadratic")
 STATE_DIR = "state"
-CONTROL_FILE = "control.json"
 LOG_FILE = "daemon.log"
 MOVED = {
     ("daemon", "mixing"): "the consortium file's [gossip] mixing (all sites must agree)",

@@ -17,6 +17,9 @@ from typing import Any
 from gossipmed.errors import GossipmedError
 from node.daemon.control_auth import auth_header, dashboard_url
 
+CONTROL_FILE = "control.json"
+"""In the site folder while the daemon runs: its control port and this start's token."""
+
 CONTROL_HOST = "127.0.0.1"
 MAX_RESPONSE_BYTES = 8 << 20
 
