@@ -10,8 +10,9 @@ from typing import Any
 from gossipmed.learn.config import DATASETS
 from gossipmed.strict_json import dumps
 
-# What one site alone trains best with (docs/benchmarks, the local-only baseline: icd10 site 0 of 4,
-# DP epsilon 8 reached 0.238 held-out accuracy with these); gossip prefers train.lr 0.02.
+# What one site alone trains best with (docs/benchmarks/local-training.md: one icd10 site of
+# 2,000 examples, DP epsilon 8, reached 0.238 held-out accuracy on the builder-1 base and 0.200
+# on today's builder-2 base); gossip prefers train.lr 0.02.
 LONE_SITE_EPSILON = 8.0
 LONE_SITE_LR = 0.01
 LONE_SITE_BATCH = 128
