@@ -81,11 +81,18 @@ def stable_fraction(key: str) -> float:
 
 def balanced_take(examples: Sequence[Example], n: int, *, seed: int) -> list[Example]:
     """Up to `n` examples, round-robin over labels so rare classes are not drowned out."""
-    rng = random.Random(seed)
     by_label: dict[str | None, list[Example]] = defaultdict(list)
     for ex in examples:
         by_label[ex.label].append(ex)
     pools = [by_label[k] for k in sorted(by_label, key=lambda x: "" if x is None else x)]
+    return interleaved_take(pools, n, seed=seed)
+
+
+def interleaved_take(sources: Sequence[Sequence[Example]], n: int, *, seed: int) -> list[Example]:
+    """Up to `n` examples, round-robin over the sources (each shuffled by `seed`), so a
+    small sample still holds every kind (label, question type)."""
+    rng = random.Random(seed)
+    pools = [list(s) for s in sources]
     for pool in pools:
         rng.shuffle(pool)
     out: list[Example] = []

@@ -14,12 +14,11 @@ own mix of topics, never of answer letters. This is not the USMLE "MedQA" benchm
 from __future__ import annotations
 
 import functools
-import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from gossipmed.errors import DataError
 from gossipmed.learn.config import DataConfig
-from gossipmed.learn.datasets.core import Example, TaskDataset
+from gossipmed.learn.datasets.core import Example, TaskDataset, interleaved_take
 from gossipmed.learn.datasets.medqa_items import (
     ConceptItem,
     hpo_choice_items,
@@ -39,24 +38,6 @@ def medqa_items(name: str) -> tuple[tuple[ConceptItem, ...], ...]:
         items = tuple(hpo_text_items())
         return items[0::2], items[1::2]  # definition -> term; term -> definition
     raise DataError(f"unknown QA data set {name!r}")
-
-
-def interleaved_take(sources: Sequence[Sequence[Example]], n: int, *, seed: int) -> list[Example]:
-    """Up to `n` examples, round-robin over the sources (each shuffled by `seed`), so a
-    small sample still holds every kind of question."""
-    rng = random.Random(seed)
-    pools = [list(s) for s in sources]
-    for pool in pools:
-        rng.shuffle(pool)
-    out: list[Example] = []
-    depth = 0
-    while len(out) < n and any(depth < len(p) for p in pools):
-        for pool in pools:
-            if depth < len(pool) and len(out) < n:
-                out.append(pool[depth])
-        depth += 1
-    rng.shuffle(out)
-    return out
 
 
 def _side(items: Iterable[ConceptItem], *, held_out: bool) -> list[Example]:
