@@ -133,3 +133,32 @@ def test_each_ending_is_described_apart() -> None:
     )
     assert describe_exit({"outcome": "stopped", "code": 0, "last_round": None}) == ("stopped", "-")
     assert "not running" in describe_exit(None)[0]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code", "last", "said"),
+    [
+        ("done", 0, 3, "its last run done after round 3"),
+        ("stopped", 0, None, "its last run stopped before its first round"),
+        ("crashed", 1, 7, "its last run crashed after round 7 (exit 1: boom)"),
+    ],
+)
+def test_status_of_a_stopped_site_says_how_its_last_run_ended(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    outcome: str,
+    code: int,
+    last: int | None,
+    said: str,
+) -> None:
+    from node.cli import main
+    from node.daemon.exit_record import write_exit_record
+
+    site = tmp_path / "st-marys"
+    site.mkdir()
+    message = "boom" if outcome == "crashed" else ""
+    write_exit_record(
+        site, code=code, outcome=outcome, last_round=last, completed=0, message=message
+    )
+    assert main(["status", "--site", str(site)]) == 2  # still "not running" for scripts
+    assert f"st-marys is not running; {said}" in capsys.readouterr().err

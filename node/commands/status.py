@@ -136,17 +136,41 @@ def print_status(status: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.daemon.control_client import CONTROL_FILE, fetch_status, site_dashboard_url
+    from node.daemon.control_client import CONTROL_FILE, DaemonNotRunning
+    from node.daemon.exit_record import read_exit_record
+
+    try:
+        return _answer(args, control_file=args.site / CONTROL_FILE)
+    except DaemonNotRunning as exc:
+        record = read_exit_record(args.site)
+        if record is None:
+            raise
+        raise DaemonNotRunning(f"{args.site.name} is not running; {last_run(record)}") from exc
+
+
+def last_run(record: dict[str, Any]) -> str:
+    """How a stopped daemon last ended, from its exit record (node.daemon.exit_record)."""
+    last = record.get("last_round")
+    after = "before its first round" if last is None else f"after round {last}"  # as logged
+    outcome = record.get("outcome", "ended")
+    if outcome in ("done", "stopped"):
+        return f"its last run {outcome} {after}"
+    detail = record.get("message") or "see its daemon.log"
+    return f"its last run {outcome} {after} (exit {record.get('code')}: {detail})"
+
+
+def _answer(args: argparse.Namespace, *, control_file: Path) -> int:
+    from node.daemon.control_client import fetch_status, site_dashboard_url
 
     if args.url:
-        url = site_dashboard_url(args.site / CONTROL_FILE)
-        fetch_status(args.site / CONTROL_FILE, timeout=args.timeout)  # the daemon answers
+        url = site_dashboard_url(control_file)
+        fetch_status(control_file, timeout=args.timeout)  # the daemon answers
         print(url)
         return 0
-    status = fetch_status(args.site / CONTROL_FILE, timeout=args.timeout)
+    status = fetch_status(control_file, timeout=args.timeout)
     if args.json:
         print(dumps(status, sort_keys=True))
     else:
         print_status(status)
-        print(f"dashboard: {site_dashboard_url(args.site / CONTROL_FILE)}")
+        print(f"dashboard: {site_dashboard_url(control_file)}")
     return 0
