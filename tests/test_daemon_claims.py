@@ -87,6 +87,10 @@ def test_a_claim_of_round_2_40_ends_no_daemon_and_moves_no_site(
         timeout=STARTUP_S,
         what="the honest daemons to complete 2 rounds",
     )
+    # a slow-starting site may already have caught up with its honest neighbour (a skipped
+    # round before the attack is that, not the claim)
+    before = {s.name: [r.round for r in rounds_done(s)] for s in honest}
+    highest_before = max(max(rounds) for rounds in before.values())
     mallory = Adversary.from_site(mallory_dir)
     attack(mallory, [s.name for s in honest])
     assert len(mallory.sent) >= len(honest)  # the claims did reach the daemons
@@ -97,6 +101,8 @@ def test_a_claim_of_round_2_40_ends_no_daemon_and_moves_no_site(
         what="3 more rounds at each honest site",
     )
     assert not exited(), [p.returncode for p in processes]
+    final = {s.name: rounds_done(s) for s in honest}  # one snapshot: the daemons run on
+    records_since = sum(len(final[s.name]) - len(before[s.name]) for s in honest)
     for s in honest:
         refused = [
             e
@@ -104,6 +110,9 @@ def test_a_claim_of_round_2_40_ends_no_daemon_and_moves_no_site(
             if e.get("sender") == mallory.name and e.get("round") == MAX_ROUND
         ]
         assert refused, f"{s.name} never audited the claim"
-        rounds = [r.round for r in rounds_done(s)]
-        assert rounds == list(range(len(rounds))), s.name  # no round skipped
-        assert all(r.trained for r in rounds_done(s)), s.name
+        rounds = [r.round for r in final[s.name]]
+        assert rounds == sorted(set(rounds)), s.name
+        # every round since is one an honest site could have reached (each honest round
+        # needs a record somewhere): nowhere near 2**40
+        assert max(rounds) <= highest_before + records_since, (s.name, rounds)
+        assert all(r.trained for r in final[s.name]), s.name

@@ -109,7 +109,7 @@ def test_garbage_from_a_member_is_dropped_and_later_messages_still_arrive() -> N
                 (encode_uvarint(2**40) + b"x" * 100, "limit is"),
                 (encode_uvarint(MAX_BYTES + 1), "limit is"),
                 (encode_uvarint(1000) + b"y" * 10, "ended after 10 of 1000"),
-                (b"", "inside the length prefix"),
+                (b"", "ended before a frame"),  # audited, logged at INFO
             ]
             for data, reason in hostile:
                 await send_raw_and_close(eve, a, data)

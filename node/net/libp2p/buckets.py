@@ -106,7 +106,10 @@ class Reporter:
         self._suppressed: OrderedDict[Hashable, int] = OrderedDict()
         self._table = table
 
-    def report(self, peer: str, reason: str, *, key: Hashable | None = None) -> None:
+    def report(
+        self, peer: str, reason: str, *, key: Hashable | None = None, level: int = logging.WARNING
+    ) -> None:
+        """`level`: of the log line only; the callback (the audit log) hears every report."""
         key = peer if key is None else key
         if not self._buckets.spend(key):
             self._suppressed[key] = self._suppressed.pop(key, 0) + 1
@@ -116,7 +119,7 @@ class Reporter:
         skipped = self._suppressed.pop(key, 0)
         if skipped:
             reason = f"{reason} (+{skipped} similar not reported)"
-        log.warning("rejected inbound from %s: %s", peer, reason)
+        log.log(level, "rejected inbound from %s: %s", peer, reason)
         if self._on_reject is None:
             return
         try:

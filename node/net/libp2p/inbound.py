@@ -182,8 +182,8 @@ class UpdateReceiver:
 
         try:
             body = await read_frame(read_some, max_bytes=self._max_bytes)
-        except StreamEndedEmpty:  # a neighbour stopping mid-round: nothing was sent
-            log.debug("stream from %s closed before a frame", site)
+        except StreamEndedEmpty as exc:  # a neighbour stopping mid-round, or a probe: audited,
+            self._reporter.report(site, str(exc), level=logging.INFO)  # but no warning
             return False
         except FrameError as exc:
             self._reporter.report(site, f"bad frame: {exc}")
