@@ -17,7 +17,7 @@ $GM simulate --nodes "${DEMO_NODES:-4}" --topology ring --dataset icd10 \
   --local-steps "${DEMO_STEPS:-10}" --eval-every 5 --eval-size 210 \
   --max-train-examples 4000 --baselines --out "$RUN" >/dev/null
 $GM inspect "$RUN" --plot "$RUN/curves.png"
-echo "plot: $RUN/curves.png   (metrics: $RUN/metrics.jsonl, summary: $RUN/summary.json)"
+echo "metrics: $RUN/metrics.jsonl, summary: $RUN/summary.json"
 echo
 ADAPTER=$(ls -d "$RUN"/adapters/*/ | head -n 1)
 echo "== Ask the consortium's model: $(basename "$ADAPTER")'s adapter after gossip names an ICD-10 chapter"

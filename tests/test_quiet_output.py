@@ -1,6 +1,6 @@
 """Commands print gossipmed's own output only: no third-party progress bars (transformers'
-`Loading weights`) and no Python warnings (peft's FutureWarning), silenced at their sources
-rather than by a global filter."""
+`Loading weights`) and no Python warnings (peft's FutureWarning, on wrapping a model and on
+loading a saved adapter), silenced at their sources rather than by a global filter."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 NOISE = ("Warning", "Loading weights", "Writing model shards", "it/s]")
-# train, then simulate, in one fresh interpreter (one start-up instead of two); each command
+# train, simulate, then generate, in one fresh interpreter (one start-up instead of two); each command
 # loads the model itself, so each would print its own bar or warning
 BOTH = """
 import json, sys
@@ -33,10 +33,14 @@ def test_train_and_simulate_print_no_warnings_and_no_foreign_bars(
     train = ["train", *small, "--sites", "2", "--steps", "1", "--max-train", "40"]
     simulate = ["simulate", *small, "--nodes", "2", "--rounds", "1", "--local-steps", "1"]
     simulate += ["--max-train-examples", "40", "--out", str(tmp_path / "run")]
+    # and the adapter the simulation saved, loaded back as `generate` does (peft's load path)
+    generate = ["generate", "--adapter", str(tmp_path / "run" / "adapters" / "site-00")]
+    generate += ["--dataset", "notes", "--base-model", str(tiny_base), "--max-new-tokens", "2"]
+    generate += ["--prompt", "Patient with chest pain"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("PYTHONWARNINGS", None)  # Python's defaults: a FutureWarning is shown
     res = subprocess.run(
-        [sys.executable, "-c", BOTH, json.dumps([[*train, "--batch-size", "4"], simulate])],
+        [sys.executable, "-c", BOTH, json.dumps([[*train, "--batch-size", "4"], simulate, generate])],
         capture_output=True,
         text=True,
         env=env,

@@ -266,9 +266,12 @@ def load_model_folder(folder: Path, *, base: Path, compute: ComputeConfig) -> Lo
             raise ModelError(f"{folder} has no {PEFT_WEIGHTS} (pickled adapters are refused)")
         from peft import PeftModel
 
+        from gossipmed.learn.hf_quiet import peft_wrapping
+
         module, tokenizer = load_base_model(base, dtype=dtype)
         try:
-            module = PeftModel.from_pretrained(module, str(folder), is_trainable=False)
+            with peft_wrapping():
+                module = PeftModel.from_pretrained(module, str(folder), is_trainable=False)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(f"cannot load the adapter in {folder} on {base}: {exc}") from exc
         for p in module.parameters():  # peft casts the adapter to the base's dtype

@@ -28,7 +28,8 @@ def quiet_transformers() -> None:
 
 @contextmanager
 def peft_wrapping() -> Iterator[None]:
-    """Around `get_peft_model`: drop the deprecation warning peft's attribute probe raises."""
+    """Around `get_peft_model` and `PeftModel.from_pretrained`: drop the deprecation warning
+    peft's attribute probe raises."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=PEFT_CHECKPOINTING_PROBE, category=FutureWarning)
         yield
