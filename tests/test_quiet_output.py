@@ -15,9 +15,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 NOISE = ("Warning", "Loading weights", "Writing model shards", "it/s]")
-# train, simulate, then generate, in one fresh interpreter (one start-up instead of two); each command
-# loads the model itself, so each would print its own bar or warning
-BOTH = """
+# train, simulate, then generate, in one fresh interpreter (one start-up, not three); each
+# command loads the model itself, so each would print its own bar or warning
+ALL = """
 import json, sys
 from node.cli import main
 for argv in json.loads(sys.argv[1]):
@@ -40,7 +40,12 @@ def test_train_and_simulate_print_no_warnings_and_no_foreign_bars(
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env.pop("PYTHONWARNINGS", None)  # Python's defaults: a FutureWarning is shown
     res = subprocess.run(
-        [sys.executable, "-c", BOTH, json.dumps([[*train, "--batch-size", "4"], simulate, generate])],
+        [
+            sys.executable,
+            "-c",
+            ALL,
+            json.dumps([[*train, "--batch-size", "4"], simulate, generate]),
+        ],
         capture_output=True,
         text=True,
         env=env,
