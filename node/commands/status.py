@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Any
 
+from gossipmed.errors import ConfigError
 from gossipmed.strict_json import dumps
+
+WAIT_POLL_S = 0.5
 
 
 def register(sub: Any) -> None:
@@ -25,7 +29,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--site", type=Path, required=True, metavar="SITE_DIR", help="site folder")
     p.add_argument("--json", action="store_true", help="print the raw status object")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)"
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help=(
+            "for a daemon just started: keep asking for up to SECONDS until it answers "
+            "(default 0: ask once); gives up at once if it exits meanwhile"
+        ),
+    )
     p.add_argument(
         "--url",
         action="store_true",
@@ -55,7 +71,7 @@ def print_status(status: dict[str, Any]) -> None:
 
     from node.rounds import shown
 
-    console = Console()
+    console = Console(soft_wrap=True)  # a line that overflows stays one line (no mid-number wrap)
     eps = status.get("epsilon") or {}
     budget = eps.get("budget")
     spent = eps.get("spent")
@@ -139,13 +155,26 @@ def run(args: argparse.Namespace) -> int:
     from node.daemon.control_client import CONTROL_FILE, DaemonNotRunning
     from node.daemon.exit_record import read_exit_record
 
-    try:
-        return _answer(args, control_file=args.site / CONTROL_FILE)
-    except DaemonNotRunning as exc:
-        record = read_exit_record(args.site)
-        if record is None:
-            raise
-        raise DaemonNotRunning(f"{args.site.name} is not running; {last_run(record)}") from exc
+    if not (args.wait >= 0 and math.isfinite(args.wait)):
+        raise ConfigError("--wait takes a number of seconds >= 0")
+    asked_at = time.time()
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            return _answer(args, control_file=args.site / CONTROL_FILE)
+        except DaemonNotRunning as exc:
+            record = read_exit_record(args.site)
+            ended_meanwhile = record is not None and record.get("at", 0) >= asked_at
+            if time.monotonic() < deadline and not ended_meanwhile:
+                _pause()  # a starting daemon: no control file or port yet
+                continue
+            if record is None:
+                raise
+            raise DaemonNotRunning(f"{args.site.name} is not running; {last_run(record)}") from exc
+
+
+def _pause() -> None:
+    time.sleep(WAIT_POLL_S)
 
 
 def last_run(record: dict[str, Any]) -> str:
