@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from daemon_support import STARTUP_S, completed
 
 from node.daemon.cluster import create_cluster, start_daemon, wait_until
+from node.daemon.process import EXPECTED_REDIAL_ERRORS, configure_logging
 from node.round.reachability import Reachability
 
 pytest_plugins = ["daemon_support"]  # fixtures: processes
@@ -31,6 +33,45 @@ def test_an_outage_is_one_warning_and_its_end_one_line(caplog: pytest.LogCapture
     infos = [r for r in caplog.records if r.levelno == logging.INFO]
     assert [r.getMessage() for r in infos] == ["city is reachable again"]
     assert seen.unreachable == frozenset()
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """configure_logging changes process-wide loggers: give the next test the ones it had."""
+    names = ["", "libp2p", *EXPECTED_REDIAL_ERRORS, "node.net.libp2p.transport"]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(lg.handlers[:], lg.filters[:], lg.level) for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, (handlers, filters, level) in zip(loggers, saved, strict=True):
+            for handler in lg.handlers[:]:
+                if handler not in handlers:
+                    lg.removeHandler(handler)
+                    handler.close()
+            lg.handlers[:] = handlers
+            lg.filters[:] = filters
+            lg.setLevel(level)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.usefixtures("restored_logging")
+def test_a_connection_a_neighbour_closed_is_not_an_error_unless_verbose(
+    tmp_path: Path, verbose: bool
+) -> None:
+    """A stopping neighbour closes the connection under yamux's reader, which libp2p logs at
+    ERROR (and itself treats as the connection's end); any other error in it still shows."""
+    log_file = tmp_path / "daemon.log"
+    configure_logging(log_file, verbose=verbose)
+    yamux = logging.getLogger("libp2p.stream_muxer.yamux.yamux")
+    for error in ("ClosedResourceError", "BrokenResourceError", "ValueError"):
+        yamux.error(f"Error in handle_incoming for peer 12D3KooWx: {error}: ")
+    for handler in logging.getLogger("libp2p").handlers:
+        handler.flush()
+    logged = log_file.read_text()
+    assert ("ClosedResourceError" in logged) is verbose
+    assert ("BrokenResourceError" in logged) is verbose
+    assert "Error in handle_incoming for peer 12D3KooWx: ValueError" in logged
 
 
 def test_a_daemon_logs_a_down_neighbour_once_and_its_return(

@@ -59,24 +59,35 @@ def _replace_handler(logger: logging.Logger, handler: logging.Handler) -> None:
     logger.addHandler(handler)
 
 
-# libp2p logs every failed dial, and every stream a stopping neighbour cut mid-negotiation, at
-# ERROR; for a neighbour that is down those are expected, and the round driver reports them once
-# (node.round.reachability). Logger -> message prefix dropped unless --verbose.
-EXPECTED_REDIAL_ERRORS = {
-    "libp2p.transport.tcp.tcp": "Failed to open TCP stream",
-    "libp2p.host.basic_host": "Failed to open stream to peer",
+# libp2p logs every failed dial, every stream a stopping neighbour cut mid-negotiation, and the
+# end of a connection a stopping neighbour closed under yamux's reader, at ERROR; for a neighbour
+# that is down those are expected, and the round driver reports them once
+# (node.round.reachability). Logger -> (message prefix, and one of these in the message, if
+# any) dropped unless --verbose. Yamux itself treats those two errors as the connection's end.
+EXPECTED_REDIAL_ERRORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "libp2p.transport.tcp.tcp": ("Failed to open TCP stream", ()),
+    "libp2p.host.basic_host": ("Failed to open stream to peer", ()),
+    "libp2p.stream_muxer.yamux.yamux": (
+        "Error in handle_incoming for peer",
+        (": ClosedResourceError", ": BrokenResourceError"),
+    ),
 }
 
 
 class _ExpectedRedials(logging.Filter):
-    """Drops one libp2p logger's per-dial failure record (shown with --verbose)."""
+    """Drops one libp2p logger's expected failure record (shown with --verbose)."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, any_of: tuple[str, ...]) -> None:
         super().__init__()
         self._prefix = prefix
+        self._any_of = any_of
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self._prefix)
+        message = record.getMessage()
+        expected = message.startswith(self._prefix) and (
+            not self._any_of or any(part in message for part in self._any_of)
+        )
+        return not expected
 
 
 def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
@@ -103,12 +114,12 @@ def configure_logging(log_file: Path | None, *, verbose: bool = False) -> None:
     libp2p_log = logging.getLogger("libp2p")
     _replace_handler(libp2p_log, handler)
     libp2p_log.setLevel(logging.INFO if verbose else logging.WARNING)
-    for name, prefix in EXPECTED_REDIAL_ERRORS.items():
+    for name, (prefix, any_of) in EXPECTED_REDIAL_ERRORS.items():
         dial_log = logging.getLogger(name)
         for old in [f for f in dial_log.filters if isinstance(f, _ExpectedRedials)]:
             dial_log.removeFilter(old)
         if not verbose:
-            dial_log.addFilter(_ExpectedRedials(prefix))
+            dial_log.addFilter(_ExpectedRedials(prefix, any_of))
     logging.getLogger("node.net.libp2p.transport").setLevel(
         logging.INFO if verbose else logging.WARNING
     )
