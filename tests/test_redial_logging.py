@@ -66,12 +66,14 @@ def test_a_connection_a_neighbour_closed_is_not_an_error_unless_verbose(
     yamux = logging.getLogger("libp2p.stream_muxer.yamux.yamux")
     for error in ("ClosedResourceError", "BrokenResourceError", "ValueError"):
         yamux.error(f"Error in handle_incoming for peer 12D3KooWx: {error}: ")
+    yamux.error("Error in handle_incoming for peer 12D3KooWy: KeyError: ': ClosedResourceError: '")
     for handler in logging.getLogger("libp2p").handlers:
         handler.flush()
     logged = log_file.read_text()
-    assert ("ClosedResourceError" in logged) is verbose
-    assert ("BrokenResourceError" in logged) is verbose
+    assert ("12D3KooWx: ClosedResourceError" in logged) is verbose
+    assert ("12D3KooWx: BrokenResourceError" in logged) is verbose
     assert "Error in handle_incoming for peer 12D3KooWx: ValueError" in logged
+    assert "12D3KooWy: KeyError" in logged  # the name inside another error's text hides nothing
 
 
 def test_a_daemon_logs_a_down_neighbour_once_and_its_return(

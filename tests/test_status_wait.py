@@ -124,3 +124,15 @@ def test_wait_takes_a_finite_number_of_seconds(
 ) -> None:
     assert main(["status", "--site", str(tmp_path), f"--wait={bad}"]) == 2
     assert "--wait takes a number of seconds" in capsys.readouterr().err
+
+
+def test_a_damaged_exit_record_neither_crashes_nor_ends_the_wait(
+    tmp_path: Path, daemon_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_exit_record(tmp_path, code=0, outcome="done", last_round=3, completed=3)
+    record = json.loads((tmp_path / "exit.json").read_text())
+    record["at"] = "tomorrow"
+    (tmp_path / "exit.json").write_text(json.dumps(record))
+    calls = _pauses(monkeypatch, [lambda: _announce(tmp_path, daemon_port)])
+    assert main(["status", "--site", str(tmp_path), "--wait", "600", "--json"]) == 0
+    assert len(calls) == 1

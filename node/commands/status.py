@@ -164,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
             return _answer(args, control_file=args.site / CONTROL_FILE)
         except DaemonNotRunning as exc:
             record = read_exit_record(args.site)
-            ended_meanwhile = record is not None and record.get("at", 0) >= asked_at
+            at = record.get("at") if record is not None else None
+            ended_meanwhile = isinstance(at, int | float) and at >= asked_at
             if time.monotonic() < deadline and not ended_meanwhile:
                 _pause()  # a starting daemon: no control file or port yet
                 continue
