@@ -6,7 +6,7 @@ Runs, one subprocess each and one after another (so they share the machine's loa
   - the language model (tiny base, default settings) at --lm-sites for 2 rounds, per engine;
   - Flower's Ray simulation of the same quadratic problem (dimension 256, 10 local steps,
     every site every round, FedAvg) at each of --sites, from its own virtualenv
-    (scripts/bench_scale_flower.py; --flower-venv, created with `flwr[simulation]` when
+    (scripts/bench_scale_flower.py; --flower-venv, created with `flwr[simulation]` 1.42.0 when
     missing).
 Each row: set-up seconds, seconds per round, seconds per site-round, and the peak memory
 summed over the process and all its descendants (Ray's workers included), sampled every
@@ -33,6 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWER_WORKER = ROOT / "scripts" / "bench_scale_flower.py"
+FLOWER_REQUIREMENT = "flwr[simulation]==1.42.0"  # the version of the recorded runs
 PAGE = 4096
 
 
@@ -131,14 +132,15 @@ def gossipmed_row(
         cmd = [sys.executable, "-m", "node.cli", "simulate", "--problem", problem]
         cmd += ["--nodes", str(sites), "--topology", "random-regular", "--degree", "4"]
         cmd += ["--rounds", str(rounds), "--gossip-steps", "1", "--eval-every", str(rounds)]
-        cmd += ["--out", tmp, "--json"]
         if engine != "inprocess":
             cmd += ["--engine", engine]
+        shown = " ".join(["gossipmed", *cmd[3:]])  # without the scratch folder
+        cmd += ["--out", tmp, "--json"]
         res = run_measured(cmd, timeout=timeout, env=env)
         row: dict[str, Any] = {
             "kind": "gossipmed", "problem": problem, "engine": engine, "sites": sites,
             "rounds": rounds, "peak_tree_gib": res["peak_tree_gib"], "wall_s": res["wall_s"],
-            "command": " ".join(["gossipmed", *cmd[3:-3]]),
+            "command": shown,
         }  # fmt: skip
         summary_path = Path(tmp) / "summary.json"
         if res["rc"] != 0 or not summary_path.is_file():
@@ -151,7 +153,8 @@ def gossipmed_row(
             "ms_per_site_round": 1000 * per_round / sites,
             "setup_and_exit_s": res["wall_s"] - float(summary["wall_seconds"]["gossip"]),
             "topology": {k: summary["topology"].get(k) for k in ("lambda2", "diameter")},
-            "ray": summary.get("ray_version") or summary.get("engine", {}).get("ray"),
+            "ray": summary.get("engine", {}).get("ray_version"),
+            "workers": len(summary.get("engine", {}).get("workers", [])) or None,
         }
 
 
@@ -162,7 +165,7 @@ def ensure_flower_venv(path: Path) -> Path:
     probe = subprocess.run([str(python), "-c", "import flwr, ray, numpy"], check=False)
     if probe.returncode != 0:
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "flwr[simulation]", "numpy"], check=True
+            [str(python), "-m", "pip", "install", "-q", FLOWER_REQUIREMENT, "numpy"], check=True
         )
     return python
 
