@@ -29,7 +29,9 @@ from node.sim.simulation import RunResult, Simulation
 os.environ.setdefault(LOOPBACK_ENV, "0")  # before Ray is imported: see start_local_ray
 ray = pytest.importorskip("ray")
 
-from node.sim.engine.ray_group import WorkerLost, start_local_ray  # noqa: E402
+from gossipmed.errors import ConfigError  # noqa: E402
+from node.cli import main  # noqa: E402
+from node.sim.engine.ray_group import RayGroup, WorkerLost, start_local_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +169,47 @@ def test_a_dead_worker_stops_the_run_naming_its_sites(local_ray: Any) -> None:
     sim.on_progress = kill_second_worker
     with pytest.raises(WorkerLost, match=r"worker 1 .*site-02, site-03"), sim:
         sim.run_gossip()
+
+
+def test_a_ray_run_directory_says_where_each_site_ran(
+    local_ray: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    args = ["simulate", "--problem", "quadratic", "--nodes", "4", "--rounds", "2", "--json"]
+    assert main([*args, "--engine", "ray", "--sites-per-worker", "2", "--out", str(run)]) == 0
+    engine = json.loads((run / "summary.json").read_text())["engine"]
+    assert engine["engine"] == "ray" and engine["ray_version"] == ray.__version__
+    assert [w["sites"] for w in engine["workers"]] == [
+        ["site-00", "site-01"],
+        ["site-02", "site-03"],
+    ]
+    for worker in engine["workers"]:
+        assert worker["pid"] != os.getpid() and ipaddress.ip_address(worker["node_ip"]).is_loopback
+    capsys.readouterr()
+    assert main(["inspect", str(run), "--json"]) == 0  # read as any run directory
+    assert json.loads(capsys.readouterr().out)
+
+
+def test_an_error_raised_in_a_worker_reaches_the_driver_as_itself(local_ray: Any) -> None:
+    @ray.remote(num_cpus=0)  # idle actors of earlier tests may hold both CPUs
+    def refuses() -> None:
+        raise ConfigError("the data gives 3 sites but the topology has 4")
+
+    group = object.__new__(RayGroup)  # only its transport: no actors needed
+    group.ray = ray
+    with pytest.raises(ConfigError) as caught:
+        group._get([refuses.remote()])
+    assert str(caught.value) == "the data gives 3 sites but the topology has 4"  # no traceback
+
+
+@pytest.mark.timeout(120, method="thread")  # a wait inside ray.get ignores signals
+def test_a_new_worker_shape_does_not_wait_for_the_last_runs_idle_actors(local_ray: Any) -> None:
+    config = _config(data={"n_sites": 4})
+    with Simulation(_on(config, engine="ray", sites_per_worker=2, worker_cpus=1.0)) as sim:
+        one_cpu_each = sim.run_gossip()  # its two actors then idle, holding both CPUs
+    with Simulation(_on(config, engine="ray", worker_cpus=2.0)) as sim:
+        both_cpus = sim.run_gossip()  # one actor of 2 CPUs: placed only if those are freed
+    _assert_same(one_cpu_each, both_cpus)
 
 
 def test_an_interrupted_run_stops_every_actor(local_ray: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,3 +89,21 @@ def test_help_lists_the_engines(capsys: pytest.CaptureFixture[str]) -> None:
         "--worker-gpus",
     ):
         assert text in out
+
+
+def test_an_in_process_run_never_imports_ray(tmp_path: Path) -> None:
+    """Ray reads its loopback switch when imported: only the Ray engine may import it."""
+    script = (
+        "import sys; from node.cli import main; "
+        f"code = main({[*QUADRATIC, '--json', '--out', str(tmp_path / 'run')]!r}); "
+        "print(code, 'ray' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr[-2000:]

@@ -221,7 +221,7 @@ def register(sub: Any) -> None:
         "--worker-gpus",
         type=float,
         metavar="G",
-        help="GPUs per Ray worker (default 0; 1 with --device cuda: one worker per GPU)",
+        help="GPUs per Ray worker (default 0, or 1 with --device cuda: one worker per GPU)",
     )
     o = p.add_argument_group("output")
     o.add_argument(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,15 +88,11 @@ class SiteHost:
     def where(self) -> dict[str, Any]:
         """Where this host runs (for summary.json)."""
         out: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
-        try:
-            import ray
-
-            if ray.is_initialized():
-                context = ray.get_runtime_context()
-                out["node"] = context.get_node_id()
-                out["node_ip"] = ray.util.get_node_ip_address()
-        except ImportError:
-            pass
+        ray = sys.modules.get("ray")  # never imported here: a later local Ray reads env at import
+        if ray is not None and ray.is_initialized():
+            context = ray.get_runtime_context()
+            out["node"] = context.get_node_id()
+            out["node_ip"] = ray.util.get_node_ip_address()
         return out
 
     # -- a run: fresh learners, peers and keys -----------------------------------------------

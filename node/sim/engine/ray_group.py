@@ -139,17 +139,19 @@ class RayGroup:
                 start_local_ray()
             self.started = True
         self.actors: list[Any] = []
-        context = ray.get_runtime_context()
-        self.shape = (context.get_node_id(), context.get_job_id(), sim.worker_cpus, sim.worker_gpus)
+        gpus = worker_gpus(sim, device=spec.config.learning.compute.device)
         try:
+            context = ray.get_runtime_context()
+            self.shape = (context.get_node_id(), context.get_job_id(), sim.worker_cpus, gpus)
+            _stop_idle_but(self.shape, ray=ray)  # their CPUs and GPUs would block new actors
             self.sites = plan_workers(
                 list(names),
                 sites_per_worker=sim.sites_per_worker,
-                slots=self._slots(sim, sites=len(names)),
+                slots=self._slots(sim, gpus=gpus, sites=len(names)),
             )
             idle = _IDLE.setdefault(self.shape, [])
             remote = ray.remote(HostProcess).options(
-                num_cpus=sim.worker_cpus, num_gpus=sim.worker_gpus, max_restarts=0
+                num_cpus=sim.worker_cpus, num_gpus=gpus, max_restarts=0
             )
             while len(self.actors) < len(self.sites):
                 self.actors.append(idle.pop() if idle else remote.remote())
@@ -165,17 +167,17 @@ class RayGroup:
             self.close(reuse=False)
             raise
 
-    def _slots(self, sim: SimSection, *, sites: int) -> int:
+    def _slots(self, sim: SimSection, *, gpus: float, sites: int) -> int:
         """How many workers the cluster can run at once (more would wait forever)."""
         resources = self.ray.cluster_resources()
         slots = int(resources.get("CPU", 0) // sim.worker_cpus)
-        if sim.worker_gpus > 0:
-            slots = min(slots, int(resources.get("GPU", 0) // sim.worker_gpus))
+        if gpus > 0:
+            slots = min(slots, int(resources.get("GPU", 0) // gpus))
         if slots < 1 or (sim.sites_per_worker and -(-sites // sim.sites_per_worker) > slots):
             raise ConfigError(
                 f"the Ray cluster ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} "
                 f"GPUs) has room for {slots} workers of {sim.worker_cpus:g} CPUs and "
-                f"{sim.worker_gpus:g} GPUs; use fewer (--sites-per-worker) or smaller ones"
+                f"{gpus:g} GPUs; use fewer (--sites-per-worker) or smaller ones"
             )
         return slots
 
@@ -190,6 +192,11 @@ class RayGroup:
             return list(ray.get(refs))
         except ray.exceptions.RayActorError as exc:
             raise self._lost(refs, exc) from None
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, GossipmedError):  # our own error, without Ray's wrapping
+                raise cause from None
+            raise
 
     def _lost(self, refs: list[Any], exc: BaseException) -> WorkerLost:
         """Which worker died, and the sites it held."""
@@ -204,10 +211,12 @@ class RayGroup:
                 )
                 where = getattr(self, "where", None)
                 node = f" on {where[k].get('node_ip', '?')}" if where else ""
-                return WorkerLost(f"Ray worker {k}{node} died holding sites {shown}")
+                return WorkerLost(
+                    f"Ray worker {k}{node} died holding sites {shown} ({_reason(exc)})"
+                )
             except Exception:
                 continue
-        return WorkerLost(f"a Ray worker died: {' '.join(str(exc).split())[:200]}")
+        return WorkerLost(f"a Ray worker died: {_reason(exc)}")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -238,6 +247,27 @@ class RayGroup:
         if self.started:
             self.started = False
             ray.shutdown()
+
+
+def worker_gpus(sim: SimSection, *, device: str) -> float:
+    """GPUs per worker: as asked, else one per worker when the base is to run on CUDA."""
+    if sim.worker_gpus > 0:
+        return sim.worker_gpus
+    return 1.0 if device.startswith("cuda") else 0.0
+
+
+def _stop_idle_but(shape: tuple[str, str, float, float], *, ray: Any) -> None:
+    """Stop the idle actors of this driver's other shapes (CPUs, GPUs): they hold resources
+    that actors of a new shape would wait for without end."""
+    for other in [k for k in _IDLE if k[:2] == shape[:2] and k != shape]:
+        for actor in _IDLE.pop(other):
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
+
+def _reason(exc: BaseException) -> str:
+    """Ray's account of a worker's death (killed, out of memory, node lost), on one line."""
+    return " ".join(str(exc).split())[:300]
 
 
 def _fields(spec: HostSpec) -> dict[str, Any]:
