@@ -12,7 +12,7 @@ import pytest
 from gossipmed.errors import ConfigError
 from node.cli import main
 from node.sim.config import SimSection, sim_config_from_mapping
-from node.sim.engine.ray_group import WorkerLost, plan_workers
+from node.sim.engine.ray_group import WorkerLost, plan_workers, worker_gpus
 from node.sim.simulation import Simulation
 
 QUADRATIC = ["simulate", "--problem", "quadratic", "--nodes", "4", "--rounds", "2"]
@@ -107,3 +107,12 @@ def test_an_in_process_run_never_imports_ray(tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert done.stdout.split()[-2:] == ["0", "False"], done.stderr[-2000:]
+
+
+def test_a_cuda_base_gives_each_ray_worker_one_gpu_unless_told_otherwise() -> None:
+    ray_sim = SimSection(engine="ray")
+    assert worker_gpus(ray_sim, device="cuda") == 1.0
+    assert worker_gpus(ray_sim, device="cuda:0") == 1.0
+    assert worker_gpus(ray_sim, device="cpu") == 0.0
+    halves = dataclasses.replace(ray_sim, worker_gpus=0.5)
+    assert worker_gpus(halves, device="cuda") == 0.5 and worker_gpus(halves, device="cpu") == 0.5
