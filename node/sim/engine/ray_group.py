@@ -241,9 +241,7 @@ class RayGroup:
             else:
                 _IDLE.setdefault(self.shape, []).extend(actors)
                 return
-        for actor in actors:
-            with contextlib.suppress(Exception):  # already gone: nothing left to stop
-                ray.kill(actor)
+        _kill(actors, ray=ray)
         if self.started:
             self.started = False
             ray.shutdown()
@@ -260,9 +258,13 @@ def _stop_idle_but(shape: tuple[str, str, float, float], *, ray: Any) -> None:
     """Stop the idle actors of this driver's other shapes (CPUs, GPUs): they hold resources
     that actors of a new shape would wait for without end."""
     for other in [k for k in _IDLE if k[:2] == shape[:2] and k != shape]:
-        for actor in _IDLE.pop(other):
-            with contextlib.suppress(Exception):
-                ray.kill(actor)
+        _kill(_IDLE.pop(other), ray=ray)
+
+
+def _kill(actors: Sequence[Any], *, ray: Any) -> None:
+    for actor in actors:
+        with contextlib.suppress(Exception):  # already gone: nothing left to stop
+            ray.kill(actor)
 
 
 def _reason(exc: BaseException) -> str:
