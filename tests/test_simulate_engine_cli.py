@@ -114,5 +114,21 @@ def test_a_cuda_base_gives_each_ray_worker_one_gpu_unless_told_otherwise() -> No
     assert worker_gpus(ray_sim, device="cuda") == 1.0
     assert worker_gpus(ray_sim, device="cuda:0") == 1.0
     assert worker_gpus(ray_sim, device="cpu") == 0.0
+    with pytest.raises(ConfigError, match="use cuda"):  # Ray numbers each worker's GPUs from 0
+        worker_gpus(ray_sim, device="cuda:1")
     halves = dataclasses.replace(ray_sim, worker_gpus=0.5)
     assert worker_gpus(halves, device="cuda") == 0.5 and worker_gpus(halves, device="cpu") == 0.5
+
+
+def test_a_dead_workers_reason_keeps_rays_cause_not_its_identifiers() -> None:
+    from node.sim.engine.ray_group import _reason
+
+    died = RuntimeError(
+        "The actor died unexpectedly before finishing this task.\n"
+        "\tclass_name: HostProcess\n\tactor_id: " + "ab" * 16 + "\n\tpid: 4242\n"
+        "\tnamespace: " + "0" * 36 + "\n\tip: 127.0.0.1\n"
+        "The actor is dead because its worker process has died. Worker exit type: "
+        "SYSTEM_ERROR Worker exit detail: the worker was killed for using too much memory"
+    )
+    reason = _reason(died)
+    assert reason.endswith("killed for using too much memory") and "\n" not in reason

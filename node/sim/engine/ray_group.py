@@ -249,6 +249,9 @@ class RayGroup:
 
 def worker_gpus(sim: SimSection, *, device: str) -> float:
     """GPUs per worker: as asked, else one per worker when the base is to run on CUDA."""
+    if device.startswith("cuda:") and device != "cuda:0":
+        # Ray shows each worker only the GPUs it assigned, as cuda:0 and up
+        raise ConfigError(f"--device {device} cannot pick a GPU on the Ray engine: use cuda")
     if sim.worker_gpus > 0:
         return sim.worker_gpus
     return 1.0 if device.startswith("cuda") else 0.0
@@ -268,8 +271,10 @@ def _kill(actors: Sequence[Any], *, ray: Any) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    """Ray's account of a worker's death (killed, out of memory, node lost), on one line."""
-    return " ".join(str(exc).split())[:300]
+    """Ray's account of a worker's death (killed, out of memory, node lost), on one line,
+    without the indented actor id, pid and namespace lines that would crowd it out."""
+    lines = [line for line in str(exc).splitlines() if not line.startswith("\t")]
+    return " ".join(" ".join(lines).split())[:300]
 
 
 def _fields(spec: HostSpec) -> dict[str, Any]:
